@@ -1,0 +1,155 @@
+"""``agentrl train | eval | replay | envs | play``: a thin layer over the modules.
+
+Heavy modules (torch, transformers, deepspeed) are imported inside the commands that need them,
+so ``agentrl envs list`` and ``agentrl play`` start instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", help="registered env name (see `agentrl envs list`)")
+    p.add_argument("--config", help="YAML recipe (see configs/)")
+    p.add_argument("--model", help="local HF model folder, a run's checkpoint, or a hub id (default: offline SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set algo.kl_coef=0.001 (repeatable)",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentrl", description="Train LLM agents with RL on text environments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a policy with GRPO")
+    _add_run_args(p)
+    p.add_argument("--name", help="run name (default: ENV-TIMESTAMP); the run lives in runs/NAME")
+    p.add_argument("--resume", action="store_true", help="continue the run named --name from its last checkpoint")
+    p.add_argument("--init", help="start from this run's (or folder's) model, e.g. an SFT run")
+
+    p = sub.add_parser("eval", help="evaluate a model on held-out seeds")
+    _add_run_args(p)
+    p.add_argument("--episodes", type=int, help="number of held-out episodes")
+    p.add_argument("--out", help="write the eval trajectories to this folder")
+
+    p = sub.add_parser("replay", help="browse a run's trajectories in a local web viewer")
+    p.add_argument("run_dir", help="a run directory (runs/NAME)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--export", metavar="FILE.html", help="write one self-contained HTML file instead of serving")
+
+    p = sub.add_parser("envs", help="list the registered envs")
+    p.add_argument("action", nargs="?", default="list", choices=["list"])
+
+    p = sub.add_parser("play", help="play an env yourself in the terminal")
+    p.add_argument("--env", required=True)
+    p.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def _cmd_envs(args: argparse.Namespace) -> int:
+    import agentrl
+
+    width = max(len(n) for n in agentrl.names()) if agentrl.names() else 0
+    for name in agentrl.names():
+        spec = agentrl.spec(name)
+        gym_id = f"  [{spec.gym_id}]" if spec.gym_id else ""
+        print(f"{name:<{width}}  {spec.description}{gym_id}")
+    return 0
+
+
+def _cmd_play(args: argparse.Namespace, stdin=None, stdout=None) -> int:
+    import agentrl
+
+    stdin = stdin or sys.stdin
+    out = stdout or sys.stdout
+    env = agentrl.make(args.env)
+    obs, info = env.reset(seed=args.seed)
+    print(env.instructions, file=out)
+    print("\nType an action and press Enter (Ctrl-D or 'quit' to stop).\n", file=out)
+    total, turn = 0.0, 0
+    while True:
+        print(f"--- turn {turn}\n{obs}", file=out)
+        print("> ", end="", file=out, flush=True)
+        line = stdin.readline()
+        if not line or line.strip().lower() in ("quit", "exit"):
+            print("\nbye", file=out)
+            return 0
+        obs, reward, terminated, truncated, info = env.step(line.rstrip("\n"))
+        total += reward
+        turn += 1
+        valid = "" if info.get("action_is_valid", True) else " (invalid action)"
+        print(f"reward {reward:+.2f}{valid}, return {total:+.2f}", file=out)
+        if terminated or truncated:
+            print(f"--- end: {'success' if info.get('success') else 'failure'}, return {total:+.2f}\n{obs}", file=out)
+            return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from agentrl.config import load_config
+    from agentrl.trainer import train
+
+    cfg = load_config(
+        config_file=args.config,
+        env=args.env,
+        model=args.model,
+        overrides=args.overrides,
+        name=args.name,
+        init=args.init,
+    )
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from agentrl.config import load_config
+    from agentrl.evaluate import evaluate_cli
+
+    cfg = load_config(config_file=args.config, env=args.env, model=args.model, overrides=args.overrides)
+    return evaluate_cli(cfg, episodes=args.episodes, out=args.out)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from agentrl.replay import export_html, serve
+
+    if args.export:
+        path = export_html(args.run_dir, args.export)
+        print(f"wrote {path}")
+        return 0
+    serve(args.run_dir, host=args.host, port=args.port)
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "replay": _cmd_replay,
+    "envs": _cmd_envs,
+    "play": _cmd_play,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        # Configuration and lookup errors carry a message that says the fix; no traceback needed.
+        from agentrl.config import ConfigError
+
+        if isinstance(exc, ConfigError) or type(exc) in (KeyError, FileNotFoundError):
+            msg = exc.args[0] if exc.args else str(exc)
+            print(f"agentrl: error: {msg}", file=sys.stderr)
+            return 2
+        raise

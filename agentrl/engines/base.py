@@ -1,0 +1,63 @@
+"""The ``Engine`` protocol: token ids in, token ids and log-probs out.
+
+An engine never sees text. The rollout manager templates and tokenizes; the engine samples.
+A third engine is one file implementing this protocol plus one line in ``ENGINES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one reply."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    """0 means greedy. Log-probs are always of the temperature-scaled distribution (``logits / T``;
+    ``T = 1`` when greedy), before top-p/top-k truncation, so the trainer can recompute them."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Generation of a prompt ends after it samples one of these (kept in the output)."""
+    seed: int | None = None
+    """Seed for this call's sampling; ``None`` draws from the engine's own generator."""
+
+
+@dataclass
+class Generation:
+    """One sampled reply."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    """Log-prob of each sampled token under the temperature-scaled distribution."""
+    finish_reason: str
+    """``stop`` (sampled a stop token, which is included) or ``length`` (hit ``max_new_tokens``)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the rollout manager and the trainer need from an inference engine."""
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
+        """Sample one reply per prompt, in order."""
+        ...
+
+    def update_weights(self, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new policy weights (a no-op for an engine that shares the trainer's model)."""
+        ...
+
+    def sleep(self) -> None:
+        """Free inference memory (KV cache, weights copy) while the trainer updates."""
+        ...
+
+    def wake(self) -> None:
+        """Undo :meth:`sleep` before the next generation."""
+        ...
