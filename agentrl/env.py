@@ -49,6 +49,10 @@ class TextEnv(gymnasium.Env[str, str]):
       (never a placeholder: small models echo placeholders back). The rollout manager uses it
       as the system prompt and adds the ``<think>/<answer>`` reply format itself.
     - ``render()`` returns the state as text (render mode ``"ansi"``).
+    - Optional: ``oracle_actions() -> list[str] | None``, a list of action strings that solves the
+      current episode from its current state (Sokoban: a shortest plan; single-step tasks: one
+      correct answer), or ``None`` when none is known. Used by tests, optimality metrics and
+      warm-start data.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}

@@ -34,6 +34,8 @@ class Sample:
     """The rollout engine's log-prob of each token where ``loss_mask`` is 1, else 0."""
     advantages: list[float] | None = None
     """Per-token advantage used by the update (filled in by the trainer; ``None`` before)."""
+    token_text: list[str] | None = None
+    """Each token decoded on its own, for the viewer (display only; never re-encoded)."""
 
     def extend(self, ids: list[int], sampled: bool, logprobs: list[float] | None = None) -> tuple[int, int]:
         """Append tokens; return their ``[start, end)`` span."""
