@@ -1,0 +1,318 @@
+"""The vLLM engine adapter, tested against the stand-in package in ``tests/fake_vllm``.
+
+These tests check what :class:`agentrl.engines.vllm.VLLMEngine` sends to vLLM and what it makes of
+the answers. They run without vLLM and without a GPU, and so prove nothing about real vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentrl.engines import ENGINES, Engine, SamplingParams
+from agentrl.engines.vllm import VLLMEngine, iter_buckets
+
+FAKE_DIR = Path(__file__).parent / "fake_vllm"
+
+
+def _drop_vllm_modules() -> None:
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch):
+    """Put the stand-in ``vllm`` first on ``sys.path``, outside any launcher; undo afterwards."""
+    for var in ("WORLD_SIZE", "LOCAL_RANK", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # keep the constructor's setdefault local
+    _drop_vllm_modules()
+    monkeypatch.syspath_prepend(str(FAKE_DIR))
+    module = importlib.import_module("vllm")
+    assert module.__version__.endswith("+fake")
+    module.LLM.instances.clear()
+    module.LLM.output_hook = None
+    yield module
+    module.LLM.output_hook = None
+    _drop_vllm_modules()
+
+
+def _engine(**kwargs) -> VLLMEngine:
+    return VLLMEngine("/models/tiny", **kwargs)
+
+
+def _calls(engine: VLLMEngine, *names: str) -> list[tuple[str, object]]:
+    return [c for c in engine.llm.calls if not names or c[0] in names]
+
+
+# ---------------------------------------------------------------- import and construction
+
+
+def test_module_imports_without_vllm():
+    code = "import sys, agentrl.engines.vllm; assert 'vllm' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_engines_entry_points_here():
+    module, cls = ENGINES["vllm"].split(":")
+    assert getattr(importlib.import_module(module), cls) is VLLMEngine
+
+
+def test_missing_vllm_raises_import_error_with_the_fix(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail even where it is installed
+    with pytest.raises(ImportError, match=r"pip install 'agentrl\[vllm\]'") as info:
+        _engine()
+    assert "GPU" in str(info.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_real_import_failure_path():
+    with pytest.raises(ImportError, match=r"agentrl\[vllm\]") as info:
+        _engine()
+    assert isinstance(info.value.__cause__, ModuleNotFoundError)
+
+
+def test_constructor_sends_options(fake_vllm):
+    engine = _engine(max_model_len=2048, seed=3, enforce_eager=True, gpu_memory_utilization=0.8)
+    kw = engine.llm.kwargs
+    assert kw["model"] == "/models/tiny"
+    assert kw["dtype"] == "bfloat16"
+    assert kw["gpu_memory_utilization"] == 0.8
+    assert kw["max_model_len"] == 2048
+    assert kw["seed"] == 3
+    assert kw["enable_prefix_caching"] is True
+    assert kw["enable_sleep_mode"] is True
+    assert kw["tensor_parallel_size"] == 1
+    assert kw["logprobs_mode"] == "processed_logprobs"
+    assert kw["enforce_eager"] is True  # extra kwargs pass through
+    assert "distributed_executor_backend" not in kw  # no launcher in this process
+    assert isinstance(engine, Engine)
+    assert engine.state == "awake"
+
+
+def test_llm_kwargs_override_ours(fake_vllm):
+    engine = _engine(enable_sleep_mode=False, logprobs_mode="raw_logprobs")
+    assert engine.llm.kwargs["enable_sleep_mode"] is False
+    assert engine.llm.kwargs["logprobs_mode"] == "raw_logprobs"
+
+
+def test_external_launcher_under_torchrun(fake_vllm, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("RANK", "3")
+    engine = _engine(seed=10, tensor_parallel_size=2)
+    assert engine.llm.kwargs["distributed_executor_backend"] == "external_launcher"
+    assert engine.llm.kwargs["seed"] == 11  # ranks 2 and 3 form tensor-parallel group 1
+    not_colocated = _engine(seed=10, colocate=False)
+    assert "distributed_executor_backend" not in not_colocated.llm.kwargs
+    assert not_colocated.llm.kwargs["seed"] == 10
+
+
+def test_bad_sleep_level(fake_vllm):
+    with pytest.raises(ValueError, match="sleep_level"):
+        _engine(sleep_level=3)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def test_generate_sends_token_prompts_in_one_call(fake_vllm):
+    engine = _engine()
+    sampling = SamplingParams(max_new_tokens=5, temperature=0.7, stop_token_ids=[999])
+    engine.generate([[1, 2, 3], [4, 5]], sampling)
+    (call,) = _calls(engine, "generate")
+    prompts, params, use_tqdm = call[1]
+    assert prompts == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4, 5]}]
+    assert use_tqdm is False
+    assert isinstance(params, fake_vllm.SamplingParams)  # one shared object without a seed
+    assert params.temperature == 0.7
+    assert params.top_p == 1.0
+    assert "top_k" not in params.explicit and params.top_k == 0  # disabled: vLLM's own default
+    assert params.max_tokens == 5
+    assert params.stop_token_ids == [999]
+    assert params.ignore_eos is True
+    assert params.logprobs == 0  # the sampled token's log-prob only
+    assert params.detokenize is False
+    assert params.seed is None
+    assert params.n == 1
+
+
+def test_greedy_mapping(fake_vllm):
+    engine = _engine()
+    engine.generate([[1]], SamplingParams(temperature=0.0, top_p=0.5, top_k=40))
+    params = _calls(engine, "generate")[0][1][1]
+    assert params.temperature == 0.0
+    assert params.top_p == 1.0
+    assert params.top_k == 0
+
+
+def test_truncated_sampling_is_sent_and_warned_once(fake_vllm, caplog: pytest.LogCaptureFixture):
+    engine = _engine()
+    sampling = SamplingParams(temperature=1.0, top_p=0.9, top_k=20)
+    with caplog.at_level(logging.WARNING, logger="agentrl.engines.vllm"):
+        engine.generate([[1]], sampling)
+        engine.generate([[1]], sampling)
+    params = _calls(engine, "generate")[0][1][1]
+    assert (params.top_p, params.top_k) == (0.9, 20)
+    assert sum("renormalised" in r.message for r in caplog.records) == 1
+
+
+def test_seed_gives_each_prompt_its_own_request_seed(fake_vllm):
+    engine = _engine()
+    engine.generate([[1], [1], [1]], SamplingParams(seed=7))
+    params = _calls(engine, "generate")[0][1][1]
+    assert [p.seed for p in params] == [7, 8, 9]
+
+
+def test_generate_returns_ids_logprobs_and_reasons_in_order(fake_vllm):
+    engine = _engine()
+    # base = 100 + sum(prompt) % 50: 106 for [1, 2, 3], 109 for [4, 5]
+    out = engine.generate([[1, 2, 3], [4, 5]], SamplingParams(max_new_tokens=4, stop_token_ids=[107]))
+    assert out[0].token_ids == [106, 107]
+    assert out[0].finish_reason == "stop"  # the stop token is kept
+    assert out[0].logprobs == pytest.approx([-0.1, -0.2])  # the sampled token's, not the top-ranked
+    assert out[1].token_ids == [109, 110, 111, 112]
+    assert out[1].finish_reason == "length"
+    assert out[1].logprobs == pytest.approx([-0.1, -0.2, -0.3, -0.4])
+    assert engine.generate([], SamplingParams()) == []
+
+
+def test_generate_rejects_empty_prompt(fake_vllm):
+    with pytest.raises(ValueError, match="at least one token"):
+        _engine().generate([[1], []], SamplingParams())
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda c: c.logprobs.pop(), "log-prob entries"),
+        (lambda c: setattr(c, "logprobs", None), "no log-probs"),
+        (lambda c: c.logprobs.__setitem__(0, {1: c.logprobs[0][7]}), "no log-prob for sampled token"),
+        (lambda c: setattr(c, "finish_reason", "abort"), "finish_reason"),
+        (lambda c: c.token_ids.pop() and c.logprobs.pop(), "not a stop token"),
+    ],
+)
+def test_generate_validates_outputs(fake_vllm, corrupt, message):
+    def hook(outs):
+        corrupt(outs[-1].outputs[0])
+        return outs
+
+    fake_vllm.LLM.output_hook = hook
+    with pytest.raises(RuntimeError, match=message):
+        _engine().generate([[1], [2]], SamplingParams(max_new_tokens=3, stop_token_ids=[103]))
+
+
+def test_generate_checks_output_count(fake_vllm):
+    fake_vllm.LLM.output_hook = lambda outs: outs[:1]
+    with pytest.raises(RuntimeError, match="1 outputs for 2 prompts"):
+        _engine().generate([[1], [2]], SamplingParams())
+
+
+# ---------------------------------------------------------------- sleep and wake
+
+
+def test_sleep_and_wake_are_idempotent(fake_vllm):
+    engine = _engine()
+    engine.sleep()
+    engine.sleep()
+    assert engine.state == "asleep"
+    assert _calls(engine) == [("sleep", 1)]
+    engine.wake()
+    engine.wake()
+    assert engine.state == "awake"
+    assert _calls(engine) == [("sleep", 1), ("wake_up", ["weights"]), ("wake_up", ["kv_cache"])]
+
+
+def test_generate_wakes_a_sleeping_engine(fake_vllm):
+    engine = _engine()
+    engine.sleep()
+    engine.generate([[1]], SamplingParams(max_new_tokens=2))
+    assert [c[0] for c in _calls(engine)] == ["sleep", "wake_up", "wake_up", "generate"]
+    assert engine.state == "awake"
+
+
+def test_sleep_level_zero_disables_sleep_mode(fake_vllm):
+    engine = _engine(sleep_level=0)
+    assert engine.llm.kwargs["enable_sleep_mode"] is False
+    engine.sleep()
+    engine.wake()
+    assert _calls(engine) == []
+
+
+def test_level_two_refuses_to_wake_without_new_weights(fake_vllm):
+    engine = _engine(sleep_level=2)
+    engine.sleep()
+    assert _calls(engine) == [("sleep", 2)]
+    with pytest.raises(RuntimeError, match="update_weights"):
+        engine.wake()
+    with pytest.raises(RuntimeError, match="update_weights"):
+        engine.generate([[1]], SamplingParams())
+    engine.update_weights([("w", torch.zeros(2))])
+    engine.wake()
+    assert engine.generate([[1]], SamplingParams(max_new_tokens=1))[0].token_ids == [101]
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _params(n: int, numel: int = 1000) -> list[tuple[str, torch.Tensor]]:
+    return [(f"model.layers.{i}.weight", torch.full((numel,), float(i))) for i in range(n)]
+
+
+def test_update_weights_loads_every_parameter_once_in_buckets(fake_vllm):
+    engine = _engine(weight_bucket_bytes=10_000)  # each tensor is 4,000 bytes: two per bucket
+    params = _params(5) + [("lm_head.weight", torch.zeros(5000))]  # 20,000 bytes: a bucket alone
+    engine.update_weights(iter(params))  # a one-shot iterator is enough
+    loaded = engine.llm.model.loaded
+    assert [len(b) for b in loaded] == [2, 2, 1, 1]
+    assert [name for b in loaded for name in b] == [name for name, _ in params]
+    names = [c[0] for c in _calls(engine)]
+    assert names == ["apply_model"] * 4 + ["reset_prefix_cache"]
+
+
+def test_update_weights_on_a_sleeping_engine_wakes_weights_only(fake_vllm):
+    engine = _engine()
+    engine.sleep()
+    engine.update_weights(_params(3))
+    assert engine.state == "weights"
+    assert _calls(engine)[:2] == [("sleep", 1), ("wake_up", ["weights"])]
+    assert _calls(engine)[-1] == ("reset_prefix_cache", None)
+    engine.wake()
+    assert _calls(engine)[-1] == ("wake_up", ["kv_cache"])
+    assert engine.state == "awake"
+    engine.generate([[1]], SamplingParams(max_new_tokens=1))
+
+
+def test_sleep_after_a_weights_only_update(fake_vllm):
+    engine = _engine()
+    engine.sleep()
+    engine.update_weights(_params(1))
+    engine.sleep()  # the KV cache is woken first so vLLM sleeps from a consistent state
+    assert _calls(engine, "sleep", "wake_up")[-2:] == [("wake_up", ["kv_cache"]), ("sleep", 1)]
+    assert engine.state == "asleep"
+
+
+def test_update_weights_rejects_nothing(fake_vllm):
+    with pytest.raises(ValueError, match="no parameters"):
+        _engine().update_weights([])
+
+
+def test_iter_buckets_edges():
+    params = _params(3)
+    assert [len(b) for b in iter_buckets(params, 0)] == [1, 1, 1]
+    assert [len(b) for b in iter_buckets(params, 1 << 30)] == [3]
+    assert list(iter_buckets([], 100)) == []
+
+
+def test_iter_buckets_rejects_ungathered_zero3_shards():
+    shard = torch.empty(0)
+    shard.ds_numel = 4096  # what DeepSpeed ZeRO-3 leaves on a partitioned parameter
+    with pytest.raises(ValueError, match="GatheredParameters"):
+        list(iter_buckets([("w", shard)], 100))
