@@ -1,0 +1,260 @@
+"""Advantage estimators against hand-computed numbers (arithmetic in the comments)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agentrl.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageParams,
+    TurnBatch,
+    compute_advantages,
+    discounted_returns,
+    get_estimator,
+    group_reward_stats,
+    nonzero_std_groups,
+    observation_key,
+    select_groups_by_std,
+)
+
+S2 = math.sqrt(2.0)
+
+# Two groups (ids 10 and 20, deliberately not 0..G-1) of three episodes with 1-3 turns.
+#   group 10: ep0 [0]         return 0
+#             ep1 [1, 1]      return 2
+#             ep2 [1, 1, 2]   return 4     -> returns 0, 2, 4: mean 2, unbiased std sqrt((4+0+4)/2) = 2
+#   group 20: ep3 [0.5]       return 0.5
+#             ep4 [0, 0.5]    return 0.5
+#             ep5 [0.5, 0]    return 0.5   -> all equal: zero episode-level advantage
+# Observation keys (GiGPO): every first turn sees key 1 (same seed, same start state); second turns key 2;
+# ep2's third turn key 3.
+# Rows, in order: 0 ep0t0 | 1 ep1t0 | 2 ep1t1 | 3 ep2t0 | 4 ep2t1 | 5 ep2t2 | 6 ep3t0 | 7 ep4t0 | 8 ep4t1 |
+#                 9 ep5t0 | 10 ep5t1
+REWARDS = [[0.0], [1.0, 1.0], [1.0, 1.0, 2.0], [0.5], [0.0, 0.5], [0.5, 0.0]]
+GROUPS = [10, 10, 10, 20, 20, 20]
+KEYS = [[1], [1, 2], [1, 2, 3], [1], [1, 2], [1, 2]]
+
+
+@pytest.fixture
+def batch() -> TurnBatch:
+    return TurnBatch.from_episodes(REWARDS, GROUPS, obs_keys=KEYS)
+
+
+def approx(t: torch.Tensor, expected: list[float], tol: float = 1e-5) -> None:
+    assert t.shape == (len(expected),)
+    assert torch.allclose(t.double(), torch.tensor(expected, dtype=torch.float64), atol=tol, rtol=0), (
+        t.tolist()
+    )
+
+
+def test_batch_helpers(batch: TurnBatch) -> None:
+    assert batch.num_turns == 11 and batch.num_episodes == 6
+    approx(batch.episode_return(), [0, 2, 4, 0.5, 0.5, 0.5])
+    assert batch.episode_group().tolist() == GROUPS
+    assert batch.episode_length().tolist() == [1, 2, 3, 1, 2, 2]
+    assert batch.last_turn_row().tolist() == [0, 2, 5, 6, 8, 10]
+    shaped = batch.add_to_last_turn(torch.tensor([1.0, 0, 0, 0, 0, -1.0]))
+    approx(shaped.reward, [1, 1, 1, 1, 1, 2, 0.5, 0, 0.5, 0.5, -1])
+    approx(batch.reward, [0, 1, 1, 1, 1, 2, 0.5, 0, 0.5, 0.5, 0])  # the original is untouched
+
+
+def test_rows_in_any_order(batch: TurnBatch) -> None:
+    perm = torch.tensor([10, 3, 0, 7, 5, 1, 9, 2, 8, 4, 6])
+    shuffled = TurnBatch(
+        *(getattr(batch, f)[perm] for f in ("reward", "episode", "group", "turn", "obs_key"))
+    )
+    for name, fn in ADVANTAGE_ESTIMATORS.items():
+        params = AdvantageParams(estimator=name, gamma=0.9, step_weight=0.5)
+        assert torch.allclose(fn(shuffled, params), fn(batch, params)[perm], atol=1e-6), name
+
+
+def test_batch_validation() -> None:
+    long = torch.long
+    with pytest.raises(ValueError, match="turn"):  # ep0 has turns 0 and 2
+        TurnBatch(
+            torch.zeros(2),
+            torch.tensor([0, 0]),
+            torch.tensor([0, 0]),
+            torch.tensor([0, 2]),
+            torch.zeros(2, dtype=long),
+        )
+    with pytest.raises(ValueError, match="episode"):  # episode 0 missing
+        TurnBatch(
+            torch.zeros(1),
+            torch.tensor([1]),
+            torch.tensor([0]),
+            torch.tensor([0]),
+            torch.zeros(1, dtype=long),
+        )
+    with pytest.raises(ValueError, match="group"):  # one episode, two groups
+        TurnBatch(
+            torch.zeros(2),
+            torch.tensor([0, 0]),
+            torch.tensor([0, 1]),
+            torch.tensor([0, 1]),
+            torch.zeros(2, dtype=long),
+        )
+    with pytest.raises(ValueError, match="shape"):
+        TurnBatch(
+            torch.zeros(2),
+            torch.tensor([0]),
+            torch.tensor([0]),
+            torch.tensor([0]),
+            torch.zeros(1, dtype=long),
+        )
+
+
+def test_grpo(batch: TurnBatch) -> None:
+    # group 10: (0-2)/2 = -1, (2-2)/2 = 0, (4-2)/2 = 1 (eps 1e-6 changes the 6th digit only); group 20: 0.
+    # Each turn gets its episode's value.
+    adv = ADVANTAGE_ESTIMATORS["grpo"](batch, AdvantageParams())
+    approx(adv, [-1, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0])
+    assert adv.dtype == torch.float32
+
+
+def test_grpo_uses_unbiased_std() -> None:
+    # returns 0, 1: mean 0.5, unbiased std sqrt((0.25+0.25)/1) = 1/sqrt(2) -> -0.5*sqrt(2), +0.5*sqrt(2)
+    # (the biased std 0.5 would give -1, +1)
+    b = TurnBatch.from_episodes([[0.0], [1.0]], [0, 0])
+    approx(ADVANTAGE_ESTIMATORS["grpo"](b, AdvantageParams(eps=0.0)), [-S2 / 2, S2 / 2])
+
+
+def test_drgrpo(batch: TurnBatch) -> None:
+    # group 10: 0-2 = -2, 2-2 = 0, 4-2 = 2; group 20: 0.
+    approx(ADVANTAGE_ESTIMATORS["drgrpo"](batch, AdvantageParams()), [-2, 0, 0, 2, 2, 2, 0, 0, 0, 0, 0])
+
+
+def test_rloo(batch: TurnBatch) -> None:
+    # ep0: 0 - (2+4)/2 = -3; ep1: 2 - (0+4)/2 = 0; ep2: 4 - (0+2)/2 = 3; group 20: 0.5 - 0.5 = 0.
+    approx(ADVANTAGE_ESTIMATORS["rloo"](batch, AdvantageParams()), [-3, 0, 0, 3, 3, 3, 0, 0, 0, 0, 0])
+
+
+def test_rloo_group_of_one_is_zero() -> None:
+    b = TurnBatch.from_episodes([[3.0], [1.0], [2.0]], [0, 1, 1])
+    # group 0 has one episode -> 0; group 1: 1 - 2 = -1, 2 - 1 = 1
+    approx(ADVANTAGE_ESTIMATORS["rloo"](b, AdvantageParams()), [0, -1, 1])
+
+
+def test_discounted_returns() -> None:
+    # rewards [1, 0, 2], gamma 0.5: G2 = 2; G1 = 0 + 0.5*2 = 1; G0 = 1 + 0.5*1 = 1.5.  Second episode [4]: 4.
+    b = TurnBatch.from_episodes([[1.0, 0.0, 2.0], [4.0]], [0, 0])
+    approx(discounted_returns(b, 0.5), [1.5, 1.0, 2.0, 4.0])
+    approx(discounted_returns(b, 1.0), [3.0, 2.0, 2.0, 4.0])
+
+
+def test_turn(batch: TurnBatch) -> None:
+    # gamma 1, return-to-go per turn:
+    #   group 10: ep0 [0]; ep1 [2, 1]; ep2 [4, 3, 2] -> values 0,2,1,4,3,2: mean 12/6 = 2,
+    #     deviations -2,0,-1,2,1,0, squares sum 10, unbiased var 10/5 = 2, std sqrt(2)
+    #     -> -2/sqrt2 = -sqrt2, 0, -1/sqrt2, sqrt2, 1/sqrt2, 0
+    #   group 20: ep3 [0.5]; ep4 [0.5, 0.5]; ep5 [0.5, 0] -> values .5,.5,.5,.5,0: mean 2/5 = 0.4,
+    #     deviations .1 (x4), -.4, squares sum 4*.01 + .16 = .2, var .2/4 = .05, std sqrt(.05) = 1/sqrt(20)
+    #     -> .1*sqrt(20) = 1/sqrt(5) = 0.44721, -.4*sqrt(20) = -4/sqrt(5) = -1.78885
+    r5 = 1 / math.sqrt(5)
+    adv = ADVANTAGE_ESTIMATORS["turn"](batch, AdvantageParams())
+    approx(adv, [-S2, 0, -1 / S2, S2, 1 / S2, 0, r5, r5, r5, r5, -4 * r5])
+
+
+def test_gigpo(batch: TurnBatch) -> None:
+    # episode level = grpo: ep0 -1, ep1 0, ep2 1, group 20: 0.
+    # step groups (group, obs_key), values = return-to-go with gamma 1:
+    #   (10, 1): ep0t0 0, ep1t0 2, ep2t0 4 -> mean 2, std 2 -> -1, 0, 1
+    #   (10, 2): ep1t1 1, ep2t1 3 -> mean 2, unbiased std sqrt(1+1) = sqrt2 -> -1/sqrt2, 1/sqrt2
+    #   (10, 3): ep2t2 alone -> 0
+    #   (20, 1): 0.5, 0.5, 0.5 -> equal -> 0
+    #   (20, 2): ep4t1 0.5, ep5t1 0 (same key 2 as group 10, but a different group) -> mean .25,
+    #            std sqrt(.0625*2) = .25*sqrt2 -> 1/sqrt2, -1/sqrt2
+    # advantage = episode + 0.5 * step:
+    #   row0 -1 + .5*-1 = -1.5 | row1 0 + 0 = 0 | row2 0 + .5*-1/sqrt2 = -0.35355 | row3 1 + .5*1 = 1.5
+    #   row4 1 + .5/sqrt2 = 1.35355 | row5 1 + 0 = 1 | row6 0 | row7 0 | row8 .5/sqrt2 | row9 0 | row10 -.5/sqrt2
+    h = 0.5 / S2
+    adv = ADVANTAGE_ESTIMATORS["gigpo"](batch, AdvantageParams(step_weight=0.5))
+    approx(adv, [-1.5, 0, -h, 1.5, 1 + h, 1, 0, 0, h, 0, -h])
+
+
+def test_gigpo_discounted_step_returns() -> None:
+    # one group, two episodes: ep0 [0, 1] keys [7, 8]; ep1 [0, 0] keys [7, 9]; gamma 0.5, step_weight 1.
+    # episode level: returns 1, 0 -> mean .5, std 1/sqrt2 -> +1/sqrt2, -1/sqrt2.
+    # step group (0, 7): G of ep0t0 = 0 + .5*1 = .5, of ep1t0 = 0 -> +1/sqrt2, -1/sqrt2; keys 8, 9 alone -> 0.
+    b = TurnBatch.from_episodes([[0.0, 1.0], [0.0, 0.0]], [0, 0], obs_keys=[[7, 8], [7, 9]])
+    adv = ADVANTAGE_ESTIMATORS["gigpo"](b, AdvantageParams(gamma=0.5, eps=0.0))
+    approx(adv, [2 / S2, 1 / S2, -2 / S2, -1 / S2])
+
+
+@pytest.mark.parametrize("name", sorted(ADVANTAGE_ESTIMATORS))
+def test_constant_groups_give_exact_zeros(name: str) -> None:
+    # 0.1 * 3 / 3 is not exactly 0.1 in floating point: the estimators must still return exact zeros.
+    b = TurnBatch.from_episodes([[0.1], [0.1], [0.1], [0.7]], [0, 0, 0, 1], obs_keys=[[1], [1], [1], [1]])
+    adv = get_estimator(name)(b, AdvantageParams(estimator=name, eps=0.0))
+    assert not torch.isnan(adv).any()
+    assert adv.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_empty_batch() -> None:
+    b = TurnBatch.from_episodes([], [])
+    for name, fn in ADVANTAGE_ESTIMATORS.items():
+        assert fn(b, AdvantageParams()).shape == (0,), name
+
+
+def test_lookup_errors() -> None:
+    with pytest.raises(ValueError, match=r"Did you mean 'grpo'\?.*Valid: drgrpo, gigpo, grpo, rloo, turn"):
+        get_estimator("grp")
+    with pytest.raises(ValueError, match="unknown advantage estimator 'nope'"):
+        compute_advantages(TurnBatch.from_episodes([[1.0]], [0]), AdvantageParams(estimator="nope"))
+    with pytest.raises(ValueError, match="gamma"):
+        AdvantageParams(gamma=1.5)
+
+
+def test_compute_advantages_dispatches(batch: TurnBatch) -> None:
+    approx(compute_advantages(batch, AdvantageParams(estimator="rloo")), [-3, 0, 0, 3, 3, 3, 0, 0, 0, 0, 0])
+
+
+def test_group_reward_stats(batch: TurnBatch) -> None:
+    # group 10: returns 0, 2, 4 -> mean 2, std 2; group 20: 0.5 x3 -> mean 0.5, std 0 (a zero-std group)
+    s = group_reward_stats(batch.episode_return(), batch.episode_group())
+    assert s["group_ids"].tolist() == [10, 20]
+    assert s["size"].tolist() == [3, 3]
+    approx(s["mean"], [2.0, 0.5])
+    approx(s["std"], [2.0, 0.0])
+    assert s["std"][1].item() == 0.0
+    assert s["zero_std_groups"] == 1 and s["zero_std_group_fraction"] == 0.5
+    # three groups, two constant (one of them a single episode): 2/3
+    s = group_reward_stats(torch.tensor([1.0, 1.0, 0.0, 2.0, 5.0]), torch.tensor([0, 0, 1, 1, 2]))
+    assert s["zero_std_groups"] == 2 and s["zero_std_group_fraction"] == pytest.approx(2 / 3)
+
+
+def test_nonzero_std_groups(batch: TurnBatch) -> None:
+    keep = nonzero_std_groups(batch.episode_return(), batch.episode_group())
+    assert keep.tolist() == [True, True, True, False, False, False]
+
+
+def test_select_groups_by_std() -> None:
+    # groups (ids 3, 1, 2, 0): rewards -> unbiased std
+    #   id 3: [0, 2] -> sqrt(2)      id 1: [1, 1] -> 0
+    #   id 2: [0, 2] -> sqrt(2)      id 0: [0, 1] -> sqrt(0.5)
+    # ranking by std desc, ties by smaller id: 2, 3, 0, 1
+    reward = torch.tensor([0.0, 2.0, 1.0, 1.0, 0.0, 2.0, 0.0, 1.0])
+    group = torch.tensor([3, 3, 1, 1, 2, 2, 0, 0])
+
+    def kept(frac: float) -> list[int]:
+        mask = select_groups_by_std(reward, group, frac)
+        assert mask.shape == (8,)
+        return sorted(set(group[mask].tolist()))
+
+    assert kept(1.0) == [0, 1, 2, 3]
+    assert kept(0.5) == [2, 3]  # ceil(0.5*4) = 2
+    assert kept(0.6) == [0, 2, 3]  # ceil(2.4) = 3
+    assert kept(0.75) == [0, 2, 3]  # ceil(3.0) = 3 (no float round-up to 4)
+    assert kept(0.25) == [2]  # one group; tie between ids 2 and 3 goes to 2
+    assert kept(0.01) == [2]  # at least one group
+    with pytest.raises(ValueError):
+        select_groups_by_std(reward, group, 0.0)
+
+
+def test_observation_key_is_stable() -> None:
+    assert observation_key("#####\n#@ $.#") == observation_key("#####\n#@ $.#")
+    assert observation_key("a") != observation_key("b")
+    assert -(2**63) <= observation_key("a") < 2**63
