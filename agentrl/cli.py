@@ -14,7 +14,10 @@ from collections.abc import Sequence
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", help="registered env name (see `agentrl envs list`)")
     p.add_argument("--config", help="YAML recipe (see configs/)")
-    p.add_argument("--model", help="local HF model folder, a run's checkpoint, or a hub id (default: offline SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        help="local HF model folder, a run's checkpoint, or a hub id (default: offline SmolLM2-135M-Instruct)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -26,13 +29,17 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentrl", description="Train LLM agents with RL on text environments.")
+    parser = argparse.ArgumentParser(
+        prog="agentrl", description="Train LLM agents with RL on text environments."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a policy with GRPO")
     _add_run_args(p)
     p.add_argument("--name", help="run name (default: ENV-TIMESTAMP); the run lives in runs/NAME")
-    p.add_argument("--resume", action="store_true", help="continue the run named --name from its last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run named --name from its last checkpoint"
+    )
     p.add_argument("--init", help="start from this run's (or folder's) model, e.g. an SFT run")
 
     p = sub.add_parser("eval", help="evaluate a model on held-out seeds")
@@ -42,9 +49,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="browse a run's trajectories in a local web viewer")
     p.add_argument("run_dir", help="a run directory (runs/NAME)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    p.add_argument("--export", metavar="FILE.html", help="write one self-contained HTML file instead of serving")
+    p.add_argument(
+        "--export", metavar="FILE.html", help="write one self-contained HTML file instead of serving"
+    )
 
     p = sub.add_parser("envs", help="list the registered envs")
     p.add_argument("action", nargs="?", default="list", choices=["list"])
@@ -89,7 +100,10 @@ def _cmd_play(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         valid = "" if info.get("action_is_valid", True) else " (invalid action)"
         print(f"reward {reward:+.2f}{valid}, return {total:+.2f}", file=out)
         if terminated or truncated:
-            print(f"--- end: {'success' if info.get('success') else 'failure'}, return {total:+.2f}\n{obs}", file=out)
+            print(
+                f"--- end: {'success' if info.get('success') else 'failure'}, return {total:+.2f}\n{obs}",
+                file=out,
+            )
             return 0
 
 

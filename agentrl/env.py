@@ -99,8 +99,7 @@ HOSTILE_ACTIONS: tuple[str, ...] = (
 
 def _check_spaces(env: gymnasium.Env) -> None:
     assert isinstance(env.observation_space, spaces.Text), (
-        f"{type(env).__name__}.observation_space must be gymnasium.spaces.Text "
-        "(use agentrl.env.text_space())"
+        f"{type(env).__name__}.observation_space must be gymnasium.spaces.Text (use agentrl.env.text_space())"
     )
     assert isinstance(env.action_space, spaces.Text), (
         f"{type(env).__name__}.action_space must be gymnasium.spaces.Text (use agentrl.env.text_space())"
@@ -118,7 +117,9 @@ def _check_instructions(env: gymnasium.Env) -> None:
 def _check_info(info: Any, where: str) -> None:
     assert isinstance(info, dict), f"{where} must return an info dict, got {type(info).__name__}"
     for key in ("success", "action_is_valid"):
-        assert key in info, f"{where}: info lacks {key!r}; every info must hold 'success' and 'action_is_valid'"
+        assert key in info, (
+            f"{where}: info lacks {key!r}; every info must hold 'success' and 'action_is_valid'"
+        )
         assert isinstance(info[key], bool), f"{where}: info[{key!r}] must be a bool, got {info[key]!r}"
 
 
@@ -144,8 +145,12 @@ def _check_step_result(result: Any, where: str) -> None:
     )
     obs, reward, terminated, truncated, info = result
     assert isinstance(obs, str), f"{where}: observation must be a str"
-    assert isinstance(reward, (int, float)) and math.isfinite(reward), f"{where}: reward must be a finite float"
-    assert isinstance(terminated, bool) and isinstance(truncated, bool), f"{where}: terminated/truncated must be bool"
+    assert isinstance(reward, (int, float)) and math.isfinite(reward), (
+        f"{where}: reward must be a finite float"
+    )
+    assert isinstance(terminated, bool) and isinstance(truncated, bool), (
+        f"{where}: terminated/truncated must be bool"
+    )
     _check_info(info, where)
 
 

@@ -45,7 +45,9 @@ class EnvSpec:
             return self.entry_point
         module_name, _, attr = self.entry_point.partition(":")
         if not attr:
-            raise ValueError(f"entry point {self.entry_point!r} of env {self.name!r} must look like 'module:attr'")
+            raise ValueError(
+                f"entry point {self.entry_point!r} of env {self.name!r} must look like 'module:attr'"
+            )
         return getattr(importlib.import_module(module_name), attr)
 
 

@@ -186,7 +186,9 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[Trajectory], list[str]]:
             try:
                 trajectories.append(Trajectory.from_dict(json.loads(line)))
             except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
-                problems.append(f"{Path(path).name}:{lineno}: skipped a malformed record ({type(exc).__name__})")
+                problems.append(
+                    f"{Path(path).name}:{lineno}: skipped a malformed record ({type(exc).__name__})"
+                )
     return trajectories, problems
 
 

