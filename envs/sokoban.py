@@ -1,0 +1,526 @@
+"""Sokoban as a multi-turn text env: push every box onto a target.
+
+Rooms come from gym-sokoban's generator (random-walk topology, then reverse play from the solved
+state, so every room is solvable); everything else (moves, pushes, rewards, text and image
+rendering) is implemented here on plain Python sets, with no RGB frame per step.
+
+Reproducibility: gym-sokoban's generator draws from the *global* ``random`` and ``np.random`` and
+keeps its search state in module globals. :func:`generate_room` therefore runs it under a lock,
+seeds both global generators from the episode seed and restores them afterwards, so the same seed
+gives the same room on any machine and no caller's random state is touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from agentrl import TextEnv
+
+from .sokoban_solver import ACTIONS, DELTAS, solve
+
+__all__ = ["SokobanEnv", "SokobanRoom", "generate_room", "parse_layout", "parse_action", "solve"]
+
+Cell = tuple[int, int]
+
+# Text symbols (RAGEN's).
+WALL, FLOOR, TARGET, BOX, BOX_ON_TARGET, PLAYER, PLAYER_ON_TARGET = "#", "_", "O", "X", "√", "P", "S"
+
+#: Lower-cased action name -> index into ``ACTIONS``/``DELTAS``.
+_ACTION_INDEX = {name.lower(): i for i, name in enumerate(ACTIONS)}
+#: Longer action strings are rejected unread: parsing stays O(1) whatever the model sends.
+MAX_ACTION_CHARS = 32
+#: How many seeds derived from one episode seed the generator may try before giving up.
+MAX_GENERATION_ATTEMPTS = 64
+
+
+def parse_action(action: Any) -> int | None:
+    """Index of the move named by ``action`` (``"up"``, ``" Down "``...), or ``None`` if it names none.
+
+    Case and surrounding whitespace are ignored. Non-strings and strings longer than
+    :data:`MAX_ACTION_CHARS` give ``None`` without being scanned, so any input costs O(1).
+    """
+    if not isinstance(action, str) or len(action) > MAX_ACTION_CHARS:
+        return None
+    return _ACTION_INDEX.get(action.strip().lower())
+
+
+# --------------------------------------------------------------------------------------------
+# Rooms
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SokobanRoom:
+    """A room's layout and start state. Cells are (row, col), row 0 at the top."""
+
+    walls: np.ndarray
+    """H x W bool array, True on walls."""
+    targets: tuple[Cell, ...]
+    boxes: tuple[Cell, ...]
+    player: Cell
+
+    @property
+    def dim(self) -> tuple[int, int]:
+        return (int(self.walls.shape[0]), int(self.walls.shape[1]))
+
+    def to_text(self) -> str:
+        """The room in the env's symbols, one row per line."""
+        return render_text(self.walls, frozenset(self.targets), frozenset(self.boxes), self.player)
+
+
+def render_text(
+    walls: np.ndarray, targets: frozenset[Cell], boxes: frozenset[Cell] | set[Cell], player: Cell
+) -> str:
+    """Draw a state with the env's symbols, one row per line."""
+    height, width = walls.shape
+    rows = []
+    for r in range(height):
+        row = []
+        for c in range(width):
+            cell = (r, c)
+            if walls[r, c]:
+                row.append(WALL)
+            elif cell == player:
+                row.append(PLAYER_ON_TARGET if cell in targets else PLAYER)
+            elif cell in boxes:
+                row.append(BOX_ON_TARGET if cell in targets else BOX)
+            else:
+                row.append(TARGET if cell in targets else FLOOR)
+        rows.append("".join(row))
+    return "\n".join(rows)
+
+
+def parse_layout(text: str) -> SokobanRoom:
+    """Build a room from its text in the env's symbols (the inverse of :meth:`SokobanRoom.to_text`).
+
+    Raises ``ValueError`` unless the rows are equally long, the symbols known, there is exactly one
+    player, at least one box and as many boxes as targets.
+    """
+    rows = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise ValueError("a Sokoban layout needs one or more rows of equal length")
+    walls = np.zeros((len(rows), len(rows[0])), dtype=bool)
+    targets: list[Cell] = []
+    boxes: list[Cell] = []
+    players: list[Cell] = []
+    for r, row in enumerate(rows):
+        for c, ch in enumerate(row):
+            cell = (r, c)
+            if ch == WALL:
+                walls[r, c] = True
+            elif ch in (TARGET, BOX_ON_TARGET, PLAYER_ON_TARGET):
+                targets.append(cell)
+            elif ch != FLOOR and ch not in (BOX, PLAYER):
+                raise ValueError(f"unknown symbol {ch!r} at row {r}, column {c}")
+            if ch in (BOX, BOX_ON_TARGET):
+                boxes.append(cell)
+            if ch in (PLAYER, PLAYER_ON_TARGET):
+                players.append(cell)
+    if len(players) != 1:
+        raise ValueError(f"a Sokoban layout needs exactly one player, found {len(players)}")
+    if not boxes or len(boxes) != len(targets):
+        raise ValueError(
+            f"a Sokoban layout needs as many boxes as targets (>= 1); found {len(boxes)} and {len(targets)}"
+        )
+    return SokobanRoom(walls, tuple(targets), tuple(boxes), players[0])
+
+
+_GENERATION_LOCK = threading.Lock()
+_generator: Callable[..., Any] | None = None
+
+
+def _gym_sokoban_generator() -> Callable[..., Any]:
+    """gym-sokoban's ``room_utils.generate_room``, loaded without importing the ``gym_sokoban`` package.
+
+    The package's ``__init__`` imports the old ``gym`` (which prints a deprecation notice to stderr)
+    and ``pkg_resources`` (a warning) only to register gym envs we never use; ``room_utils`` itself
+    needs nothing but ``random`` and numpy. Falls back to the ordinary import if the file moved.
+    Call under ``_GENERATION_LOCK``.
+    """
+    global _generator
+    if _generator is None:
+        module = None
+        package = importlib.util.find_spec("gym_sokoban")
+        if package is not None and package.submodule_search_locations:
+            path = f"{list(package.submodule_search_locations)[0]}/envs/room_utils.py"
+            spec = importlib.util.spec_from_file_location("_agentrl_gym_sokoban_room_utils", path)
+            if spec is not None and spec.loader is not None:
+                try:
+                    module = importlib.util.module_from_spec(spec)
+                    spec.loader.exec_module(module)
+                except OSError:
+                    module = None
+        if module is None:  # pragma: no cover - only with an unusual gym-sokoban install
+            from gym_sokoban.envs import room_utils as module  # type: ignore[no-redef]
+        _generator = module.generate_room
+    return _generator
+
+
+def generate_room(seed: int, dim_room: Sequence[int] = (6, 6), num_boxes: int = 1) -> SokobanRoom:
+    """The room for ``seed`` from gym-sokoban's generator, as gym-sokoban's env configures it.
+
+    Deterministic: attempt ``i`` seeds the global ``random`` and ``np.random`` from
+    ``SeedSequence([seed, i])``; attempts that the generator rejects (``RuntimeError('Not enough
+    free spots')``, ``RuntimeWarning('Generated Model with score == 0')``) move on to ``i + 1``.
+    Both global generators are restored afterwards, and a lock keeps threads from interleaving.
+
+    Raises ``ValueError`` if ``seed`` is not a non-negative int or the size is bad, ``RuntimeError`` if
+    :data:`MAX_GENERATION_ATTEMPTS` attempts all fail (too many boxes for the room).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    dim = _check_dim(dim_room)
+    num_boxes = _check_num_boxes(num_boxes)
+    num_steps = int(1.7 * (dim[0] + dim[1]))  # gym-sokoban's own setting
+    last_error: Exception | None = None
+    with _GENERATION_LOCK:
+        generator = _gym_sokoban_generator()
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            for attempt in range(MAX_GENERATION_ATTEMPTS):
+                np_seed, py_seed = np.random.SeedSequence([int(seed), attempt]).generate_state(2)
+                np.random.seed(int(np_seed))
+                random.seed(int(py_seed))
+                try:
+                    fixed, state, _ = generator(
+                        dim=dim,
+                        p_change_directions=0.35,
+                        num_steps=num_steps,
+                        num_boxes=num_boxes,
+                        tries=4,
+                        second_player=False,
+                    )
+                    break
+                except (RuntimeError, RuntimeWarning) as exc:
+                    last_error = exc
+            else:
+                raise RuntimeError(
+                    f"gym-sokoban could not generate a {dim[0]}x{dim[1]} room with {num_boxes} box(es) "
+                    f"for seed {seed} in {MAX_GENERATION_ATTEMPTS} attempts (last: {last_error}); "
+                    "use a larger room or fewer boxes"
+                )
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+    # gym-sokoban codes: fixed 0 wall / 1 floor / 2 target; state adds 3-4 boxes, 5 player.
+    player = _cells(state == 5)[0]
+    return SokobanRoom(fixed == 0, _cells(fixed == 2), _cells((state == 3) | (state == 4)), player)
+
+
+def _cells(mask: np.ndarray) -> tuple[Cell, ...]:
+    """(row, col) of each True cell, as plain ints (JSON-friendly, hash-equal to tuples)."""
+    return tuple((int(r), int(c)) for r, c in np.argwhere(mask))
+
+
+def _check_dim(dim_room: Any) -> tuple[int, int]:
+    try:
+        dim = (int(dim_room[0]), int(dim_room[1]))
+        ok = len(dim_room) == 2 and min(dim) >= 4
+    except (TypeError, ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise ValueError(f"dim_room must be two ints >= 4 (rows, cols), got {dim_room!r}")
+    return dim
+
+
+def _check_num_boxes(num_boxes: Any) -> int:
+    if isinstance(num_boxes, bool) or not isinstance(num_boxes, (int, np.integer)) or num_boxes < 1:
+        raise ValueError(f"num_boxes must be an int >= 1, got {num_boxes!r}")
+    return int(num_boxes)
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+TILE = 16
+# Tile codes for rgb rendering.
+_T_WALL, _T_FLOOR, _T_TARGET, _T_BOX_ON_TARGET, _T_BOX, _T_PLAYER, _T_PLAYER_ON_TARGET = range(7)
+
+
+def _make_tiles(size: int = TILE) -> np.ndarray:
+    """(7, size, size, 3) uint8 tiles: plain squares, simple enough to tell apart at a glance."""
+    floor, target_red = (225, 215, 190), (200, 50, 50)
+    tiles = np.empty((7, size, size, 3), dtype=np.uint8)
+    tiles[:] = floor
+    tiles[_T_WALL] = (70, 70, 80)
+    tiles[_T_WALL, size // 2 - 1 : size // 2 + 1, :] = (50, 50, 60)  # a mortar line
+    lo, hi = size // 4, size - size // 4  # centre square: the target mark
+    for t in (_T_TARGET, _T_PLAYER_ON_TARGET, _T_BOX_ON_TARGET):
+        tiles[t, lo:hi, lo:hi] = target_red
+    b0, b1 = 2, size - 2  # a box fills most of the tile
+    tiles[_T_BOX, b0:b1, b0:b1] = (150, 100, 40)
+    tiles[_T_BOX_ON_TARGET, b0:b1, b0:b1] = (60, 160, 70)
+    yy, xx = np.mgrid[0:size, 0:size]
+    disc = (yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2 <= (size * 0.3) ** 2
+    for t in (_T_PLAYER, _T_PLAYER_ON_TARGET):
+        tiles[t][disc] = (40, 80, 200)
+    return tiles
+
+
+_TILES = _make_tiles()
+
+
+# --------------------------------------------------------------------------------------------
+# The env
+# --------------------------------------------------------------------------------------------
+
+
+def _instructions(max_actions: int) -> str:
+    return (
+        "You are playing Sokoban, a puzzle on a small grid. Push every box onto a target.\n"
+        f"Symbols: {WALL} wall, {FLOOR} empty floor, {TARGET} target, {BOX} box, "
+        f"{BOX_ON_TARGET} box on a target, {PLAYER} you, {PLAYER_ON_TARGET} you standing on a target.\n"
+        "Moves: Up, Down, Left, Right (Up goes toward the first row). Walking into a box pushes it one "
+        "square the same way if that square is empty floor or a target. You cannot pull boxes or push "
+        "two at once; walking into a wall wastes the move.\n"
+        "Rewards: -0.1 per move, +1 for pushing a box onto a target, -1 for pushing one off, "
+        "+10 when every box is on a target.\n"
+        f"Answer with up to {max_actions} moves separated by ||, for example: Up || Left"
+    )
+
+
+class SokobanEnv(TextEnv):
+    """Push every box onto a target in a small grid room (multi-turn; gym-sokoban rooms).
+
+    Observation: the grid, one row per line, in RAGEN's symbols (``#`` wall, ``_`` floor,
+    ``O`` target, ``X`` box, ``√`` box on target, ``P`` player, ``S`` player on target).
+    Action: ``Up``, ``Down``, ``Left`` or ``Right`` (case and surrounding whitespace ignored).
+    Any other text is invalid: ``action_is_valid=False``, reward :attr:`invalid_action_penalty`,
+    state unchanged. Walking into a wall (or into a box that cannot move) is a *valid* move that
+    changes nothing and costs the step penalty. Every step, valid or not, counts toward
+    ``max_steps``.
+
+    Rewards (gym-sokoban's): :attr:`step_penalty` per step, plus :attr:`box_on_target_reward` for
+    each box pushed onto a target, :attr:`box_off_target_penalty` for each pushed off one, and
+    :attr:`success_reward` on the step that puts the last box on a target, which ends the episode
+    (``terminated=True``, ``info["success"]=True``). Reaching ``max_steps`` first gives
+    ``truncated=True``.
+
+    ``reset(seed=s)`` builds the room :func:`generate_room` gives for ``s`` and reports ``s`` as
+    ``info["seed"]``; ``reset()`` without a seed draws one from ``self.np_random``, so a seeded
+    env's sequence of rooms is reproducible too. ``options`` may hold ``dim_room`` and
+    ``num_boxes`` (this episode only) or ``layout``, a room in the env's symbols.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    max_actions_per_turn: int = 10
+    invalid_action_penalty: float = -0.1
+    step_penalty: float = -0.1
+    box_on_target_reward: float = 1.0
+    box_off_target_penalty: float = -1.0
+    success_reward: float = 10.0
+
+    def __init__(
+        self,
+        dim_room: Sequence[int] = (6, 6),
+        num_boxes: int = 1,
+        max_steps: int = 100,
+        render_mode: str | None = "ansi",
+        invalid_action_penalty: float | None = None,
+        oracle_max_nodes: int = 200_000,
+        plan_in_info: bool = True,
+    ):
+        """
+        Args:
+            dim_room: (rows, cols) of generated rooms, walls included; each >= 4.
+            num_boxes: boxes (and targets) per generated room.
+            max_steps: steps per episode before ``truncated=True``.
+            render_mode: ``"ansi"`` (text), ``"rgb_array"`` (16 px tiles) or ``None``.
+            invalid_action_penalty: overrides the class default (-0.1) for this env.
+            oracle_max_nodes: the BFS state limit of :meth:`oracle_actions` and of the plan in info.
+            plan_in_info: solve each room at reset and put ``optimal_plan`` and
+                ``optimal_plan_length`` in reset's info (``None`` if not solved within
+                ``oracle_max_nodes``). Cheap for 6x6 rooms; turn off for large ones.
+        """
+        super().__init__(render_mode=render_mode)
+        self.dim_room = _check_dim(dim_room)
+        self.num_boxes = _check_num_boxes(num_boxes)
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+        self.max_steps = max_steps
+        if invalid_action_penalty is not None:
+            self.invalid_action_penalty = float(invalid_action_penalty)
+        self.oracle_max_nodes = int(oracle_max_nodes)
+        self.plan_in_info = bool(plan_in_info)
+        self.instructions = _instructions(self.max_actions_per_turn)
+        # Episode state, set by reset.
+        self._room: SokobanRoom | None = None
+        self._floor: frozenset[Cell] = frozenset()
+        self._base_chars: list[str] = []
+        self._stride = 1
+        self._targets: frozenset[Cell] = frozenset()
+        self._boxes: set[Cell] = set()
+        self._player: Cell = (0, 0)
+        self._steps = 0
+        self._on_target = 0
+        # Last oracle answer, keyed by (player, boxes): the plan solved at reset is reused.
+        self._plan_cache: tuple[tuple[Cell, frozenset[Cell]], list[str] | None] | None = None
+
+    # ---- Gymnasium API -----------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"dim_room", "num_boxes", "layout"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; known: dim_room, num_boxes, layout")
+        room_seed: int | None
+        if "layout" in options:
+            room = parse_layout(options["layout"])
+            room_seed = None
+        else:
+            # Without a seed, draw one from np_random: reproducible from the env's seed, and
+            # reported in info so any episode can be rebuilt with reset(seed=info["seed"]).
+            room_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2**63 - 1))
+            room = generate_room(
+                room_seed,
+                options.get("dim_room", self.dim_room),
+                options.get("num_boxes", self.num_boxes),
+            )
+        self._room = room
+        h, w = room.dim
+        self._floor = frozenset((r, c) for r in range(h) for c in range(w) if not room.walls[r, c])
+        # The fixed part of the text (walls, floor, targets), one char per cell plus a newline per
+        # row: each observation copies it and overlays boxes and player.
+        self._stride = w + 1
+        self._base_chars = list(
+            render_text(room.walls, frozenset(room.targets), frozenset(), (-1, -1)) + "\n"
+        )
+        self._targets = frozenset(room.targets)
+        self._boxes = set(room.boxes)
+        self._player = room.player
+        self._steps = 0
+        self._on_target = len(self._boxes & self._targets)
+        self._plan_cache = None
+
+        info: dict[str, Any] = {
+            "success": self._on_target == len(self._targets),
+            "action_is_valid": True,
+            "seed": room_seed,
+            "dim_room": list(room.dim),
+            "num_boxes": len(room.boxes),
+            "player": list(room.player),
+            "boxes": [list(b) for b in room.boxes],
+            "targets": [list(t) for t in room.targets],
+            "boxes_on_target": self._on_target,
+            "steps": 0,
+        }
+        if self.plan_in_info:
+            plan = self.oracle_actions()
+            info["optimal_plan"] = plan
+            info["optimal_plan_length"] = None if plan is None else len(plan)
+        return self._text(), info
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        if self._room is None:
+            raise RuntimeError("call reset() before step()")
+        self._steps += 1
+        move = parse_action(action)
+        moved_player = moved_box = False
+        if move is None:
+            reward = self.invalid_action_penalty
+        else:
+            reward = self.step_penalty
+            dr, dc = DELTAS[move]
+            r, c = self._player
+            nxt = (r + dr, c + dc)
+            if nxt in self._floor:
+                if nxt in self._boxes:
+                    behind = (nxt[0] + dr, nxt[1] + dc)
+                    if behind in self._floor and behind not in self._boxes:
+                        self._boxes.remove(nxt)
+                        self._boxes.add(behind)
+                        self._player = nxt
+                        moved_player = moved_box = True
+                else:
+                    self._player = nxt
+                    moved_player = True
+            if moved_box:
+                on_target = len(self._boxes & self._targets)
+                if on_target > self._on_target:
+                    reward += self.box_on_target_reward
+                elif on_target < self._on_target:
+                    reward += self.box_off_target_penalty
+                self._on_target = on_target
+                if on_target == len(self._targets):
+                    reward += self.success_reward
+        success = self._on_target == len(self._targets)
+        terminated = success
+        truncated = not terminated and self._steps >= self.max_steps
+        info = {
+            "success": success,
+            "action_is_valid": move is not None,
+            "action": None if move is None else ACTIONS[move],
+            "moved_player": moved_player,
+            "moved_box": moved_box,
+            "boxes_on_target": self._on_target,
+            "steps": self._steps,
+        }
+        return self._text(), float(reward), terminated, truncated, info
+
+    def render(self) -> str | np.ndarray | None:
+        """``"ansi"``: the grid text (the observation). ``"rgb_array"``: an (H*16, W*16, 3) uint8 image."""
+        if self._room is None or self.render_mode is None:
+            return None
+        if self.render_mode == "rgb_array":
+            codes = self._tile_codes()
+            h, w = codes.shape
+            return _TILES[codes].transpose(0, 2, 1, 3, 4).reshape(h * TILE, w * TILE, 3)
+        return self._text()
+
+    # ---- Oracle --------------------------------------------------------------------------------
+
+    def oracle_actions(self, max_nodes: int | None = None) -> list[str] | None:
+        """A shortest plan (``["Up", "Left", ...]``) from the current state, by BFS over (player, boxes).
+
+        ``[]`` if solved already; ``None`` if no plan was found within ``max_nodes`` states
+        (default ``oracle_max_nodes``) or the room is unsolvable from here (a box in a corner).
+        """
+        if self._room is None:
+            raise RuntimeError("call reset() before oracle_actions()")
+        state = (self._player, frozenset(self._boxes))
+        if self._plan_cache is None or self._plan_cache[0] != state or max_nodes is not None:
+            plan = solve(
+                self._room.walls,
+                self._boxes,
+                self._targets,
+                self._player,
+                max_nodes=self.oracle_max_nodes if max_nodes is None else max_nodes,
+            )
+            self._plan_cache = (state, plan)
+        plan = self._plan_cache[1]
+        return None if plan is None else list(plan)
+
+    # ---- Internals -----------------------------------------------------------------------------
+
+    def _text(self) -> str:
+        """The current grid; equal to ``render_text(...)`` of the state, built faster."""
+        chars = self._base_chars.copy()
+        stride = self._stride
+        targets = self._targets
+        for r, c in self._boxes:
+            chars[r * stride + c] = BOX_ON_TARGET if (r, c) in targets else BOX
+        r, c = self._player
+        chars[r * stride + c] = PLAYER_ON_TARGET if self._player in targets else PLAYER
+        return "".join(chars[:-1])
+
+    def _tile_codes(self) -> np.ndarray:
+        assert self._room is not None
+        codes = np.where(self._room.walls, _T_WALL, _T_FLOOR)
+        for t in self._targets:
+            codes[t] = _T_TARGET
+        for b in self._boxes:
+            codes[b] = _T_BOX_ON_TARGET if b in self._targets else _T_BOX
+        codes[self._player] = _T_PLAYER_ON_TARGET if self._player in self._targets else _T_PLAYER
+        return codes
