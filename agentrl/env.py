@@ -63,6 +63,11 @@ class TextEnv(gymnasium.Env[str, str]):
     max_actions_per_turn: int = 1
     #: Reward for an action the env cannot use.
     invalid_action_penalty: float = 0.0
+    #: A concrete answer (the text between the answer tags) shown in the reply-format example.
+    example_answer: str = ""
+    #: Optional closed action vocabulary (case-insensitive). When set, the rollout manager treats
+    #: any other word as a format error and does not step the env.
+    valid_actions: tuple[str, ...] | None = None
 
     def __init__(self, render_mode: str | None = "ansi", max_obs_length: int = 16384):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:

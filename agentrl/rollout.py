@@ -132,18 +132,22 @@ def parse_reply(
     return ParsedReply(actions=actions)
 
 
-def format_instructions(think: bool, max_actions: int, separator: str = "||") -> str:
-    """The reply-format part of the system prompt (the env's ``instructions`` hold the task)."""
+def format_instructions(think: bool, max_actions: int, example_answer: str = "", separator: str = "||") -> str:
+    """The reply-format part of the system prompt (the env's ``instructions`` hold the task).
+
+    The example is concrete on purpose: small models copy placeholders such as ``[your answer]``.
+    """
+    example = example_answer or "42"
     if think:
         fmt = (
-            "Think briefly inside <think> </think>, then give your answer inside <answer> </answer>, "
-            "for example: <think>I should check the state first.</think><answer>...your action...</answer> "
-            "with your real action in place of the dots."
+            "First think step by step inside <think> </think>, then write only your final answer inside "
+            "<answer> </answer>.\nExample reply: <think>I look at the state and plan my answer.</think>"
+            f"<answer>{example}</answer>"
         )
     else:
-        fmt = "Give your answer inside <answer> </answer>."
+        fmt = f"Write only your final answer inside <answer> </answer>.\nExample reply: <answer>{example}</answer>"
     if max_actions > 1:
-        fmt += f" You may give up to {max_actions} actions in one answer, separated by {separator}."
+        fmt += f"\nYou may give up to {max_actions} actions in one answer, separated by {separator}."
     return fmt
 
 
@@ -204,7 +208,9 @@ class RolloutManager:
             1, min(self.config.max_actions_per_turn, getattr(probe, "max_actions_per_turn", 1))
         )
         self.system_prompt = (
-            probe.instructions.strip() + "\n\n" + format_instructions(self.config.think, self.max_actions)
+            probe.instructions.strip()
+            + "\n\n"
+            + format_instructions(self.config.think, self.max_actions, getattr(probe, "example_answer", ""))
         )
         self._envs.append(probe)
         self._pool = (

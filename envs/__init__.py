@@ -4,10 +4,12 @@ They use only agentrl's public API and are registered exactly as a third-party e
 function is the target of the ``agentrl.envs`` entry point in pyproject.toml.
 """
 
-from agentrl import register
 
 
 def register_builtin_envs() -> None:
+    # Imported here, not at module top: importing agentrl_envs before agentrl must not be circular.
+    from agentrl import register
+
     register(
         "sokoban",
         "agentrl_envs.sokoban:SokobanEnv",

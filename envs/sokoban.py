@@ -283,7 +283,7 @@ def _instructions(max_actions: int) -> str:
         "two at once; walking into a wall wastes the move.\n"
         "Rewards: -0.1 per move, +1 for pushing a box onto a target, -1 for pushing one off, "
         "+10 when every box is on a target.\n"
-        f"Answer with up to {max_actions} moves separated by ||, for example: Up || Left"
+        "Answer with one or more moves separated by ||, for example: Up || Left"
     )
 
 
@@ -313,6 +313,9 @@ class SokobanEnv(TextEnv):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     max_actions_per_turn: int = 10
+    #: The words the rollout manager accepts as actions (anything else is a format error, no step).
+    valid_actions: tuple[str, ...] = ("Up", "Down", "Left", "Right")
+    example_answer: str = "Up || Left"
     invalid_action_penalty: float = -0.1
     step_penalty: float = -0.1
     box_on_target_reward: float = 1.0
