@@ -234,6 +234,7 @@ class CountdownEnv(TextEnv):
     """
 
     instructions = INSTRUCTIONS
+    example_answer = "(3 + 5) * 2"
 
     def __init__(
         self,

@@ -225,6 +225,7 @@ class KnightsKnavesEnv(TextEnv):
     """
 
     instructions = INSTRUCTIONS
+    example_answer = "(1) Alice is a knave\n(2) Bob is a knight"
 
     def __init__(
         self,

@@ -436,6 +436,7 @@ class MathEnv(TextEnv):
     """
 
     instructions = INSTRUCTIONS
+    example_answer = "\\boxed{42}"
 
     def __init__(
         self,
