@@ -73,7 +73,9 @@ def default_model_dir() -> Path:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
         gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE)
         # transformers refuses save_pretrained on a GGUF-loaded model: rebuild from its config.
-        config = AutoConfig.for_model(**gguf_model.config.to_dict())
+        fields = gguf_model.config.to_dict()
+        fields.pop("quantization_config", None)  # the weights are de-quantised: a plain fp32 model
+        config = AutoConfig.for_model(**fields)
         model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(gguf_model.state_dict())
         model.generation_config = gguf_model.generation_config

@@ -1,0 +1,117 @@
+"""From trajectories to training tensors: turn advantages onto tokens, samples into micro-batches.
+
+Pure data plumbing, no model: the trainer calls :func:`turn_batch` to build the advantage
+estimators' input, :func:`assign_advantages` to spread each turn's advantage over the tokens the
+model sampled in that turn, and :func:`pack_micro_batches` to group samples into padded batches of
+at most ``max_tokens`` tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from agentrl.advantages import TurnBatch, observation_key
+from agentrl.trajectory import Sample, Trajectory
+
+
+def turn_batch(trajectories: Sequence[Trajectory], bonus: torch.Tensor | None = None) -> TurnBatch:
+    """One row per turn of every trajectory (episodes without turns get one zero-reward row).
+
+    ``bonus`` (B,) is added to each episode's last turn (reward shaping).
+    """
+    rewards, groups, keys = [], [], []
+    for traj in trajectories:
+        turns = traj.turns or []
+        rewards.append([t.reward for t in turns] or [0.0])
+        groups.append(traj.group)
+        keys.append([observation_key(t.observation) for t in turns] or [observation_key("")])
+    batch = TurnBatch.from_episodes(rewards, groups, obs_keys=keys)
+    if bonus is not None:
+        batch = batch.add_to_last_turn(bonus)
+    return batch
+
+
+def assign_advantages(trajectories: Sequence[Trajectory], batch: TurnBatch, advantages: torch.Tensor) -> None:
+    """Write per-token advantages into each sample: a turn's value on its sampled tokens, 0 elsewhere."""
+    per_episode: dict[tuple[int, int], float] = {}
+    for row in range(batch.num_turns):
+        per_episode[(int(batch.episode[row]), int(batch.turn[row]))] = float(advantages[row])
+    for e, traj in enumerate(trajectories):
+        for sample in traj.samples:
+            sample.advantages = [0.0] * len(sample.token_ids)
+        for t, turn in enumerate(traj.turns):
+            value = per_episode.get((e, t), 0.0)
+            sample = traj.samples[turn.sample]
+            start, end = turn.response_span
+            for i in range(start, end):
+                sample.advantages[i] = value if sample.loss_mask[i] else 0.0
+
+
+@dataclass
+class MicroBatch:
+    """Right-padded tensors of a few samples, already shifted for next-token prediction.
+
+    ``input_ids`` (B, L); ``targets``, ``mask``, ``old_logprobs``, ``advantages`` (B, L-1): position
+    ``t`` of these holds token ``t+1`` and what the rollout recorded for it.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    sample_index: list[int]
+    """Index of each row in the list given to :func:`pack_micro_batches`."""
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.mask.sum())
+
+    def to(self, device: torch.device | str) -> MicroBatch:
+        return MicroBatch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.targets, self.mask)),
+            self.old_logprobs.to(device),
+            self.advantages.to(device),
+            self.sample_index,
+        )
+
+
+def _collate(samples: Sequence[Sample], index: list[int], pad_id: int) -> MicroBatch:
+    width = max(len(s.token_ids) for s in samples)
+    n = len(samples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.float32)
+    logp = torch.zeros((n, width), dtype=torch.float32)
+    adv = torch.zeros((n, width), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        k = len(s.token_ids)
+        ids[i, :k] = torch.tensor(s.token_ids)
+        attn[i, :k] = 1
+        mask[i, :k] = torch.tensor(s.loss_mask, dtype=torch.float32)
+        logp[i, :k] = torch.tensor(s.logprobs, dtype=torch.float32)
+        adv[i, :k] = torch.tensor(s.advantages or [0.0] * k, dtype=torch.float32)
+    return MicroBatch(ids, attn, ids[:, 1:], mask[:, 1:], logp[:, 1:], adv[:, 1:], index)
+
+
+def pack_micro_batches(samples: Sequence[Sample], max_tokens: int, pad_id: int) -> list[MicroBatch]:
+    """Group samples into micro-batches of at most ``max_tokens`` padded tokens (longest first).
+
+    A sample longer than ``max_tokens`` gets a micro-batch of its own.
+    """
+    order = sorted(range(len(samples)), key=lambda i: -len(samples[i].token_ids))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = len(samples[current[0]].token_ids) if current else len(samples[i].token_ids)
+        if current and (len(current) + 1) * width > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return [_collate([samples[i] for i in b], b, pad_id) for b in batches]

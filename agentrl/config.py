@@ -1,0 +1,405 @@
+"""The typed configuration tree: one dataclass per concern, YAML recipes, dotted overrides, checks.
+
+``load_config`` builds a :class:`Config` from (in order) the defaults, a YAML recipe, the CLI's
+shortcuts (``--env``, ``--model``) and ``--set a.b=value`` overrides, then validates the whole tree
+before any work starts. Unknown keys and wrong types fail naming the key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentrl.advantages import ADVANTAGE_ESTIMATORS, AdvantageParams
+from agentrl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, KLParams, PolicyLossParams
+from agentrl.rewards import ShapingParams
+from agentrl.rollout import RolloutConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key and the fix."""
+
+
+@dataclass
+class EnvConfig:
+    name: str = "sokoban"
+    """Registered env name (``agentrl envs list``)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments for the env (``--set env.kwargs.num_boxes=2``)."""
+    train_seed_start: int = 10000
+    """Training step ``s`` (from 1) plays env seeds ``train_seed_start + (s-1)*n_groups + g``."""
+    eval_seed_start: int = 0
+    """Evaluation plays seeds ``eval_seed_start ..``; kept below ``train_seed_start`` so they are never trained on."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0
+    """LoRA rank; 0 trains all weights."""
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str = "all-linear"
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None
+    """HF model folder, run directory, hub id; ``None``: the offline default SmolLM2-135M-Instruct."""
+    dtype: str = "auto"
+    """``auto`` (float32 on CPU, bfloat16 on GPU), ``float32``, ``bfloat16``."""
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class EngineConfig:
+    name: str = "hf"
+    """``hf`` (in-process transformers, shares the weights) or ``vllm`` (GPU, optional extra)."""
+    max_batch_size: int = 64
+    """Prompts per forward pass in the ``hf`` engine."""
+    vllm: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for ``VLLMEngine`` (gpu_memory_utilization, max_model_len...)."""
+
+
+@dataclass
+class AlgoConfig:
+    advantage: AdvantageParams = field(default_factory=AdvantageParams)
+    policy_loss: PolicyLossParams = field(default_factory=PolicyLossParams)
+    kl: KLParams = field(default_factory=KLParams)
+    shaping: ShapingParams = field(default_factory=ShapingParams)
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (RAGEN: 0.001)."""
+    keep_group_fraction: float = 1.0
+    """StarPO-S: train only on this top fraction of groups by in-group reward std (1.0 keeps all)."""
+    skip_zero_advantage: bool = True
+    """Skip the forward/backward of samples whose advantages are all zero (their policy gradient is
+    zero); only when KL and entropy terms are off, since those still act on such samples."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    mini_batches: int = 1
+    """Optimizer steps per pass (the batch's samples split evenly)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 50
+    """Training steps (a step = one rollout batch and its updates)."""
+    n_groups: int = 8
+    """Env groups per step (each of ``rollout.group_size`` episodes)."""
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    """Optimizer steps of linear warmup."""
+    lr_schedule: str = "constant"
+    """``constant`` or ``cosine`` (to 10% of ``lr``) after warmup."""
+    grad_clip: float = 1.0
+    micro_batch_tokens: int = 4096
+    """Padded tokens per forward/backward pass (memory bound); samples are packed up to it."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0, 1, 2 or 3 (configs/deepspeed/zero{stage}.json)."""
+    deepspeed_config: str | None = None
+    """A DeepSpeed JSON to use instead of configs/deepspeed/zero{stage}.json."""
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu`` or ``cuda``."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 10
+    """Evaluate every N steps (and before the first and after the last); 0 disables."""
+    episodes: int = 32
+    """Held-out env seeds per evaluation."""
+    samples_per_seed: int = 1
+    """Replies sampled per seed (for pass@k); 1 with greedy decoding."""
+    greedy: bool = True
+    temperature: float = 1.0
+    """Sampling temperature when not greedy."""
+    at_start: bool = True
+    """Evaluate the initial model (step 0)."""
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None
+    """Run name; the run lives in ``root/name``. Default: ``ENV-YYYYmmdd-HHMMSS``."""
+    root: str = "runs"
+    save_every: int = 10
+    """Checkpoint every N steps (and at the end, and on Ctrl-C); 0: only at the end."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept (older ones are deleted); 0 keeps all."""
+    init: str | None = None
+    """Start from this run's (or folder's) model, e.g. an SFT run."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def episodes_per_step(self) -> int:
+        return self.train.n_groups * self.rollout.group_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building from dicts (YAML, overrides) with typed checks
+# ------------------------------------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert strings from the command line."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} is a section; give it a mapping, not {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is Any:
+        return value
+    if origin in (dict, list, tuple):
+        base = origin
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (dict if base is dict else (list, tuple))):
+            raise ConfigError(f"{key} must be a {base.__name__}, got {value!r}")
+        return base(value) if base is not dict else dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, str):
+            try:
+                value = float(value) if tp is float or any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number ({tp.__name__}), got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number ({tp.__name__}), got {value!r}")
+        if tp is int and float(value) != int(value):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _unknown_key(prefix: str, name: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+    return ConfigError(f"unknown config key {prefix}{name}.{hint} Valid keys here: {', '.join(valid)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    types_ = _field_types(cls)
+    kwargs = {}
+    for name, value in data.items():
+        if name not in types_:
+            raise _unknown_key(prefix, name, list(types_))
+        kwargs[name] = _coerce(value, types_[name], prefix + name)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from exc
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c = value`` in a nested dict, creating sections as needed."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = (
+            _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
+        )
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"algo.kl.coef=0.001"`` -> ``("algo.kl.coef", "0.001")`` (typed later against the tree)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. algo.kl.coef=0.001")
+    return key.strip(), value
+
+
+def load_config(
+    config_file: str | None = None,
+    env: str | None = None,
+    model: str | None = None,
+    overrides: list[str] | None = None,
+    name: str | None = None,
+    init: str | None = None,
+) -> Config:
+    """Defaults <- YAML recipe <- CLI shortcuts <- ``key=value`` overrides, then :func:`validate`."""
+    tree: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            recipes = (
+                sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
+            )
+            raise ConfigError(
+                f"config file {config_file} not found. Recipes in configs/: {', '.join(recipes) or '-'}"
+            )
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file} must hold a mapping of sections (env:, train:, ...)")
+        tree = _merge(tree, loaded)
+    if env:
+        _set_dotted(tree, "env.name", env)
+    if model:
+        _set_dotted(tree, "model.path", model)
+    if name:
+        _set_dotted(tree, "run.name", name)
+    if init:
+        _set_dotted(tree, "run.init", init)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config from ``Config.to_dict()`` (a run's config.yaml)."""
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-field checks: each says what is wrong and how to fix it
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_choice(key: str, value: str, choices) -> None:
+    choices = sorted(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{key}={value!r} is not one of {choices}.{hint}")
+
+
+def validate(cfg: Config) -> None:
+    """Check cross-field constraints before any work starts."""
+    import agentrl
+
+    if cfg.env.name not in agentrl.names():
+        try:
+            agentrl.spec(cfg.env.name)
+        except KeyError as exc:
+            raise ConfigError(f"env.name: {exc.args[0]}") from None
+    _check_choice("algo.advantage.estimator", cfg.algo.advantage.estimator, ADVANTAGE_ESTIMATORS)
+    _check_choice("algo.policy_loss.loss", cfg.algo.policy_loss.loss, POLICY_LOSSES)
+    _check_choice("algo.policy_loss.aggregation", cfg.algo.policy_loss.aggregation, AGGREGATIONS)
+    _check_choice("algo.kl.estimator", cfg.algo.kl.estimator, KL_ESTIMATORS)
+    _check_choice("engine.name", cfg.engine.name, ["hf", "vllm"])
+    _check_choice("rollout.context_mode", cfg.rollout.context_mode, ["full", "window", "single"])
+    _check_choice("rollout.context_overflow", cfg.rollout.context_overflow, ["end", "truncate"])
+    _check_choice("train.lr_schedule", cfg.train.lr_schedule, ["constant", "cosine"])
+    _check_choice("model.dtype", cfg.model.dtype, ["auto", "float32", "bfloat16"])
+    _check_choice("train.device", cfg.train.device, ["auto", "cpu", "cuda"])
+    positive = {
+        "train.steps": cfg.train.steps,
+        "train.n_groups": cfg.train.n_groups,
+        "rollout.group_size": cfg.rollout.group_size,
+        "rollout.max_turns": cfg.rollout.max_turns,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "algo.ppo_epochs": cfg.algo.ppo_epochs,
+        "algo.mini_batches": cfg.algo.mini_batches,
+        "train.micro_batch_tokens": cfg.train.micro_batch_tokens,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if cfg.rollout.group_size < 2 and cfg.algo.advantage.estimator != "turn":
+        raise ConfigError(
+            "rollout.group_size must be at least 2: group-relative advantages of a group of one are always 0"
+        )
+    if cfg.episodes_per_step % cfg.algo.mini_batches:
+        raise ConfigError(
+            f"algo.mini_batches={cfg.algo.mini_batches} must divide the {cfg.episodes_per_step} episodes per step "
+            f"(train.n_groups={cfg.train.n_groups} x rollout.group_size={cfg.rollout.group_size})"
+        )
+    if cfg.rollout.max_new_tokens > cfg.rollout.max_context_tokens:
+        raise ConfigError(
+            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} exceeds rollout.max_context_tokens="
+            f"{cfg.rollout.max_context_tokens}: raise the context or lower the reply budget"
+        )
+    if cfg.train.micro_batch_tokens < cfg.rollout.max_context_tokens:
+        raise ConfigError(
+            f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than one full context "
+            f"(rollout.max_context_tokens={cfg.rollout.max_context_tokens}); raise it to at least that"
+        )
+    if not 0 < cfg.algo.keep_group_fraction <= 1:
+        raise ConfigError(f"algo.keep_group_fraction must be in (0, 1], got {cfg.algo.keep_group_fraction}")
+    if cfg.train.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {cfg.train.zero_stage}")
+    if cfg.train.zero_stage == 3 and cfg.engine.name == "hf":
+        raise ConfigError(
+            "train.zero_stage=3 shards the parameters, and the hf engine samples from the trainer's own "
+            "module, which then holds no full weights: use train.zero_stage=2 with engine.name=hf, or "
+            "engine.name=vllm (weights are gathered and pushed to it)"
+        )
+    if cfg.model.lora.r > 0 and cfg.train.zero_stage == 3:
+        raise ConfigError("LoRA with ZeRO-3 is not supported; use train.zero_stage=2 (LoRA state is small)")
+    if cfg.eval.every and cfg.eval.episodes <= 0:
+        raise ConfigError("eval.episodes must be positive when eval.every > 0")
+    if cfg.eval.greedy and cfg.eval.samples_per_seed > 1:
+        raise ConfigError(
+            "eval.samples_per_seed > 1 with eval.greedy=true gives identical samples; set eval.greedy=false for pass@k"
+        )
+    if cfg.env.eval_seed_start + cfg.eval.episodes > cfg.env.train_seed_start and (
+        cfg.env.eval_seed_start < cfg.env.train_seed_start
+    ):
+        raise ConfigError(
+            f"eval seeds {cfg.env.eval_seed_start}..{cfg.env.eval_seed_start + cfg.eval.episodes - 1} overlap the "
+            f"training seeds from env.train_seed_start={cfg.env.train_seed_start}: held-out seeds must never be trained on"
+        )
+    if cfg.run.name is None:
+        cfg.run.name = f"{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"

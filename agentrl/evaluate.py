@@ -1,0 +1,47 @@
+"""``agentrl eval``: play held-out seeds with any model (a folder, a run, the default) and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agentrl.config import Config
+from agentrl.metrics import eval_metrics
+from agentrl.trajectory import Trajectory, write_jsonl
+
+
+def evaluate(cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:
+    """Load the configured model, play ``cfg.eval.episodes`` held-out seeds, return trajectories and metrics."""
+    import torch
+
+    from agentrl.engines.hf import HFEngine
+    from agentrl.models import load_model, load_tokenizer, resolve_model_path
+    from agentrl.rollout import RolloutManager
+    from agentrl.trainer import run_eval
+
+    path = resolve_model_path(cfg.model.path)
+    device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+    dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, dtype=dtype, device=device)
+    engine = HFEngine(
+        model, tokenizer.pad_token_id, max_batch_size=cfg.engine.max_batch_size, seed=cfg.train.seed
+    )
+    rollout = RolloutManager(engine, tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
+    try:
+        trajectories = run_eval(cfg, rollout, step=-1)
+    finally:
+        rollout.close()
+    return trajectories, eval_metrics(trajectories, "eval")
+
+
+def evaluate_cli(cfg: Config, episodes: int | None = None, out: str | None = None) -> int:
+    if episodes is not None:
+        cfg.eval.episodes = episodes
+    trajectories, metrics = evaluate(cfg)
+    print(json.dumps({k: round(v, 4) for k, v in sorted(metrics.items())}, indent=2))
+    if out:
+        path = write_jsonl(Path(out) / "eval.jsonl", trajectories)
+        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,99 @@
+"""Run output: TensorBoard scalars and text, ``metrics.jsonl``, the console progress bar. Rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+#: The numbers shown on the progress bar, in order, with their short labels.
+PROGRESS_KEYS = (
+    ("train/reward", "reward"),
+    ("train/success_rate", "success"),
+    ("train/format_valid_rate", "format"),
+    ("eval/success_rate", "eval"),
+    ("train/kl", "kl"),
+)
+
+
+class RunLogger:
+    """Writes one step's metrics to TensorBoard (``tb/``) and ``metrics.jsonl``, and drives the bar.
+
+    On ranks other than 0 every method does nothing, so callers never branch on the rank.
+    """
+
+    def __init__(
+        self, run_dir: Path, total_steps: int, first_step: int, enabled: bool = True, progress: bool = True
+    ):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self._writer = None
+        self._bar = None
+        self._last: dict[str, float] = {}
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+        self._metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total_steps, initial=first_step - 1, desc="train", unit="step", dynamic_ncols=True
+            )
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        for key, value in clean.items():
+            self._writer.add_scalar(key, value, step)
+        self._metrics_file.write(json.dumps({"step": step, **clean}) + "\n")
+        self._metrics_file.flush()
+        self._last.update(clean)
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        if self.enabled:
+            # TensorBoard renders text as markdown: indent to show it verbatim.
+            self._writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)
+
+    def advance(self, step: int) -> None:
+        """Move the bar to ``step`` and show the latest key numbers on it."""
+        if self._bar is None:
+            return
+        shown = " ".join(
+            f"{label}={self._last[key]:.3g}" for key, label in PROGRESS_KEYS if key in self._last
+        )
+        self._bar.set_postfix_str(shown, refresh=False)
+        self._bar.update(step - self._bar.n)
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        self._writer.close()
+        self._metrics_file.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (a cut last line is skipped)."""
+    rows = []
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows

@@ -1,0 +1,81 @@
+"""Metrics computed from trajectories: pure functions, namespaced keys (``train/...``, ``eval/...``).
+
+Every rate is over all episodes (or all turns) given, never an average of averages, so metrics
+gathered from several ranks aggregate exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+
+from agentrl.advantages import group_reward_stats
+from agentrl.rewards import reasoning_behaviour_counts
+from agentrl.trajectory import Trajectory
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str) -> dict[str, float]:
+    """Reward, success, format, length, turns, in-group spread and behaviour counts of a batch."""
+    if not trajectories:
+        return {}
+    turns = [t for traj in trajectories for t in traj.turns]
+    replies = [t.reply for t in turns]
+    lengths = [t.response_span[1] - t.response_span[0] for t in turns]
+    rewards = torch.tensor([traj.reward for traj in trajectories], dtype=torch.float64)
+    groups = torch.tensor([traj.group for traj in trajectories])
+    stats = group_reward_stats(rewards, groups)
+    behaviour = [reasoning_behaviour_counts(r) for r in replies]
+    end_reasons: dict[str, int] = defaultdict(int)
+    for traj in trajectories:
+        end_reasons[traj.end_reason] += 1
+    m = {
+        f"{prefix}/reward": float(rewards.mean()),
+        f"{prefix}/success_rate": _mean([float(t.success) for t in trajectories]),
+        f"{prefix}/format_valid_rate": _mean([float(t.format_ok) for t in turns]),
+        f"{prefix}/response_length": _mean(lengths),
+        f"{prefix}/num_turns": _mean([len(t.turns) for t in trajectories]),
+        f"{prefix}/reward_std_in_group": float(stats["std"].mean()) if len(stats["std"]) else 0.0,
+        f"{prefix}/zero_adv_group_fraction": float(stats["zero_std_group_fraction"]),
+        f"{prefix}/distinct_replies_per_group": distinct_reply_fraction(trajectories),
+        f"{prefix}/truncated_reply_rate": _mean([float(t.finish_reason == "length") for t in turns]),
+        f"behaviour/{prefix}_reflection_per_response": _mean([b["reflection"] for b in behaviour]),
+        f"behaviour/{prefix}_step_words_per_response": _mean([b["step"] for b in behaviour]),
+    }
+    for reason, count in end_reasons.items():
+        m[f"{prefix}/end_{reason}_rate"] = count / len(trajectories)
+    return m
+
+
+def distinct_reply_fraction(trajectories: Sequence[Trajectory]) -> float:
+    """Mean over groups of (distinct first replies / group size): 1 = all different; collapse → 1/size."""
+    by_group: dict[int, list[str]] = defaultdict(list)
+    for traj in trajectories:
+        by_group[traj.group].append(traj.turns[0].reply if traj.turns else "")
+    return _mean([len(set(r)) / len(r) for r in by_group.values()])
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` successes (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def eval_metrics(trajectories: Sequence[Trajectory], prefix: str = "eval") -> dict[str, float]:
+    """Rollout metrics plus pass@k over seeds (k = 1 and the samples per seed)."""
+    m = rollout_metrics(trajectories, prefix)
+    by_seed: dict[int, list[bool]] = defaultdict(list)
+    for traj in trajectories:
+        by_seed[traj.seed].append(traj.success)
+    if by_seed:
+        n = min(len(v) for v in by_seed.values())
+        for k in sorted({1, n}):
+            m[f"{prefix}/pass@{k}"] = _mean([pass_at_k(len(v), sum(v), k) for v in by_seed.values()])
+    return m

@@ -1,0 +1,590 @@
+"""``train(cfg)``: roll out, score, compute advantages, update with DeepSpeed, log, evaluate, save.
+
+The loop in :func:`train` reads top to bottom; each phase is a small function below it. One step:
+
+1. **rollout**: ``n_groups x group_size`` episodes (a group shares one env seed) with the engine;
+2. **advantages**: shaped episode rewards -> per-turn advantages (estimator by name) -> onto the
+   sampled tokens of each turn; StarPO-S keeps the top groups by in-group reward std;
+3. **update**: ``ppo_epochs`` passes, each split into ``mini_batches`` optimizer steps, each a
+   sum of micro-batches of at most ``micro_batch_tokens`` tokens (DeepSpeed accumulates);
+4. **sync** the engine's weights (a no-op for the ``hf`` engine, which shares the module);
+5. **log** metrics, trajectories and samples; evaluate and checkpoint when due.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentrl import checkpoint as ckpt
+from agentrl.advantages import compute_advantages, select_groups_by_std
+from agentrl.batching import MicroBatch, assign_advantages, pack_micro_batches, turn_batch
+from agentrl.config import Config, ConfigError
+from agentrl.distributed import World, all_reduce_max, all_reduce_sum, gather_objects, init_distributed
+from agentrl.engines.base import Engine
+from agentrl.logger import RunLogger, read_metrics
+from agentrl.losses import (
+    LossTotals,
+    entropy_from_logits,
+    get_aggregation,
+    get_policy_loss,
+    kl_coef_at,
+    kl_penalty,
+    masked_mean,
+    token_logprobs,
+)
+from agentrl.metrics import eval_metrics, rollout_metrics
+from agentrl.models import load_model, load_tokenizer, resolve_model_path
+from agentrl.rewards import shaping_bonus
+from agentrl.rollout import RolloutManager
+from agentrl.trajectory import Trajectory, step_filename, write_jsonl
+
+
+@dataclass
+class Policy:
+    """Everything the loop holds about the model being trained."""
+
+    model: torch.nn.Module
+    """The HF (or peft) module; the DeepSpeed engine wraps it and the hf engine samples from it."""
+    ds_engine: Any
+    tokenizer: Any
+    reference: torch.nn.Module | None
+    """Frozen reference for the KL term (``None`` when the KL is off or LoRA provides it)."""
+    device: torch.device
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Run (or resume) training as configured; return the run directory."""
+    # ---- set-up -------------------------------------------------------------------------------
+    _quiet_libraries()
+    device = _device(cfg)
+    world = init_distributed(device.type)
+    run_dir = Path(cfg.run.root) / cfg.run.name
+    start_step = _prepare_run_dir(run_dir, cfg, resume, world)
+    _seed_everything(cfg.train.seed + world.rank)
+    policy = _build_policy(cfg, device)
+    state = ckpt.TrainerState(step=0)
+    if resume:
+        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir), policy.ds_engine)
+        start_step = state.step + 1
+    engine = _build_engine(cfg, policy)
+    rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
+    log = RunLogger(run_dir, cfg.train.steps, start_step, enabled=world.is_main, progress=cfg.run.progress)
+    log.info(
+        f"agentrl: run {run_dir} | env {cfg.env.name} | {cfg.episodes_per_step} episodes/step | device {device}"
+    )
+    stop = _GracefulStop(log)
+
+    try:
+        if cfg.eval.every and cfg.eval.at_start and start_step == 1:
+            log.log(0, _evaluate(cfg, rollout, run_dir, 0, log, world))
+        for step in range(start_step, cfg.train.steps + 1):
+            metrics: dict[str, float] = {}
+
+            # ---- 1. rollout: this rank's share of the step's groups ----------------------------
+            t0 = time.perf_counter()
+            engine.wake()
+            trajectories = rollout.rollout(
+                _train_seeds(cfg, step, world), step=step, sampling_seed=_step_seed(cfg, step, world)
+            )
+            engine.sleep()
+            _offset_groups(trajectories, cfg, world)
+            metrics["timing/rollout_s"] = time.perf_counter() - t0
+
+            # ---- 2. rewards -> advantages -> tokens ---------------------------------------------
+            selected, adv_metrics = _assign_advantages(cfg, trajectories)
+            metrics.update(adv_metrics)
+
+            # ---- 3. policy update ---------------------------------------------------------------
+            t0 = time.perf_counter()
+            metrics.update(_update(cfg, policy, selected, step, world))
+            metrics["timing/update_s"] = time.perf_counter() - t0
+            metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
+                metrics["timing/update_s"], 1e-9
+            )
+
+            # ---- 4. the engine samples with the new weights -------------------------------------
+            engine.update_weights(_named_parameters(policy.model))
+
+            # ---- 5. log, evaluate, save -----------------------------------------------------------
+            all_trajs = [t for part in gather_objects(trajectories, world) for t in part]
+            metrics.update(rollout_metrics(all_trajs, "train"))
+            sampled = sum(t.num_sampled_tokens for t in all_trajs)
+            metrics["perf/rollout_tokens_per_s"] = sampled / max(metrics["timing/rollout_s"], 1e-9)
+            if world.is_main:
+                write_jsonl(run_dir / "trajectories" / step_filename(step), all_trajs)
+                log.text(step, "samples/train", _render_sample(all_trajs[0]))
+            if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
+                metrics.update(_evaluate(cfg, rollout, run_dir, step, log, world))
+            log.log(step, metrics)
+            state.step = step
+            if (
+                (cfg.run.save_every and step % cfg.run.save_every == 0)
+                or step == cfg.train.steps
+                or stop.requested
+            ):
+                _save(cfg, run_dir, state, policy, world)
+            log.advance(step)
+            if stop.requested:
+                log.info(f"agentrl: stopped after step {step}; resume with --resume --name {cfg.run.name}")
+                break
+    finally:
+        stop.restore()
+        rollout.close()
+        log.close()
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# Set-up
+# ------------------------------------------------------------------------------------------------
+
+
+def _quiet_libraries() -> None:
+    """Keep the console for agentrl's progress bar: no per-save progress bars or INFO chatter."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
+    return torch.device(cfg.train.device)
+
+
+def _dtype(cfg: Config, device: torch.device) -> str:
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> int:
+    """Create (or check, on resume) the run directory; refuse to overwrite a run."""
+    if resume:
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest is None:
+            raise ConfigError(
+                f"--resume: {run_dir} has no complete checkpoint; check --name (runs: "
+                f"{', '.join(sorted(p.name for p in run_dir.parent.glob('*'))) or '-'})"
+            )
+        if world.is_main:
+            step = int(latest.name.split("_")[1])
+            _truncate_metrics(run_dir, step)
+        return 0
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise ConfigError(
+            f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or --name NEW for a new run"
+        )
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    return 1
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric rows newer than the checkpoint we resume from (they will be logged again)."""
+    import json
+
+    rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _build_policy(cfg: Config, device: torch.device) -> Policy:
+    import deepspeed
+
+    path = resolve_model_path(cfg.run.init or cfg.model.path)
+    dtype = _dtype(cfg, device)
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, dtype=dtype, device=str(device))
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    reference = None
+    if cfg.model.lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.model.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
+            ),
+        )
+    elif cfg.algo.kl.enabled:
+        # The reference is the *initial* model (also on resume), frozen.
+        reference = load_model(path, dtype=dtype, device=str(device)).eval().requires_grad_(False)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    total = cfg.train.steps * cfg.algo.ppo_epochs * cfg.algo.mini_batches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    ds_engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=_deepspeed_config(cfg, dtype)
+    )
+    return Policy(model=model, ds_engine=ds_engine, tokenizer=tokenizer, reference=reference, device=device)
+
+
+def _lr_lambda(cfg: Config, total_updates: int):
+    warmup, schedule = cfg.train.warmup_steps, cfg.train.lr_schedule
+
+    def factor(update: int) -> float:
+        if warmup and update < warmup:
+            return (update + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (update - warmup) / max(1, total_updates - warmup))
+            return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def _deepspeed_config(cfg: Config, dtype: str) -> dict[str, Any]:
+    """The ZeRO recipe from configs/deepspeed/ (or the user's file), with the fields agentrl owns set."""
+    import json
+
+    path = cfg.train.deepspeed_config or _configs_dir() / "deepspeed" / f"zero{cfg.train.zero_stage}.json"
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"DeepSpeed config {path} not found; set train.deepspeed_config to a JSON file")
+    ds = json.loads(path.read_text())
+    # agentrl accumulates micro-batches itself (by tokens) and marks the boundary explicitly.
+    ds["train_micro_batch_size_per_gpu"] = 1
+    ds["gradient_accumulation_steps"] = 1
+    ds["gradient_clipping"] = cfg.train.grad_clip
+    ds["bf16"] = {"enabled": dtype == "bfloat16"}
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def _configs_dir() -> Path:
+    """configs/ of the source tree (agentrl is installed editable) or beside the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs", here / "configs"):
+        if candidate.is_dir():
+            return candidate
+    return Path("configs")
+
+
+def _build_engine(cfg: Config, policy: Policy) -> Engine:
+    if cfg.engine.name == "hf":
+        from agentrl.engines.hf import HFEngine
+
+        return HFEngine(
+            policy.model,
+            policy.tokenizer.pad_token_id,
+            max_batch_size=cfg.engine.max_batch_size,
+            seed=cfg.train.seed,
+        )
+    from agentrl.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(
+        resolve_model_path(cfg.run.init or cfg.model.path), seed=cfg.train.seed, **cfg.engine.vllm
+    )
+    return engine
+
+
+def _named_parameters(model: torch.nn.Module):
+    return ((name, p.detach()) for name, p in model.named_parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# Rollout helpers: seeds and groups by step and rank
+# ------------------------------------------------------------------------------------------------
+
+
+def _rank_groups(cfg: Config, world: World) -> range:
+    """This rank's slice of the step's group indices (a group never straddles ranks)."""
+    per_rank = cfg.train.n_groups // world.size
+    return range(world.rank * per_rank, (world.rank + 1) * per_rank)
+
+
+def _train_seeds(cfg: Config, step: int, world: World) -> list[int]:
+    base = cfg.env.train_seed_start + (step - 1) * cfg.train.n_groups
+    return [base + g for g in _rank_groups(cfg, world)]
+
+
+def _step_seed(cfg: Config, step: int, world: World) -> int:
+    return cfg.train.seed * 1_000_003 + step * 101 + world.rank
+
+
+def _offset_groups(trajectories: list[Trajectory], cfg: Config, world: World) -> None:
+    """Make group ids and episode ids global across ranks."""
+    first = _rank_groups(cfg, world).start
+    for traj in trajectories:
+        traj.group += first
+        traj.episode_id += first * cfg.rollout.group_size
+
+
+# ------------------------------------------------------------------------------------------------
+# Advantages
+# ------------------------------------------------------------------------------------------------
+
+
+def _assign_advantages(
+    cfg: Config, trajectories: list[Trajectory]
+) -> tuple[list[Trajectory], dict[str, float]]:
+    """Shape rewards, compute per-turn advantages, write them onto tokens; StarPO-S group filter."""
+    shaping = cfg.algo.shaping
+    bonus = None
+    if shaping.enabled:
+        bonus = shaping_bonus(
+            ["\n".join(t.reply for t in traj.turns) for traj in trajectories],
+            torch.tensor([traj.num_sampled_tokens for traj in trajectories], dtype=torch.float32),
+            torch.tensor([traj.success for traj in trajectories]),
+            torch.tensor([traj.group for traj in trajectories]),
+            shaping,
+        )
+    batch = turn_batch(trajectories, bonus)
+    advantages = compute_advantages(batch, cfg.algo.advantage)
+    assign_advantages(trajectories, batch, advantages)
+    metrics = {"train/advantage_abs_mean": float(advantages.abs().mean()) if advantages.numel() else 0.0}
+    if bonus is not None:
+        metrics["train/shaping_bonus"] = float(bonus.mean())
+    selected = trajectories
+    if cfg.algo.keep_group_fraction < 1.0:
+        keep = select_groups_by_std(
+            batch.episode_return(), batch.episode_group(), cfg.algo.keep_group_fraction
+        )
+        selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
+    metrics["train/kept_episode_fraction"] = len(selected) / max(1, len(trajectories))
+    return selected, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Update
+# ------------------------------------------------------------------------------------------------
+
+
+def _update(
+    cfg: Config, policy: Policy, trajectories: list[Trajectory], step: int, world: World
+) -> dict[str, float]:
+    """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over this rank's trajectories."""
+    algo = cfg.algo
+    loss_fn = get_policy_loss(algo.policy_loss.loss)
+    aggregate = get_aggregation(algo.policy_loss.aggregation)
+    kl_coef = kl_coef_at(algo.kl, step, cfg.train.steps) if algo.kl.enabled else 0.0
+    needs_all = algo.kl.enabled or algo.entropy_coef != 0 or not algo.skip_zero_advantage
+    max_tokens = cfg.rollout.max_new_tokens * cfg.rollout.max_turns
+    rng = random.Random(cfg.train.seed * 7919 + step)
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    trained_tokens = 0
+    grad_norms: list[float] = []
+    policy.ds_engine.train()
+
+    for epoch in range(algo.ppo_epochs):
+        order = list(range(len(trajectories)))
+        rng.shuffle(order)
+        size = -(-len(order) // algo.mini_batches) if order else 0
+        for mb in range(algo.mini_batches):
+            chosen = [trajectories[i] for i in order[mb * size : (mb + 1) * size]]
+            samples = [s for t in chosen for s in t.samples if sum(s.loss_mask)]
+            # Normalisers over the whole mini-batch on every rank: micro-batch losses then sum to it.
+            n_tok, n_seq = all_reduce_sum([sum(sum(s.loss_mask[1:]) for s in samples), len(samples)], world)
+            totals = LossTotals(
+                tokens=max(1, int(n_tok)), sequences=max(1, int(n_seq)), max_tokens=max_tokens
+            )
+            if not needs_all:
+                samples = [s for s in samples if any(a != 0 for a in (s.advantages or []))]
+            micro = pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id)
+            # Every rank runs the same number of backward passes (DeepSpeed's gradient collectives).
+            n_micro = all_reduce_max(len(micro), world)
+            if n_micro == 0:
+                continue  # nothing to learn from: no optimizer step (Adam would still move the weights)
+            for i in range(n_micro):
+                batch = micro[i] if i < len(micro) else None
+                policy.ds_engine.set_gradient_accumulation_boundary(i == n_micro - 1)
+                loss, m = _micro_step(cfg, policy, batch, totals, loss_fn, aggregate, kl_coef, world)
+                policy.ds_engine.backward(loss)
+                if batch is None:
+                    continue
+                trained_tokens += batch.num_tokens
+                for k, v in m.items():
+                    if k == "drift" and (epoch or mb):
+                        continue  # drift is rollout vs trainer before any update: first mini-batch only
+                    sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
+                    counts[k] = counts.get(k, 0.0) + batch.num_tokens
+            policy.ds_engine.step()
+            gn = policy.ds_engine.get_global_grad_norm()
+            if gn is not None:
+                grad_norms.append(float(gn))
+
+    out = {f"train/{k}": sums[k] / counts[k] for k in sums if counts.get(k)}
+    if "train/drift" in out:
+        out["train/logprob_drift"] = out.pop("train/drift")
+    out["train/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
+    out["train/lr"] = float(policy.ds_engine.get_lr()[0])
+    out["train/kl_coef"] = kl_coef
+    out["train/trained_tokens"] = float(trained_tokens)
+    out.setdefault("train/kl", 0.0)
+    out.setdefault("train/clip_fraction", 0.0)
+    out.setdefault("train/entropy", 0.0)
+    return out
+
+
+def _micro_step(
+    cfg: Config,
+    policy: Policy,
+    batch: MicroBatch | None,
+    totals: LossTotals,
+    loss_fn,
+    aggregate,
+    kl_coef: float,
+    world: World,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one micro-batch (already divided by the mini-batch totals) and its metrics."""
+    if batch is None:
+        # A rank with less data still joins the collective backward, with a zero loss.
+        zero = sum(p.sum() * 0.0 for p in policy.model.parameters() if p.requires_grad)
+        return zero, {}
+    b = batch.to(policy.device)
+    temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+    logits = policy.ds_engine(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+    logits = logits[:, :-1]  # (B, L-1, V): position t predicts token t+1
+    logp = token_logprobs(logits, b.targets, temperature)  # (B, L-1)
+    loss, metrics = loss_fn(logp, b.old_logprobs, b.advantages, b.mask, totals, cfg.algo.policy_loss)
+    out = {k: float(v) for k, v in metrics.items()}
+    if cfg.algo.entropy_coef != 0:
+        entropy = entropy_from_logits(logits.float() / temperature)
+        loss = loss - cfg.algo.entropy_coef * aggregate(entropy, b.mask, totals)
+    else:
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits.detach().float() / temperature)
+    out["entropy"] = float(masked_mean(entropy.detach(), b.mask))
+    if cfg.algo.kl.enabled:
+        ref_logp = _reference_logprobs(policy, b, temperature)
+        kl_loss, kl_m = kl_penalty(logp, ref_logp, b.mask, totals, cfg.algo.kl, kl_coef)
+        loss = loss + kl_loss
+        out["kl"] = float(kl_m["kl"])
+    out["drift"] = float(masked_mean((logp.detach() - b.old_logprobs).abs(), b.mask))
+    out["policy_loss"] = float(loss.detach()) * totals.tokens / max(1, b.num_tokens)
+    # DeepSpeed averages gradients over ranks; the totals are global, so undo the average.
+    return loss * world.size, out
+
+
+@torch.no_grad()
+def _reference_logprobs(policy: Policy, b: MicroBatch, temperature: float) -> torch.Tensor:
+    if policy.reference is not None:
+        logits = policy.reference(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
+        ).logits
+    else:  # LoRA: the base model is the policy with its adapters switched off
+        with policy.model.disable_adapter():
+            logits = policy.model(
+                input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
+            ).logits
+    return token_logprobs(logits[:, :-1], b.targets, temperature)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation, saving, samples, Ctrl-C
+# ------------------------------------------------------------------------------------------------
+
+
+def eval_seeds(cfg: Config) -> list[int]:
+    return [cfg.env.eval_seed_start + i for i in range(cfg.eval.episodes)]
+
+
+def run_eval(cfg: Config, rollout: RolloutManager, step: int, world: World | None = None) -> list[Trajectory]:
+    """Play the held-out seeds (this rank's share) greedily or sampled, as configured."""
+    seeds = eval_seeds(cfg)
+    if world is not None and world.size > 1:
+        seeds = seeds[world.rank :: world.size]
+    trajectories = rollout.rollout(
+        seeds,
+        step=step,
+        split="eval",
+        sampling_seed=cfg.train.seed + 17,
+        group_size=cfg.eval.samples_per_seed,
+        temperature=0.0 if cfg.eval.greedy else cfg.eval.temperature,
+    )
+    return trajectories
+
+
+def _evaluate(
+    cfg: Config, rollout: RolloutManager, run_dir: Path, step: int, log: RunLogger, world: World
+) -> dict[str, float]:
+    t0 = time.perf_counter()
+    trajectories = [t for part in gather_objects(run_eval(cfg, rollout, step, world), world) for t in part]
+    metrics = eval_metrics(trajectories, "eval")
+    metrics["timing/eval_s"] = time.perf_counter() - t0
+    if world.is_main:
+        write_jsonl(run_dir / "eval" / step_filename(step), trajectories)
+        log.text(step, "samples/eval", _render_sample(trajectories[0]))
+        log.info(
+            f"eval step {step}: success {metrics['eval/success_rate']:.3f}, "
+            f"format-valid {metrics['eval/format_valid_rate']:.3f}, reward {metrics['eval/reward']:.3f}"
+        )
+    return metrics
+
+
+def _save(cfg: Config, run_dir: Path, state: ckpt.TrainerState, policy: Policy, world: World) -> None:
+    ckpt.save_checkpoint(
+        run_dir,
+        state,
+        policy.ds_engine,
+        policy.model,
+        policy.tokenizer,
+        cfg.run.keep_checkpoints,
+        world.is_main,
+    )
+
+
+def _render_sample(traj: Trajectory) -> str:
+    lines = [
+        f"env {traj.env} seed {traj.seed} reward {traj.reward:+.2f} success {traj.success} end {traj.end_reason}"
+    ]
+    for i, turn in enumerate(traj.turns):
+        lines += [f"--- turn {i} observation", turn.observation, "--- reply", turn.reply]
+        lines.append(f"actions {turn.actions} reward {turn.reward:+.2f} {turn.format_error or ''}")
+    return "\n".join(lines)
+
+
+class _GracefulStop:
+    """First Ctrl-C: finish the current step, save, exit. Second Ctrl-C: stop at once."""
+
+    def __init__(self, log: RunLogger):
+        self.requested = False
+        self._log = log
+        self._previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: keep the default behaviour
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._log.info(
+            "agentrl: Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to abort)"
+        )
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def copy_config(cfg: Config) -> Config:
+    return copy.deepcopy(cfg)
