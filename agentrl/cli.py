@@ -108,17 +108,29 @@ def _cmd_play(args: argparse.Namespace, stdin=None, stdout=None) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from agentrl.config import load_config
+    from pathlib import Path
+
+    from agentrl.config import ConfigError, load_config
     from agentrl.trainer import train
 
-    cfg = load_config(
-        config_file=args.config,
-        env=args.env,
-        model=args.model,
-        overrides=args.overrides,
-        name=args.name,
-        init=args.init,
-    )
+    if args.resume and not args.name:
+        raise ConfigError("--resume needs --name NAME: the run in runs/NAME to continue")
+
+    def build(config_file):
+        return load_config(
+            config_file=config_file,
+            env=args.env,
+            model=args.model,
+            overrides=args.overrides,
+            name=args.name,
+            init=args.init,
+        )
+
+    cfg = build(args.config)
+    saved = Path(cfg.run.root) / cfg.run.name / "config.yaml"
+    if args.resume and not args.config and saved.is_file():
+        # Resume with the run's own resolved config; command-line overrides still apply on top.
+        cfg = build(str(saved))
     train(cfg, resume=args.resume)
     return 0
 

@@ -276,6 +276,10 @@ def load_config(
 ) -> Config:
     """Defaults <- YAML recipe <- CLI shortcuts <- ``key=value`` overrides, then :func:`validate`."""
     tree: dict[str, Any] = {}
+    if not config_file and env:
+        # An env may ship a default recipe sized for a laptop: configs/ENV.yaml.
+        default = configs_dir() / f"{env}.yaml"
+        config_file = str(default) if default.is_file() else None
     if config_file:
         path = Path(config_file)
         if not path.is_file():
@@ -303,6 +307,15 @@ def load_config(
     cfg = _build(Config, tree)
     validate(cfg)
     return cfg
+
+
+def configs_dir() -> Path:
+    """The recipes folder: configs/ of the source tree (agentrl installs editable), else ./configs."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs", Path("configs")):
+        if candidate.is_dir():
+            return candidate
+    return Path("configs")
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -340,6 +353,7 @@ def validate(cfg: Config) -> None:
     _check_choice("algo.kl.estimator", cfg.algo.kl.estimator, KL_ESTIMATORS)
     _check_choice("engine.name", cfg.engine.name, ["hf", "vllm"])
     _check_choice("rollout.context_mode", cfg.rollout.context_mode, ["full", "window", "single"])
+    _check_choice("rollout.answer_format", cfg.rollout.answer_format, ["tags", "raw"])
     _check_choice("rollout.context_overflow", cfg.rollout.context_overflow, ["end", "truncate"])
     _check_choice("train.lr_schedule", cfg.train.lr_schedule, ["constant", "cosine"])
     _check_choice("model.dtype", cfg.model.dtype, ["auto", "float32", "bfloat16"])

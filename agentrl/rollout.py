@@ -70,6 +70,9 @@ class RolloutConfig:
     """Turns of history in ``window`` mode (-1: all)."""
     think: bool = True
     """Ask for ``<think>...</think>`` before the answer (and require it when parsing)."""
+    answer_format: str = "tags"
+    """``tags``: actions come from the last ``<answer>...</answer>``; ``raw``: the whole reply is the
+    answer (for envs that parse replies themselves, or models trained without tags)."""
     format_penalty: float = -0.1
     """Reward of a turn whose reply gives no usable action (no answer tag, too many actions...)."""
     temperature: float = 1.0
@@ -105,19 +108,23 @@ def parse_reply(
     max_actions: int,
     separator: str = "||",
     valid_actions: Sequence[str] | None = None,
+    answer_format: str = "tags",
 ) -> ParsedReply:
     """Extract actions from a reply. The last ``<answer>...</answer>`` counts; never raises.
 
     ``valid_actions`` (case-insensitive), when the env declares them, turns unknown words into a
-    format error instead of an env step.
+    format error instead of an env step. With ``answer_format="raw"`` the whole reply is the answer.
     """
     text = text[:MAX_REPLY_CHARS]
-    answers = _ANSWER.findall(text)
-    if not answers:
-        return ParsedReply(error="no_answer_tag")
-    if think and not _THINK.search(text[: text.rfind("<answer>")]):
-        return ParsedReply(error="no_think_tag")
-    answer = answers[-1]
+    if answer_format == "raw":
+        answer = text
+    else:
+        answers = _ANSWER.findall(text)
+        if not answers:
+            return ParsedReply(error="no_answer_tag")
+        if think and not _THINK.search(text[: text.rfind("<answer>")]):
+            return ParsedReply(error="no_think_tag")
+        answer = answers[-1]
     actions = [a.strip() for a in answer.split(separator)] if max_actions > 1 else [answer.strip()]
     actions = [a for a in actions if a]
     if not actions:
@@ -132,13 +139,21 @@ def parse_reply(
     return ParsedReply(actions=actions)
 
 
-def format_instructions(think: bool, max_actions: int, example_answer: str = "", separator: str = "||") -> str:
+def format_instructions(
+    think: bool,
+    max_actions: int,
+    example_answer: str = "",
+    separator: str = "||",
+    answer_format: str = "tags",
+) -> str:
     """The reply-format part of the system prompt (the env's ``instructions`` hold the task).
 
     The example is concrete on purpose: small models copy placeholders such as ``[your answer]``.
     """
     example = example_answer or "42"
-    if think:
+    if answer_format == "raw":
+        fmt = f"Reply with your answer only, for example: {example}"
+    elif think:
         fmt = (
             "First think step by step inside <think> </think>, then write only your final answer inside "
             "<answer> </answer>.\nExample reply: <think>I look at the state and plan my answer.</think>"
@@ -210,7 +225,12 @@ class RolloutManager:
         self.system_prompt = (
             probe.instructions.strip()
             + "\n\n"
-            + format_instructions(self.config.think, self.max_actions, getattr(probe, "example_answer", ""))
+            + format_instructions(
+                self.config.think,
+                self.max_actions,
+                getattr(probe, "example_answer", ""),
+                answer_format=self.config.answer_format,
+            )
         )
         self._envs.append(probe)
         self._pool = (
@@ -374,6 +394,7 @@ class RolloutManager:
             think=self.config.think,
             max_actions=self.max_actions,
             valid_actions=getattr(e.env, "valid_actions", None),
+            answer_format=self.config.answer_format,
         )
         turn.actions = parsed.actions
         if parsed.error is not None:

@@ -27,7 +27,7 @@ import torch
 from agentrl import checkpoint as ckpt
 from agentrl.advantages import compute_advantages, select_groups_by_std
 from agentrl.batching import MicroBatch, assign_advantages, pack_micro_batches, turn_batch
-from agentrl.config import Config, ConfigError
+from agentrl.config import Config, ConfigError, configs_dir
 from agentrl.distributed import World, all_reduce_max, all_reduce_sum, gather_objects, init_distributed
 from agentrl.engines.base import Engine
 from agentrl.logger import RunLogger, read_metrics
@@ -262,7 +262,7 @@ def _deepspeed_config(cfg: Config, dtype: str) -> dict[str, Any]:
     """The ZeRO recipe from configs/deepspeed/ (or the user's file), with the fields agentrl owns set."""
     import json
 
-    path = cfg.train.deepspeed_config or _configs_dir() / "deepspeed" / f"zero{cfg.train.zero_stage}.json"
+    path = cfg.train.deepspeed_config or configs_dir() / "deepspeed" / f"zero{cfg.train.zero_stage}.json"
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"DeepSpeed config {path} not found; set train.deepspeed_config to a JSON file")
@@ -275,15 +275,6 @@ def _deepspeed_config(cfg: Config, dtype: str) -> dict[str, Any]:
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     return ds
-
-
-def _configs_dir() -> Path:
-    """configs/ of the source tree (agentrl is installed editable) or beside the package."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "configs", here / "configs"):
-        if candidate.is_dir():
-            return candidate
-    return Path("configs")
 
 
 def _build_engine(cfg: Config, policy: Policy) -> Engine:
@@ -425,10 +416,13 @@ def _update(
                         continue  # drift is rollout vs trainer before any update: first mini-batch only
                     sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
                     counts[k] = counts.get(k, 0.0) + batch.num_tokens
+            # ZeRO-2/3 compute the norm over their gradient partitions inside step(); below stage 2
+            # DeepSpeed does not report it, and the full gradients are right here.
+            norm = _grad_norm(policy) if cfg.train.zero_stage < 2 else None
             policy.ds_engine.step()
-            gn = policy.ds_engine.get_global_grad_norm()
-            if gn is not None:
-                grad_norms.append(float(gn))
+            if norm is None:
+                norm = float(policy.ds_engine.get_global_grad_norm() or 0.0)
+            grad_norms.append(norm)
 
     out = {f"train/{k}": sums[k] / counts[k] for k in sums if counts.get(k)}
     if "train/drift" in out:
@@ -441,6 +435,12 @@ def _update(
     out.setdefault("train/clip_fraction", 0.0)
     out.setdefault("train/entropy", 0.0)
     return out
+
+
+def _grad_norm(policy: Policy) -> float:
+    """Global gradient norm before clipping, from the full gradients (ZeRO stage 0/1)."""
+    grads = [p.grad.detach().float().norm() for p in policy.model.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
 
 
 def _micro_step(

@@ -1,0 +1,72 @@
+"""The config tree: recipes load, overrides type-check, mistakes fail early with the fix in the message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import agentrl  # noqa: F401  isort: skip
+from agentrl.config import ConfigError, configs_dir, load_config
+
+RECIPES = sorted(p.name for p in configs_dir().glob("*.yaml"))
+
+
+def test_every_recipe_loads_and_validates():
+    assert len(RECIPES) >= 10
+    for name in RECIPES:
+        cfg = load_config(config_file=str(configs_dir() / name))
+        assert cfg.train.n_groups * cfg.rollout.group_size == cfg.episodes_per_step
+
+
+def test_env_default_recipe_is_used_for_bare_env():
+    cfg = load_config(env="sokoban")
+    assert cfg.rollout.format_penalty == -1.0  # from configs/sokoban.yaml, not the class default
+    assert cfg.env.name == "sokoban"
+
+
+def test_overrides_are_typed():
+    cfg = load_config(
+        env="countdown", overrides=["algo.kl.coef=1e-3", "rollout.think=false", "train.steps=7"]
+    )
+    assert cfg.algo.kl.coef == 0.001 and cfg.rollout.think is False and cfg.train.steps == 7
+    cfg = load_config(env="sokoban", overrides=["env.kwargs={dim_room: [7, 7], num_boxes: 2}"])
+    assert cfg.env.kwargs == {"dim_room": [7, 7], "num_boxes": 2}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algo.kl.coeff=1", "Did you mean algo.kl.coef?"),
+        ("train.n_group=2", "Did you mean train.n_groups?"),
+        ("train.n_groups=abc", "train.n_groups must be a number"),
+        ("train.steps=1.5", "train.steps must be an integer"),
+        ("rollout.think=maybe", "rollout.think must be true or false"),
+        ("algo.advantage.estimator=grop", "Did you mean 'grpo'?"),
+        ("algo.mini_batches=3", "must divide the 16 episodes per step"),
+        ("train.zero_stage=3", "use train.zero_stage=2"),
+        ("rollout.group_size=1", "group_size must be at least 2"),
+        ("eval.episodes=20000", "overlap the training seeds"),
+        ("rollout.max_new_tokens=5000", "exceeds rollout.max_context_tokens"),
+        ("nonsense", "must look like key=value"),
+    ],
+)
+def test_mistakes_name_the_key_and_the_fix(override, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(env="sokoban", overrides=[override])
+    assert message in str(info.value)
+
+
+def test_unknown_env_and_missing_file():
+    with pytest.raises(ConfigError, match="Did you mean 'sokoban'"):
+        load_config(env="sokobn")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(config_file=str(Path("nope.yaml")))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(env="knights_knaves", overrides=["train.lr=3e-6"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(config_file=str(path))
+    assert again.to_dict() == cfg.to_dict()
