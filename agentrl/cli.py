@@ -73,7 +73,7 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     for name in agentrl.names():
         spec = agentrl.spec(name)
         gym_id = f"  [{spec.gym_id}]" if spec.gym_id else ""
-        print(f"{name:<{width}}  {spec.description}{gym_id}")
+        print(f"{name:<{width}}  {spec.summary()}{gym_id}")
     return 0
 
 
@@ -94,11 +94,18 @@ def _cmd_play(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         if not line or line.strip().lower() in ("quit", "exit"):
             print("\nbye", file=out)
             return 0
-        obs, reward, terminated, truncated, info = env.step(line.rstrip("\n"))
-        total += reward
+        # Several actions per line, joined by || as a model's answer may hold them.
+        limit = max(1, getattr(env, "max_actions_per_turn", 1))
+        actions = [a.strip() for a in line.rstrip("\n").split("||")] if limit > 1 else [line.rstrip("\n")]
+        terminated = truncated = False
+        for action in actions[:limit]:
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += reward
+            valid = "" if info.get("action_is_valid", True) else " (invalid action)"
+            print(f"{action[:40]}: reward {reward:+.2f}{valid}, return {total:+.2f}", file=out)
+            if terminated or truncated:
+                break
         turn += 1
-        valid = "" if info.get("action_is_valid", True) else " (invalid action)"
-        print(f"reward {reward:+.2f}{valid}, return {total:+.2f}", file=out)
         if terminated or truncated:
             print(
                 f"--- end: {'success' if info.get('success') else 'failure'}, return {total:+.2f}\n{obs}",
@@ -172,10 +179,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (KeyError, ValueError, FileNotFoundError) as exc:
         # Configuration and lookup errors carry a message that says the fix; no traceback needed.
-        from agentrl.config import ConfigError
-
-        if isinstance(exc, ConfigError) or type(exc) in (KeyError, FileNotFoundError):
+        # (Checked by name: importing agentrl.config here would import torch just to print an error.)
+        user_error = type(exc).__name__ in ("ConfigError", "TemplateError") or (
+            type(exc) in (KeyError, FileNotFoundError)
+            and exc.__traceback__ is not None
+            and _raised_by_agentrl(exc)
+        )
+        if user_error:
             msg = exc.args[0] if exc.args else str(exc)
             print(f"agentrl: error: {msg}", file=sys.stderr)
             return 2
         raise
+
+
+def _raised_by_agentrl(exc: BaseException) -> bool:
+    """Whether the exception was raised by agentrl's own lookup code (not by a bug inside an env)."""
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    return any(part in filename for part in ("agentrl/registry.py", "agentrl/models.py", "agentrl/cli.py"))

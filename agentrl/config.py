@@ -289,7 +289,10 @@ def load_config(
             raise ConfigError(
                 f"config file {config_file} not found. Recipes in configs/: {', '.join(recipes) or '-'}"
             )
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_file} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file} must hold a mapping of sections (env:, train:, ...)")
         tree = _merge(tree, loaded)

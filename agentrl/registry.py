@@ -39,6 +39,15 @@ class EnvSpec:
     gym_id: str | None = None
     """Gymnasium id (``agentrl/Sokoban-v0``) under which the env is also registered."""
 
+    def summary(self) -> str:
+        """The description, or the first line of the env class's docstring (imports a lazy entry point)."""
+        if self.description:
+            return self.description
+        try:
+            return _first_doc_line(self.load())
+        except Exception:  # noqa: BLE001 - a listing must not fail on one broken env
+            return ""
+
     def load(self) -> Callable[..., gymnasium.Env]:
         """The env class or factory, importing it if the entry point is a string."""
         if callable(self.entry_point):
@@ -77,18 +86,28 @@ def register(
         if existing.entry_point == entry_point and existing.kwargs == kwargs:
             return existing  # registering the same thing twice (re-import) is harmless
         raise ValueError(f"env {name!r} is already registered; pass override=True to replace it")
+    owner = next((s for s in registry.values() if gym_id is not None and s.gym_id == gym_id), None)
+    if owner is not None and owner.name != name and not override:
+        raise ValueError(
+            f"Gymnasium id {gym_id!r} already belongs to env {owner.name!r}; choose another gym_id "
+            "or pass override=True"
+        )
     if not description:
         description = _first_doc_line(entry_point)
+    previous = registry.get(name)
+    if previous is not None and previous.gym_id is not None:
+        gymnasium.registry.pop(previous.gym_id, None)  # an override must not leave a stale gym id
     spec = EnvSpec(name, entry_point, dict(kwargs), description, gym_id)
     registry[name] = spec
     if gym_id is not None:
+        gymnasium.registry.pop(gym_id, None)  # replacing is deliberate here: no "overriding" warning
         gymnasium.register(id=gym_id, entry_point=entry_point, kwargs=dict(kwargs), disable_env_checker=True)
     return spec
 
 
 def _first_doc_line(entry_point: Callable[..., Any] | str) -> str:
     if isinstance(entry_point, str):
-        return ""
+        return ""  # not imported at registration; EnvSpec.summary() reads it lazily
     doc = (entry_point.__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
 

@@ -99,12 +99,6 @@ def test_play_single_step_env_to_its_end():
     assert "reward +1.00" in proc.stdout and "--- end: success" in proc.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: play sends the whole line to env.step, so 'Left || Left' is one invalid action although "
-    "the sokoban instructions that play prints ask for moves separated by ||",
-)
 def test_play_accepts_several_actions_joined_like_the_model_does(sokoban_seed3):
     _, plan = sokoban_seed3
     proc = agentrl_cli("play", "--env", "sokoban", "--seed", "3", stdin=" || ".join(plan) + "\n")
@@ -199,12 +193,6 @@ def test_argument_errors_use_argparse():
     assert proc.returncode == 2 and "--env" in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a malformed YAML config escapes as a yaml.YAMLError traceback (agentrl/config.py "
-    "load_config: yaml.safe_load is not wrapped in ConfigError)",
-)
 def test_malformed_config_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("train: [\n")

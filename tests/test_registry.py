@@ -251,12 +251,6 @@ def test_override_rebinds_the_gym_id_too():
     assert type(agentrl.make("test/Echo-v0")) is OtherEnv
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: register() lets a new name take another env's gym_id: gymnasium.make(id) then builds the "
-    "new env while agentrl.make(id) still builds the old one",
-)
 def test_a_new_name_cannot_take_another_envs_gym_id():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -267,23 +261,12 @@ def test_a_new_name_cannot_take_another_envs_gym_id():
     assert type(gymnasium.make("agentrl/Sokoban-v0").unwrapped) is type(agentrl.make("agentrl/Sokoban-v0"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: register(..., override=True) without the old gym_id leaves the old gym_id bound to the old env",
-)
 def test_override_drops_the_stale_gym_id():
     agentrl.register("echo", EchoEnv, gym_id="test/Echo-v0")
     agentrl.register("echo", OtherEnv, override=True)
     assert "test/Echo-v0" not in gymnasium.registry
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: register(..., override=True) of a spec with a gym_id makes gymnasium warn 'Overriding "
-    "environment ... already in registry' although the override was asked for",
-)
 def test_asked_for_override_does_not_warn():
     agentrl.register("echo", EchoEnv, gym_id="test/Echo-v0")
     with warnings.catch_warnings(record=True) as caught:
