@@ -70,6 +70,9 @@ class RolloutConfig:
     """Turns of history in ``window`` mode (-1: all)."""
     think: bool = True
     """Ask for ``<think>...</think>`` before the answer (and require it when parsing)."""
+    reply_prefix: str = ""
+    """Text put at the start of every reply as prompt tokens (shown, not sampled, not trained), e.g.
+    ``<think>`` as RAGEN does: it starts a small model in the reply format. The parser sees it."""
     answer_format: str = "tags"
     """``tags``: actions come from the last ``<answer>...</answer>``; ``raw``: the whole reply is the
     answer (for envs that parse replies themselves, or models trained without tags)."""
@@ -233,6 +236,7 @@ class RolloutManager:
             )
         )
         self._envs.append(probe)
+        self._prefix_ids = self.chat.encode(self.config.reply_prefix) if self.config.reply_prefix else []
         self._pool = (
             ThreadPoolExecutor(max_workers=self.config.env_workers) if self.config.env_workers > 1 else None
         )
@@ -331,11 +335,11 @@ class RolloutManager:
                     ids = closing + self.chat.turn_delta(e.history, user_text)
                 except TemplateError as exc:
                     raise TemplateError(f"{exc}; set rollout.context_mode=window for this model") from exc
-            span = e.traj.samples[-1].extend(ids, sampled=False)
+            span = e.traj.samples[-1].extend(ids + self._prefix_ids, sampled=False)
         else:
             ids = self.chat.render(self._window_messages(e, user_text), add_generation_prompt=True)
             e.traj.samples.append(Sample())
-            span = e.traj.samples[-1].extend(ids, sampled=False)
+            span = e.traj.samples[-1].extend(ids + self._prefix_ids, sampled=False)
         e.traj.turns.append(Turn(observation=e.observation, sample=len(e.traj.samples) - 1, prompt_span=span))
         e.history.append({"role": "user", "content": user_text})
         e.context = e.traj.samples[-1].token_ids
@@ -381,7 +385,7 @@ class RolloutManager:
         span = sample.extend(list(gen.token_ids), sampled=True, logprobs=list(gen.logprobs))
         ids = gen.token_ids
         body = ids[:-1] if gen.finish_reason == "stop" and ids and ids[-1] in self.chat.eot_ids else ids
-        reply = self.tokenizer.decode(body, skip_special_tokens=False)
+        reply = self.config.reply_prefix + self.tokenizer.decode(body, skip_special_tokens=False)
         turn = e.traj.turns[-1]
         turn.reply, turn.response_span, turn.finish_reason = reply, span, gen.finish_reason
         e.history.append({"role": "assistant", "content": reply})
@@ -403,7 +407,9 @@ class RolloutManager:
             e.last_reward = turn.reward
             return
         reward = 0.0
+        turn.actions = []  # from here on: only the actions actually sent
         for action in parsed.actions:
+            turn.actions.append(action)
             try:
                 obs, r, terminated, truncated, info = e.env.step(action)
             except Exception as exc:  # noqa: BLE001 - one broken env must not stop the batch

@@ -60,7 +60,7 @@ class Turn:
     reply: str = ""
     """The model's reply, decoded from the sampled tokens (for reading only; never re-encoded)."""
     actions: list[str] = field(default_factory=list)
-    """Actions parsed from the reply's answer and sent to the env, in order."""
+    """Actions sent to the env, in order (after a format error: what was parsed; none was sent)."""
     reward: float = 0.0
     """Reward of this turn: the env's rewards for its actions plus any format penalty."""
     format_ok: bool = True

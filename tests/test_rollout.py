@@ -378,11 +378,6 @@ def test_env_error_ends_only_that_episode(tokenizer):
     check_calls(trajs, engine.calls)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: rollout.py _act records every parsed action in turn.actions, also those never sent "
-    "because the env terminated (or raised) on an earlier one; Turn.actions says 'sent to the env'",
-)
 def test_turn_actions_are_the_actions_sent(tokenizer):
     plan, _ = sokoban_plan(1)  # ['Up'] wins at once; 'Left' comes after the win
     trajs, _, _ = rollout(tokenizer, reply("Up", "Left"), seeds=[1], group_size=1)
