@@ -42,6 +42,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--init", help="start from this run's (or folder's) model, e.g. an SFT run")
 
+    p = sub.add_parser("sft", help="warm start: fine-tune on oracle demonstrations or on a run's successes")
+    _add_run_args(p)
+    p.add_argument("--name", help="run name (default: ENV-TIMESTAMP); the run lives in runs/NAME")
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        metavar="RUN_DIR",
+        help="learn from the successful episodes of this run (repeatable) instead of the env's oracle",
+    )
+
     p = sub.add_parser("eval", help="evaluate a model on held-out seeds")
     _add_run_args(p)
     p.add_argument("--episodes", type=int, help="number of held-out episodes")
@@ -142,6 +153,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sft(args: argparse.Namespace) -> int:
+    from agentrl.config import load_config
+    from agentrl.sft import sft
+
+    cfg = load_config(
+        config_file=args.config, env=args.env, model=args.model, overrides=args.overrides, name=args.name
+    )
+    sft(cfg, sources=args.sources)
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from agentrl.config import load_config
     from agentrl.evaluate import evaluate_cli
@@ -163,6 +185,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": _cmd_train,
+    "sft": _cmd_sft,
     "eval": _cmd_eval,
     "replay": _cmd_replay,
     "envs": _cmd_envs,

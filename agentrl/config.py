@@ -128,6 +128,15 @@ class EvalConfig:
 
 
 @dataclass
+class SFTConfig:
+    episodes: int = 256
+    """Oracle demonstrations to build (one per training seed; unsolved ones are dropped)."""
+    epochs: int = 1
+    batch_episodes: int = 16
+    """Episodes per optimizer step."""
+
+
+@dataclass
 class RunConfig:
     name: str | None = None
     """Run name; the run lives in ``root/name``. Default: ``ENV-YYYYmmdd-HHMMSS``."""
@@ -151,6 +160,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property

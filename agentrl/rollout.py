@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium
 
 from agentrl.chat import ChatFormat, Message, TemplateError
-from agentrl.engines.base import Engine, SamplingParams
+from agentrl.engines.base import Engine, Generation, SamplingParams
 from agentrl.registry import make
 from agentrl.trajectory import Sample, Trajectory, Turn
 
@@ -236,6 +236,7 @@ class RolloutManager:
             )
         )
         self._envs.append(probe)
+        self._scripted: Callable[[gymnasium.Env], str] | None = None
         self._prefix_ids = self.chat.encode(self.config.reply_prefix) if self.config.reply_prefix else []
         self._pool = (
             ThreadPoolExecutor(max_workers=self.config.env_workers) if self.config.env_workers > 1 else None
@@ -258,8 +259,15 @@ class RolloutManager:
         group_size: int | None = None,
         temperature: float | None = None,
         reset_options: dict[str, Any] | None = None,
+        scripted: Callable[[gymnasium.Env], str] | None = None,
     ) -> list[Trajectory]:
-        """Play ``len(seeds) x group_size`` episodes; group ``g`` plays env seed ``seeds[g]``."""
+        """Play ``len(seeds) x group_size`` episodes; group ``g`` plays env seed ``seeds[g]``.
+
+        ``scripted(env) -> reply text`` replaces the engine (warm-start demonstrations, tests): its
+        text, without ``reply_prefix``, is tokenized once and recorded as the "sampled" tokens, so a
+        demonstration is templated exactly as the policy's own replies will be.
+        """
+        self._scripted = scripted
         group_size = group_size or self.config.group_size
         n = len(seeds) * group_size
         while len(self._envs) < n:
@@ -375,10 +383,21 @@ class RolloutManager:
                 stop_token_ids=self.chat.eot_ids,
                 seed=None if sampling_seed is None else sampling_seed * 1000 + turn * 7 + budget,
             )
-            generations = self.engine.generate([list(e.context) for e in batch], sampling)
+            if self._scripted is not None:
+                generations = [self._scripted_generation(e) for e in batch]
+            else:
+                generations = self.engine.generate([list(e.context) for e in batch], sampling)
             for e, gen in zip(batch, generations):
                 self._record_reply(e, gen)
         self._map(self._act, ready)
+
+    def _scripted_generation(self, e: _Episode) -> Generation:
+        text = self._scripted(e.env)
+        prefix = self.config.reply_prefix
+        if prefix and text.startswith(prefix):
+            text = text[len(prefix) :]
+        ids = self.chat.encode(text) + self.chat.eot_ids[:1]
+        return Generation(ids, [0.0] * len(ids), "stop")
 
     def _record_reply(self, e: _Episode, gen) -> None:
         sample = e.traj.samples[-1]

@@ -354,6 +354,10 @@ class CountdownEnv(TextEnv):
     def render(self) -> str:
         return self._problem
 
+    def oracle_thought(self) -> str:
+        """A short, true note for warm-start demonstrations."""
+        return f"I need {self.target} from {', '.join(map(str, self.numbers))}, using each number once."
+
     def oracle_actions(self) -> list[str] | None:
         """One correct expression for the current puzzle, or ``None`` if it has none."""
         return [self._solution] if self._solution is not None else None

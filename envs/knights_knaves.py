@@ -311,6 +311,13 @@ class KnightsKnavesEnv(TextEnv):
     def render(self) -> str:
         return self._problem
 
+    def oracle_thought(self) -> str:
+        """A short, true note for warm-start demonstrations."""
+        return (
+            "Knights tell the truth and knaves lie. I try each assignment; only one makes every "
+            "knight's statement true and every knave's statement false."
+        )
+
     def oracle_actions(self) -> list[str] | None:
         """The correct answer in the canonical format."""
         return [format_answer(self.names, self.solution)] if self.names else None

@@ -536,6 +536,10 @@ class MathEnv(TextEnv):
     def render(self) -> str:
         return self.problem
 
+    def oracle_thought(self) -> str:
+        """A short, true note for warm-start demonstrations."""
+        return "I solve it step by step and check the result."
+
     def oracle_actions(self) -> list[str] | None:
         r"""One correct answer: the known answer in ``\boxed{}``."""
         return [f"\\boxed{{{self.answer}}}"] if self.answer else None

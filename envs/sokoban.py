@@ -484,6 +484,24 @@ class SokobanEnv(TextEnv):
 
     # ---- Oracle --------------------------------------------------------------------------------
 
+    def oracle_thought(self) -> str:
+        """A short, true description of the state for warm-start demonstrations (rows/columns from 1)."""
+
+        def where(cell: Cell) -> str:
+            return f"row {cell[0] + 1} column {cell[1] + 1}"
+
+        boxes = sorted(b for b in self._boxes if b not in self._targets)
+        targets = sorted(t for t in self._targets if t not in self._boxes)
+        parts = [f"I am at {where(self._player)}."]
+        if boxes:
+            parts.append("Box at " + ", ".join(map(where, boxes)) + ".")
+        if targets:
+            parts.append("Target at " + ", ".join(map(where, targets)) + ".")
+        plan = self.oracle_actions()
+        if plan:
+            parts.append(f"It takes {len(plan)} move{'s' if len(plan) != 1 else ''}.")
+        return " ".join(parts)
+
     def oracle_actions(self, max_nodes: int | None = None) -> list[str] | None:
         """A shortest plan (``["Up", "Left", ...]``) from the current state, by BFS over (player, boxes).
 

@@ -1,0 +1,152 @@
+"""Warm start: supervised fine-tuning on oracle demonstrations or on a run's successful episodes.
+
+Demonstrations are played through the rollout manager itself with scripted replies (the env's
+oracle), so every SFT token sequence is templated exactly as the policy's own RL episodes are:
+multi-turn episodes keep env observations in the context with loss mask 0, and only the reply
+tokens are trained. The loss is the negative log-likelihood of those tokens, which is the REINFORCE
+loss with advantage 1; so SFT runs on the trainer's own update, DeepSpeed and checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import gymnasium
+
+from agentrl.config import Config, ConfigError
+from agentrl.rollout import RolloutManager
+from agentrl.trajectory import Trajectory, read_jsonl, step_filename, write_jsonl
+
+
+def oracle_reply(think: bool, max_actions: int) -> Callable[[gymnasium.Env], str]:
+    """A scripted reply from the env's oracle: a short true thought and the next actions."""
+
+    def reply(env: gymnasium.Env) -> str:
+        base = env.unwrapped
+        actions = base.oracle_actions() if hasattr(base, "oracle_actions") else None
+        if not actions:
+            return ""  # no known solution from here: an unusable reply, and the episode is dropped
+        answer = " || ".join(actions[:max_actions])
+        if not think:
+            return f"<answer>{answer}</answer>"
+        thought = base.oracle_thought() if hasattr(base, "oracle_thought") else "I work out the answer."
+        return f"<think>{thought}</think><answer>{answer}</answer>"
+
+    return reply
+
+
+def oracle_demonstrations(cfg: Config, rollout: RolloutManager, episodes: int) -> list[Trajectory]:
+    """Successful oracle episodes on training seeds (disjoint from eval seeds), one per seed."""
+    seeds = [cfg.env.train_seed_start + i for i in range(episodes)]
+    reply = oracle_reply(cfg.rollout.think, rollout.max_actions)
+    demos: list[Trajectory] = []
+    for start in range(0, len(seeds), 64):
+        batch = rollout.rollout(seeds[start : start + 64], step=0, group_size=1, scripted=reply)
+        demos += [t for t in batch if t.success]
+    return demos
+
+
+def successful_episodes(run_dirs: Sequence[str]) -> list[Trajectory]:
+    """Successful episodes of earlier runs (training and eval files), without duplicates."""
+    seen: set[tuple] = set()
+    out: list[Trajectory] = []
+    for run in run_dirs:
+        files = sorted(Path(run).glob("trajectories/*.jsonl")) + sorted(Path(run).glob("eval/*.jsonl"))
+        if not files:
+            raise ConfigError(f"--from {run}: no trajectory files (trajectories/*.jsonl, eval/*.jsonl) found")
+        for path in files:
+            for traj in read_jsonl(path)[0]:
+                key = tuple(tuple(s.token_ids) for s in traj.samples)
+                if traj.success and key not in seen:
+                    seen.add(key)
+                    out.append(traj)
+    return out
+
+
+def _as_targets(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
+    """Advantage 1 on every sampled token: the REINFORCE loss becomes the token NLL."""
+    for i, traj in enumerate(trajectories):
+        traj.group = i  # every episode its own group: nothing is group-normalised in SFT
+        for sample in traj.samples:
+            sample.advantages = [float(m) for m in sample.loss_mask]
+    return list(trajectories)
+
+
+def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
+    """Fine-tune on demonstrations; log, evaluate and checkpoint like ``train``. Returns the run dir."""
+    from agentrl import checkpoint as ckpt
+    from agentrl.distributed import init_distributed
+    from agentrl.logger import RunLogger
+    from agentrl.trainer import (
+        _build_engine,
+        _build_policy,
+        _device,
+        _evaluate,
+        _prepare_run_dir,
+        _quiet_libraries,
+        _save,
+        _seed_everything,
+        _update,
+    )
+
+    _quiet_libraries()
+    # SFT is the trainer's update with the NLL loss: REINFORCE, advantage 1, no KL, every token counts.
+    algo = replace(
+        cfg.algo,
+        policy_loss=replace(cfg.algo.policy_loss, loss="reinforce", aggregation="token_mean"),
+        kl=replace(cfg.algo.kl, coef=0.0),
+        entropy_coef=0.0,
+        ppo_epochs=1,
+        mini_batches=1,
+    )
+    cfg = replace(cfg, algo=algo, rollout=replace(cfg.rollout, temperature=1.0))
+    device = _device(cfg)
+    world = init_distributed(device.type)
+    run_dir = Path(cfg.run.root) / cfg.run.name
+    _prepare_run_dir(run_dir, cfg, resume=False, world=world)
+    _seed_everything(cfg.train.seed)
+    policy = _build_policy(cfg, device)
+    engine = _build_engine(cfg, policy)
+    rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
+
+    t0 = time.perf_counter()
+    data = successful_episodes(sources) if sources else oracle_demonstrations(cfg, rollout, cfg.sft.episodes)
+    if not data:
+        raise ConfigError("no successful episodes to learn from: check --from, or the env's oracle")
+    data = _as_targets(data)
+    if world.is_main:
+        write_jsonl(run_dir / "sft_data.jsonl", data)
+    batches = [data[i : i + cfg.sft.batch_episodes] for i in range(0, len(data), cfg.sft.batch_episodes)]
+    total = cfg.sft.epochs * len(batches)
+    # The LR schedule and the progress bar count SFT updates as steps.
+    cfg = replace(cfg, train=replace(cfg.train, steps=total))
+    log = RunLogger(run_dir, total, 1, enabled=world.is_main, progress=cfg.run.progress)
+    log.info(
+        f"agentrl sft: {len(data)} demonstrations ({time.perf_counter() - t0:.0f} s to build), {total} updates"
+    )
+    try:
+        if cfg.eval.every and cfg.eval.at_start:
+            log.log(0, _evaluate(cfg, rollout, run_dir, 0, log, world))
+        step = 0
+        for _epoch in range(cfg.sft.epochs):
+            for batch in batches:
+                step += 1
+                t0 = time.perf_counter()
+                metrics = _update(cfg, policy, batch, step, world)
+                metrics["timing/update_s"] = time.perf_counter() - t0
+                metrics["sft/nll"] = metrics.pop("train/policy_loss", 0.0)
+                metrics.pop("train/logprob_drift", None)  # demonstrations have no rollout log-probs
+                if world.is_main and step == 1:
+                    write_jsonl(run_dir / "trajectories" / step_filename(step), batch)
+                if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):
+                    metrics.update(_evaluate(cfg, rollout, run_dir, step, log, world))
+                log.log(step, metrics)
+                log.advance(step)
+        _save(cfg, run_dir, ckpt.TrainerState(step=step), policy, world)
+    finally:
+        rollout.close()
+        log.close()
+    return run_dir
