@@ -385,6 +385,24 @@ def test_turn_actions_are_the_actions_sent(tokenizer):
     assert trajs[0].turns[0].actions == ["Up"]
 
 
+def test_reply_prefix_is_prompt_not_sampled(tokenizer):
+    """``reply_prefix`` (``<think>`` pre-filled) is shown to the model as prompt tokens (mask 0) and
+    the parser sees it: the model then only writes the rest of the think block."""
+    trajs, engine, mgr = rollout(
+        tokenizer, "ok</think><answer>win</answer>", env="test-counter", group_size=1, reply_prefix="<think>"
+    )
+    tr = trajs[0]
+    t0 = tr.turns[0]
+    prefix = tokenizer("<think>", add_special_tokens=False)["input_ids"]
+    ids = tr.samples[0].token_ids
+    assert ids[t0.prompt_span[1] - len(prefix) : t0.prompt_span[1]] == prefix
+    assert engine.calls[0][0][0][-len(prefix) :] == prefix
+    assert t0.reply == "<think>ok</think><answer>win</answer>" and t0.format_ok
+    assert tr.success
+    check_stream(tr, mgr.chat.eot_ids)
+    check_calls(trajs, engine.calls)
+
+
 def test_env_error_with_worker_threads(tokenizer):
     trajs, _, _ = rollout(
         tokenizer,
