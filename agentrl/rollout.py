@@ -78,6 +78,11 @@ class RolloutConfig:
     answer (for envs that parse replies themselves, or models trained without tags)."""
     format_penalty: float = -0.1
     """Reward of a turn whose reply gives no usable action (no answer tag, too many actions...)."""
+    format_tag_credit: float = 0.0
+    """Partial credit for a malformed reply, per format tag it places right (open-r1's tag count):
+    the penalty becomes ``format_penalty * (1 - format_tag_credit * tags / 4)``, with ``tags`` the
+    number of ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` that appear exactly once. 0 = off.
+    It gives a model that never writes the format a gradient towards it."""
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -100,7 +105,6 @@ class ParsedReply:
     ``too_many_actions`` or ``unknown_action``."""
 
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
@@ -122,12 +126,15 @@ def parse_reply(
     if answer_format == "raw":
         answer = text
     else:
-        answers = _ANSWER.findall(text)
-        if not answers:
+        # The last complete <answer>...</answer>, found from the right in linear time (a regex over
+        # thousands of unclosed tags is quadratic).
+        end = text.rfind("</answer>")
+        start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+        if start < 0:
             return ParsedReply(error="no_answer_tag")
-        if think and not _THINK.search(text[: text.rfind("<answer>")]):
+        if think and not _THINK.search(text[:start]):
             return ParsedReply(error="no_think_tag")
-        answer = answers[-1]
+        answer = text[start + len("<answer>") : end]
     actions = [a.strip() for a in answer.split(separator)] if max_actions > 1 else [answer.strip()]
     actions = [a for a in actions if a]
     if not actions:
@@ -140,6 +147,15 @@ def parse_reply(
             return ParsedReply(actions=actions, error="unknown_action")
         actions = [canon[a.lower()] for a in actions]
     return ParsedReply(actions=actions)
+
+
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def format_tags_placed(text: str) -> int:
+    """How many of the four format tags appear exactly once in ``text`` (0..4)."""
+    text = text[:MAX_REPLY_CHARS]
+    return sum(text.count(tag) == 1 for tag in _TAGS)
 
 
 def format_instructions(
@@ -422,7 +438,8 @@ class RolloutManager:
         turn.actions = parsed.actions
         if parsed.error is not None:
             turn.format_ok, turn.format_error = False, parsed.error
-            turn.reward = self.config.format_penalty
+            credit = self.config.format_tag_credit * format_tags_placed(turn.reply) / 4
+            turn.reward = self.config.format_penalty * (1.0 - credit)
             e.last_reward = turn.reward
             return
         reward = 0.0
