@@ -110,6 +110,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """``auto`` (cuda if available), ``cpu`` or ``cuda``."""
+    num_threads: int = 0
+    """CPU threads for torch (0: torch's default). Set 1 per run when running several runs at once."""
 
 
 @dataclass

@@ -93,6 +93,10 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     )
 
     _quiet_libraries()
+    if cfg.train.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.train.num_threads)
     # SFT is the trainer's update with the NLL loss: REINFORCE, advantage 1, no KL, every token counts.
     algo = replace(
         cfg.algo,

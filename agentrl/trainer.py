@@ -65,6 +65,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) training as configured; return the run directory."""
     # ---- set-up -------------------------------------------------------------------------------
     _quiet_libraries()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
     device = _device(cfg)
     world = init_distributed(device.type)
     run_dir = Path(cfg.run.root) / cfg.run.name
@@ -241,6 +243,9 @@ def _build_policy(cfg: Config, device: torch.device) -> Policy:
     ds_engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=_deepspeed_config(cfg, dtype)
     )
+    if torch.distributed.get_world_size() == 1 and cfg.train.zero_stage == 0:
+        # Alone there is nothing to average: skip DeepSpeed's flatten-and-copy of every gradient.
+        ds_engine.enable_backward_allreduce = False
     return Policy(model=model, ds_engine=ds_engine, tokenizer=tokenizer, reference=reference, device=device)
 
 
@@ -466,12 +471,15 @@ def _micro_step(
     loss, metrics = loss_fn(logp, b.old_logprobs, b.advantages, b.mask, totals, cfg.algo.policy_loss)
     out = {k: float(v) for k, v in metrics.items()}
     if cfg.algo.entropy_coef != 0:
-        entropy = entropy_from_logits(logits.float() / temperature)
+        entropy = entropy_from_logits(logits.float() / temperature)  # (B, L-1)
         loss = loss - cfg.algo.entropy_coef * aggregate(entropy, b.mask, totals)
+        out["entropy"] = float(masked_mean(entropy.detach(), b.mask))
     else:
+        # Metric only: on the trained positions alone, without copying the whole logits tensor.
         with torch.no_grad():
-            entropy = entropy_from_logits(logits.detach().float() / temperature)
-    out["entropy"] = float(masked_mean(entropy.detach(), b.mask))
+            picked = logits.detach()[b.mask.bool()]  # (N_trained, V)
+            picked = picked.float() / temperature if temperature != 1.0 else picked.float()
+            out["entropy"] = float(entropy_from_logits(picked).mean()) if picked.numel() else 0.0
     if cfg.algo.kl.enabled:
         ref_logp = _reference_logprobs(policy, b, temperature)
         kl_loss, kl_m = kl_penalty(logp, ref_logp, b.mask, totals, cfg.algo.kl, kl_coef)
