@@ -132,10 +132,19 @@ def load_plugins(force: bool = False) -> None:
 
 
 def spec(name: str) -> EnvSpec:
-    """The spec registered under ``name`` (or its Gymnasium id); a clear error names the closest match."""
+    """The spec registered under ``name`` (or its Gymnasium id); a clear error names the closest match.
+
+    ``"my_module:my-env"`` imports ``my_module`` first (as ``gymnasium.make`` does), so an env that a
+    module registers on import can be used from the command line without packaging it.
+    """
     load_plugins()
     if name in registry:
         return registry[name]
+    module_name, sep, short = name.partition(":")
+    if sep and module_name and short:
+        # Gymnasium's convention "module:name": import the module (which registers), then look up.
+        importlib.import_module(module_name)
+        return spec(short)
     for s in registry.values():
         if s.gym_id == name:
             return s

@@ -190,6 +190,14 @@ def format_instructions(
 # ------------------------------------------------------------------------------------------------
 
 
+def episode_seed(sampling_seed: int, e: _Episode, turn: int) -> int:
+    """The sampling seed of one episode's turn: a function of the step's seed, the env seed, the
+    episode's place in its group and the turn only, so it does not depend on batch composition
+    (1 rank or N, which episodes are still alive)."""
+    index = e.traj.episode_id % e.group_size
+    return (sampling_seed * 1_000_003 + e.traj.seed * 7_919 + index * 131 + turn) % (2**63)
+
+
 @dataclass
 class _Episode:
     env: gymnasium.Env
@@ -199,6 +207,7 @@ class _Episode:
     """Messages so far, actual reply texts included (for template deltas and window contexts)."""
     context: list[int] = field(default_factory=list)
     """Token ids of the next model input (``full`` mode: also the tail of the current sample)."""
+    group_size: int = 1
     last_reward: float | None = None
     actions_taken: int = 0
     done: bool = False
@@ -289,7 +298,9 @@ class RolloutManager:
         while len(self._envs) < n:
             self._envs.append(make(self.env_name, **self.env_kwargs))
         episodes = self._map(
-            lambda i: self._start(i, seeds[i // group_size], i // group_size, step, split, reset_options),
+            lambda i: self._start(
+                i, seeds[i // group_size], i // group_size, group_size, step, split, reset_options
+            ),
             range(n),
         )
         for turn in range(self.config.max_turns):
@@ -307,7 +318,9 @@ class RolloutManager:
     def _map(self, fn, items):
         return list(self._pool.map(fn, items)) if self._pool is not None else [fn(x) for x in items]
 
-    def _start(self, i: int, seed: int, group: int, step: int, split: str, options) -> _Episode:
+    def _start(
+        self, i: int, seed: int, group: int, group_size: int, step: int, split: str, options
+    ) -> _Episode:
         env = self._envs[i]
         obs, info = env.reset(seed=int(seed), options=options)
         traj = Trajectory(
@@ -319,9 +332,8 @@ class RolloutManager:
             episode_id=i,
             reset_info=info,
         )
-        return _Episode(
-            env=env, traj=traj, observation=obs, history=[{"role": "system", "content": self.system_prompt}]
-        )
+        history: list[Message] = [{"role": "system", "content": self.system_prompt}]
+        return _Episode(env=env, traj=traj, observation=obs, history=history, group_size=group_size)
 
     def _user_text(self, e: _Episode, turn: int) -> str:
         parts = []
@@ -397,7 +409,9 @@ class RolloutManager:
                 top_p=cfg.top_p,
                 top_k=cfg.top_k,
                 stop_token_ids=self.chat.eot_ids,
-                seed=None if sampling_seed is None else sampling_seed * 1000 + turn * 7 + budget,
+                row_seeds=None
+                if sampling_seed is None
+                else [episode_seed(sampling_seed, e, turn) for e in batch],
             )
             if self._scripted is not None:
                 generations = [self._scripted_generation(e) for e in batch]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import envs_for_tests  # noqa: F401  (registers test_letters)
 import pytest
 import torch
 
-import agentrl  # isort: skip  (registers the built-in envs before anything imports them)
 from agentrl.cli import main
-from agentrl.env import TextEnv
 
 REQUIRED_SCALARS = [
     "train/reward",
@@ -30,26 +29,6 @@ REQUIRED_SCALARS = [
     "perf/rollout_tokens_per_s",
     "perf/train_tokens_per_s",
 ]
-
-
-class LetterShareEnv(TextEnv):
-    """Single step: reward = share of ASCII letters in the reply (varies across random replies)."""
-
-    instructions = "Write some English words."
-    example_answer = "hello world"
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return "Write words.", {"success": False, "action_is_valid": True}
-
-    def step(self, action):
-        text = action[:4096]
-        share = sum(c.isascii() and c.isalpha() for c in text) / max(1, len(text))
-        info = {"success": share > 0.5, "action_is_valid": True}
-        return "", float(share), True, False, info
-
-
-agentrl.register("test_letters", LetterShareEnv, override=True)
 
 
 def _metrics(run_dir: Path) -> list[dict]:

@@ -29,6 +29,10 @@ class SamplingParams:
     """Generation of a prompt ends after it samples one of these (kept in the output)."""
     seed: int | None = None
     """Seed for this call's sampling; ``None`` draws from the engine's own generator."""
+    row_seeds: list[int] | None = None
+    """One seed per prompt (overrides ``seed``): a prompt's sample then depends only on its own seed
+    and tokens, not on which other prompts share the batch. The rollout manager derives them from
+    (step, env seed, episode, turn), so a run's samples are the same on 1 rank or N."""
 
 
 @dataclass

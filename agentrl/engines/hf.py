@@ -54,24 +54,29 @@ class HFEngine:
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
         if not prompts:
             return []
-        generator = self._generator
-        if sampling.seed is not None:
-            generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
+        if sampling.row_seeds is not None:
+            if len(sampling.row_seeds) != len(prompts):
+                raise ValueError(f"{len(sampling.row_seeds)} row_seeds for {len(prompts)} prompts")
+            generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in sampling.row_seeds]
+        else:
+            shared = self._generator
+            if sampling.seed is not None:
+                shared = torch.Generator(device="cpu").manual_seed(sampling.seed)
+            generators = [shared] * len(prompts)
         results: list[Generation] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(prompts), self.max_batch_size):
-                results.extend(
-                    self._generate_batch(prompts[start : start + self.max_batch_size], sampling, generator)
-                )
+                end = start + self.max_batch_size
+                results.extend(self._generate_batch(prompts[start:end], sampling, generators[start:end]))
         finally:
             self.model.train(was_training)
         return results
 
     @torch.no_grad()
     def _generate_batch(
-        self, prompts: list[list[int]], sampling: SamplingParams, generator: torch.Generator
+        self, prompts: list[list[int]], sampling: SamplingParams, generators: list[torch.Generator]
     ) -> list[Generation]:
         device = self.device
         batch = len(prompts)
@@ -111,8 +116,15 @@ class HFEngine:
             if greedy:
                 chosen = scaled.argmax(-1)
             else:
-                probs = _filter_logits(scaled, sampling.top_k, sampling.top_p).softmax(-1)
-                chosen = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
+                probs = _filter_logits(scaled, sampling.top_k, sampling.top_p).softmax(-1).cpu()
+                row_gens = [generators[r] for r in rows.tolist()]
+                if all(g is row_gens[0] for g in row_gens):  # one shared stream: one call
+                    chosen = torch.multinomial(probs, 1, generator=row_gens[0]).squeeze(1)
+                else:  # each row draws from its own stream
+                    chosen = torch.cat(
+                        [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, row_gens)]
+                    )
+                chosen = chosen.to(device)
             chosen_logp = logp.gather(-1, chosen[:, None]).squeeze(1)
             for r, tok, lp in zip(rows.tolist(), chosen.tolist(), chosen_logp.tolist()):
                 tokens[r].append(tok)

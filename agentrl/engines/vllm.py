@@ -214,7 +214,9 @@ class VLLMEngine:
         # (-1 in old releases, 0 in recent ones), which spares us knowing which one is installed.
         if sampling.top_k > 0 and not greedy:
             params["top_k"] = int(sampling.top_k)
-        if sampling.seed is not None:
+        if sampling.row_seeds is not None:
+            params["seed"] = int(sampling.row_seeds[index])
+        elif sampling.seed is not None:
             params["seed"] = int(sampling.seed) + index
         return self._vllm.SamplingParams(**params)
 
@@ -240,7 +242,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         requests = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
-        if sampling.seed is None:
+        if sampling.seed is None and sampling.row_seeds is None:
             params: Any = self._sampling_params(sampling, 0)
         else:
             params = [self._sampling_params(sampling, i) for i in range(len(prompts))]
