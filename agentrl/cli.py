@@ -32,6 +32,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentrl", description="Train LLM agents with RL on text environments."
     )
+    # DeepSpeed's launcher passes --local_rank=N before the subcommand; the rank is read from the
+    # environment (LOCAL_RANK), so the flag is accepted and ignored.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a policy with GRPO")
