@@ -203,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `agentrl envs list | head`
+        sys.stderr.close()
+        return 0
     except (KeyError, ValueError, FileNotFoundError) as exc:
         # Configuration and lookup errors carry a message that says the fix; no traceback needed.
         # (Checked by name: importing agentrl.config here would import torch just to print an error.)
