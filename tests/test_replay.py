@@ -491,3 +491,25 @@ def test_new_steps_appear_while_the_page_is_open(server, run_dir, watched):
     finally:
         (run_dir / "trajectories/step_000004.jsonl").unlink()
     watched.assert_clean()
+
+
+def test_collapse_warnings_from_the_trainer_show_on_the_page(run_dir, browser, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "collapsing"
+    shutil.copytree(run_dir, run)
+    rows = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the fixture's deliberately cut line
+    rows[1]["collapse/warning"] = 1.0
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = export_html(run, tmp_path / "collapsing.html")
+    w = Watched(browser, offline=True)
+    page = w.open(out.as_uri())
+    page.wait_for_selector("#warnings:not([hidden])")
+    assert f"Collapse warning at step {rows[1]['step']}" in page.locator("#warnings").inner_text()
+    w.context.close()

@@ -181,10 +181,21 @@
     return fig;
   }
 
+  // The trainer's collapse guard logs collapse/warning = 1 on steps whose signals (in-group reward
+  // std, zero-variance groups, distinct replies, instruction echo) say the policy is collapsing.
+  function collapseWarnings(rows) {
+    const steps = rows.filter((r) => r['collapse/warning']).map((r) => r.step);
+    if (!steps.length) return [];
+    const shown = steps.length > 8 ? steps.slice(0, 8).join(', ') + ', ...' : steps.join(', ');
+    return ['Collapse warning at step ' + shown + ': rewards barely vary within groups or replies repeat ' +
+            'themselves; see the collapse/* curves in TensorBoard and docs/curriculum.md'];
+  }
+
   async function loadMetrics() {
     try {
       const m = await api('metrics');
       setWarnings('metrics', m.warnings);
+      setWarnings('collapse', collapseWarnings((m && m.rows) || []));
       renderCharts(m);
     } catch (e) { setWarnings('metrics', ['metrics: ' + e.message]); }
   }
