@@ -138,3 +138,15 @@ def test_a_second_run_with_the_same_name_is_refused(tmp_path):
     assert main(["train", "--env", "test_letters", *args]) == 0
     assert main(["train", "--env", "test_letters", *args]) == 2  # clear error, nothing overwritten
     assert (tmp_path / "taken" / "checkpoints" / "step_000001").is_dir()
+
+
+def test_the_documented_custom_env_trains(tmp_path, monkeypatch):
+    """docs/custom_env.md's example, registered as its entry point would, trains through the CLI."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples" / "guess_number"))
+    import guess_number
+
+    guess_number.register_envs()
+    args = _tiny_args(tmp_path, "guess", "train.steps=1", "eval.every=1", "rollout.max_turns=3")
+    assert main(["train", "--env", "guess_number", *args]) == 0
+    row = _metrics(tmp_path / "guess")[0]
+    assert row["train/num_turns"] >= 1 and "eval/success_rate" in row
