@@ -150,3 +150,30 @@ def test_the_documented_custom_env_trains(tmp_path, monkeypatch):
     assert main(["train", "--env", "guess_number", *args]) == 0
     row = _metrics(tmp_path / "guess")[0]
     assert row["train/num_turns"] >= 1 and "eval/success_rate" in row
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("model.lora.r=4", "algo.kl.coef=0.05"),  # LoRA; the reference is the base with adapters off
+        ("train.zero_stage=2",),
+        (
+            "algo.advantage.estimator=gigpo",
+            "algo.keep_group_fraction=0.5",
+            "algo.mini_batches=2",
+            "algo.ppo_epochs=2",
+        ),
+    ],
+    ids=["lora-kl", "zero2", "gigpo-starpo_s-minibatches"],
+)
+def test_training_options_run_and_update(tmp_path, extra):
+    args = _tiny_args(
+        tmp_path, "opt", "train.steps=1", "eval.every=0", "train.lr=1e-3", *LEARNING[:2], *extra
+    )
+    assert main(["train", "--env", "test_letters", *args]) == 0
+    row = _metrics(tmp_path / "opt")[0]
+    assert row["train/trained_tokens"] > 0 and row["train/grad_norm"] > 0
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "opt" / "checkpoints" / "step_000001" / "hf")
+    assert not any("lora" in name for name, _ in model.named_parameters())  # adapters merged on export
