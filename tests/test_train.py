@@ -177,3 +177,31 @@ def test_training_options_run_and_update(tmp_path, extra):
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "opt" / "checkpoints" / "step_000001" / "hf")
     assert not any("lora" in name for name, _ in model.named_parameters())  # adapters merged on export
+
+
+def test_eval_reads_a_runs_checkpoint(tmp_path, capsys):
+    args = _tiny_args(tmp_path, "src", "train.steps=1", "eval.every=0", *LEARNING[:2])
+    assert main(["train", "--env", "test_letters", *args]) == 0
+    capsys.readouterr()
+    out = tmp_path / "eval-out"
+    code = main(
+        [
+            "eval",
+            "--env",
+            "test_letters",
+            "--model",
+            str(tmp_path / "src"),
+            "--episodes",
+            "3",
+            "--out",
+            str(out),
+            "--set",
+            "rollout.answer_format=raw",
+            "--set",
+            "rollout.max_new_tokens=8",
+        ]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert printed["eval/pass@1"] == pytest.approx(printed["eval/success_rate"])
+    assert len((out / "eval.jsonl").read_text().splitlines()) == 3
