@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from agentrl.advantages import ADVANTAGE_ESTIMATORS, AdvantageParams
+from agentrl.collapse import COLLAPSE_ACTIONS
 from agentrl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, KLParams, PolicyLossParams
 from agentrl.rewards import ShapingParams
 from agentrl.rollout import RolloutConfig
@@ -154,6 +155,47 @@ class RunConfig:
 
 
 @dataclass
+class StageConfig:
+    steps: int = 0
+    """Training steps of this stage (adaptive mode: its budget; it moves on once they are spent)."""
+    env_options: dict[str, Any] = field(default_factory=dict)
+    """Reset options of every episode of the stage, train and eval (e.g. ``{n_people: 5}``)."""
+    lr: float | None = None
+    """Learning rate of the stage (``None``: ``train.lr``); warmup/cosine factors still apply."""
+    temperature: float | None = None
+    """Rollout sampling temperature of the stage (``None``: ``rollout.temperature``)."""
+
+
+@dataclass
+class CurriculumConfig:
+    stages: list[StageConfig] = field(default_factory=list)
+    """The stages in order; empty: no curriculum. ``train.steps`` becomes the sum of their steps."""
+    adaptive: bool = False
+    """Move between stages on the rolling train success rate instead of the fixed step counts."""
+    promote_at: float = 0.8
+    """Adaptive: move to the next stage when the rolling success rate reaches this."""
+    demote_at: float = 0.1
+    """Adaptive: move back one stage when the rolling success rate falls below this."""
+    window: int = 5
+    """Adaptive: steps (of the current stage) in the rolling success rate."""
+
+
+@dataclass
+class CollapseConfig:
+    warn_zero_std_fraction: float | None = 0.9
+    """Signal when this share of groups (or more) has zero reward variance; ``None``: off."""
+    warn_distinct_below: float | None = 0.3
+    """Signal when distinct first replies per group / group size falls below this; ``None``: off."""
+    warn_instruction_echo: float | None = 0.5
+    """Signal when this share of replies (or more) repeats the instructions' wording; ``None``: off."""
+    patience: int = 3
+    """Consecutive steps a signal must hold before the action is taken."""
+    action: str = "warn"
+    """``warn`` (console line, ``collapse/warning`` metric), ``stop`` (save and end the run) or
+    ``filter`` (switch on StarPO-S filtering, ``algo.keep_group_fraction`` 0.25, from then on)."""
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -164,6 +206,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
 
     @property
     def episodes_per_step(self) -> int:
@@ -200,6 +244,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, key + ".")
     if tp is Any:
         return value
+    if origin is list and typing.get_args(tp) and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(
+                f"{key} must be a list of mappings (e.g. {key}=[{{steps: 100}}, {{steps: 50}}]), got {value!r}"
+            )
+        item = typing.get_args(tp)[0]
+        return [v if isinstance(v, item) else _coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, list, tuple):
         base = origin
         if isinstance(value, str):
@@ -251,14 +304,31 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c = value`` in a nested dict, creating sections as needed."""
+    """Set ``a.b.c = value`` in a nested dict, creating sections as needed; a number indexes a list
+    that is already there (``curriculum.stages.1.lr=1e-6``)."""
     parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"cannot set {dotted}: {'.'.join(parts[:i])} is a list of {len(node)}; index it 0..{len(node) - 1}"
+                )
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
         if not isinstance(node, dict):
-            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
-    node[parts[-1]] = value
+            raise ConfigError(f"cannot set {dotted}: {parts[i - 1]} is not a section")
+        if last:
+            node[part] = value
+            continue
+        if isinstance(node.get(part), str):  # an earlier override gave the whole list or section
+            loaded = yaml.safe_load(node[part])
+            node[part] = loaded if isinstance(loaded, (dict, list)) else node[part]
+        node = node.setdefault(part, {})
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -288,6 +358,7 @@ def load_config(
 ) -> Config:
     """Defaults <- YAML recipe <- CLI shortcuts <- ``key=value`` overrides, then :func:`validate`."""
     tree: dict[str, Any] = {}
+    steps_source = stages_source = -1  # which source (0: the file, i: the i-th override) set them last
     if not config_file and env:
         # An env may ship a default recipe sized for a laptop: configs/ENV.yaml.
         default = configs_dir() / f"{env}.yaml"
@@ -308,6 +379,8 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file} must hold a mapping of sections (env:, train:, ...)")
         tree = _merge(tree, loaded)
+        steps_source = 0 if _has(loaded, "train.steps") else -1
+        stages_source = 0 if _has(loaded, "curriculum.stages") else -1
     if env:
         _set_dotted(tree, "env.name", env)
     if model:
@@ -316,12 +389,40 @@ def load_config(
         _set_dotted(tree, "run.name", name)
     if init:
         _set_dotted(tree, "run.init", init)
-    for text in overrides or []:
+    for i, text in enumerate(overrides or [], start=1):
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+        steps_source = i if key == "train.steps" else steps_source
+        stages_source = i if key.startswith("curriculum.stages") else stages_source
     cfg = _build(Config, tree)
+    # A recipe's train.steps gives way to stages set later (on the command line); set together or
+    # after the stages, it must agree with them.
+    _derive_steps(cfg, steps_given=steps_source >= 0 and steps_source >= stages_source)
     validate(cfg)
     return cfg
+
+
+def _has(tree: dict[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _derive_steps(cfg: Config, steps_given: bool) -> None:
+    """With curriculum stages the run is as long as its stages: ``train.steps`` = their sum."""
+    if not cfg.curriculum.stages:
+        return
+    total = sum(stage.steps for stage in cfg.curriculum.stages)
+    if steps_given and cfg.train.steps != total:
+        raise ConfigError(
+            f"train.steps={cfg.train.steps} but the curriculum stages add up to {total} steps: with "
+            "curriculum.stages the run length is the sum of the stages' steps; leave train.steps out "
+            "(or set it to that sum) and change the stages' steps instead"
+        )
+    cfg.train.steps = total
 
 
 def configs_dir() -> Path:
@@ -336,6 +437,7 @@ def configs_dir() -> Path:
 def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a config from ``Config.to_dict()`` (a run's config.yaml)."""
     cfg = _build(Config, data)
+    _derive_steps(cfg, steps_given=_has(data, "train.steps"))
     validate(cfg)
     return cfg
 
@@ -362,6 +464,8 @@ def validate(cfg: Config) -> None:
             agentrl.spec(cfg.env.name)
         except KeyError as exc:
             raise ConfigError(f"env.name: {exc.args[0]}") from None
+    _validate_curriculum(cfg)
+    _validate_collapse(cfg)
     _check_choice("algo.advantage.estimator", cfg.algo.advantage.estimator, ADVANTAGE_ESTIMATORS)
     _check_choice("algo.policy_loss.loss", cfg.algo.policy_loss.loss, POLICY_LOSSES)
     _check_choice("algo.policy_loss.aggregation", cfg.algo.policy_loss.aggregation, AGGREGATIONS)
@@ -432,3 +536,40 @@ def validate(cfg: Config) -> None:
         )
     if cfg.run.name is None:
         cfg.run.name = f"{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _validate_curriculum(cfg: Config) -> None:
+    cur = cfg.curriculum
+    for i, stage in enumerate(cur.stages):
+        key = f"curriculum.stages[{i}]"
+        if stage.steps <= 0:
+            raise ConfigError(f"{key}.steps must be positive, got {stage.steps}: give every stage its steps")
+        if stage.lr is not None and stage.lr <= 0:
+            raise ConfigError(f"{key}.lr must be positive, got {stage.lr}")
+        if stage.temperature is not None and stage.temperature < 0:
+            raise ConfigError(f"{key}.temperature must be >= 0 (0: greedy), got {stage.temperature}")
+    if cur.stages and cfg.train.steps != sum(s.steps for s in cur.stages):
+        raise ConfigError(
+            f"train.steps={cfg.train.steps} differs from the sum of the curriculum stages' steps "
+            f"({sum(s.steps for s in cur.stages)}); leave train.steps out with curriculum.stages"
+        )
+    if not 0 <= cur.demote_at < cur.promote_at <= 1:
+        raise ConfigError(
+            f"curriculum thresholds need 0 <= demote_at < promote_at <= 1 (success rates), got "
+            f"demote_at={cur.demote_at}, promote_at={cur.promote_at}"
+        )
+    if cur.window <= 0:
+        raise ConfigError(f"curriculum.window must be positive (steps), got {cur.window}")
+    if cur.adaptive and not cur.stages:
+        raise ConfigError("curriculum.adaptive=true needs curriculum.stages (at least two) to move between")
+
+
+def _validate_collapse(cfg: Config) -> None:
+    col = cfg.collapse
+    _check_choice("collapse.action", col.action, COLLAPSE_ACTIONS)
+    for key in ("warn_zero_std_fraction", "warn_distinct_below", "warn_instruction_echo"):
+        value = getattr(col, key)
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"collapse.{key} is a fraction in [0, 1] (or null: off), got {value}")
+    if col.patience <= 0:
+        raise ConfigError(f"collapse.patience must be a positive number of steps, got {col.patience}")

@@ -7,6 +7,7 @@ gathered from several ranks aggregate exactly.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -21,8 +22,11 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str) -> dict[str, float]:
-    """Reward, success, format, length, turns, in-group spread and behaviour counts of a batch."""
+def rollout_metrics(
+    trajectories: Sequence[Trajectory], prefix: str, instructions: str | None = None
+) -> dict[str, float]:
+    """Reward, success, format, length, turns, in-group spread and behaviour counts of a batch;
+    with ``instructions`` (the system prompt) also the share of replies that echo its wording."""
     if not trajectories:
         return {}
     turns = [t for traj in trajectories for t in traj.turns]
@@ -48,9 +52,35 @@ def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str) -> dict[str
         f"behaviour/{prefix}_reflection_per_response": _mean([b["reflection"] for b in behaviour]),
         f"behaviour/{prefix}_step_words_per_response": _mean([b["step"] for b in behaviour]),
     }
+    if instructions is not None:
+        m[f"{prefix}/instruction_echo_rate"] = instruction_echo_rate(replies, instructions)
     for reason, count in end_reasons.items():
         m[f"{prefix}/end_{reason}_rate"] = count / len(trajectories)
     return m
+
+
+_WORD = re.compile(r"\w+")
+
+
+def word_ngrams(text: str, n: int = 5) -> list[tuple[str, ...]]:
+    """Lower-cased word ``n``-grams of ``text`` (punctuation and tags ignored), in order."""
+    words = _WORD.findall(text.lower())
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def echoes_instructions(reply: str, instruction_ngrams: set[tuple[str, ...]], n: int = 5) -> bool:
+    """True when more than half of the reply's word ``n``-grams occur in the instructions.
+
+    A reply shorter than ``n`` words has no ``n``-grams and never counts as an echo.
+    """
+    grams = word_ngrams(reply, n)
+    return bool(grams) and sum(g in instruction_ngrams for g in grams) * 2 > len(grams)
+
+
+def instruction_echo_rate(replies: Sequence[str], instructions: str, n: int = 5) -> float:
+    """Share of ``replies`` that repeat the instructions' wording (RAGEN's "Echo Trap" symptom)."""
+    known = set(word_ngrams(instructions, n))
+    return _mean([float(echoes_instructions(r, known, n)) for r in replies])
 
 
 def distinct_reply_fraction(trajectories: Sequence[Trajectory]) -> float:

@@ -8,16 +8,22 @@ The loop in :func:`train` reads top to bottom; each phase is a small function be
 3. **update**: ``ppo_epochs`` passes, each split into ``mini_batches`` optimizer steps, each a
    sum of micro-batches of at most ``micro_batch_tokens`` tokens (DeepSpeed accumulates);
 4. **sync** the engine's weights (a no-op for the ``hf`` engine, which shares the module);
-5. **log** metrics, trajectories and samples; evaluate and checkpoint when due.
+5. **log** metrics, trajectories and samples; evaluate when due;
+6. **collapse guard**: warn, stop or switch on StarPO-S filtering when groups stop giving a signal;
+7. **curriculum**: pick the next step's stage (env reset options, lr, temperature); checkpoint.
+
+Curriculum stage logic lives in :mod:`agentrl.curriculum`, collapse detection in :mod:`agentrl.collapse`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,9 @@ import torch
 from agentrl import checkpoint as ckpt
 from agentrl.advantages import compute_advantages, select_groups_by_std
 from agentrl.batching import MicroBatch, assign_advantages, pack_micro_batches, turn_batch
+from agentrl.collapse import ADVICE, FILTER_KEEP_FRACTION, detect, signals
 from agentrl.config import Config, ConfigError, configs_dir
+from agentrl.curriculum import CurriculumState, advance, stage_at
 from agentrl.distributed import World, all_reduce_max, all_reduce_sum, gather_objects, init_distributed
 from agentrl.engines.base import Engine
 from agentrl.logger import RunLogger, read_metrics
@@ -61,6 +69,35 @@ class Policy:
     device: torch.device
 
 
+@dataclass
+class Stage:
+    """What the current curriculum stage sets for one step (without a curriculum: the config's own)."""
+
+    index: int
+    env_options: dict[str, Any] | None
+    """Reset options of every episode (``None``: the env's defaults)."""
+    lr: float | None
+    """Learning rate to put on the optimizer (``None``: leave the schedule alone)."""
+    temperature: float
+    """Rollout sampling temperature; the trainer's log-probs use the same one."""
+
+
+@dataclass
+class LoopState:
+    """Loop state beyond the step, saved next to each checkpoint (``loop_state.json``) for --resume."""
+
+    curriculum: CurriculumState = field(default_factory=CurriculumState)
+    keep_group_fraction: float = 1.0
+    """StarPO-S keep fraction in force (``collapse.action=filter`` may lower it during the run)."""
+    guard_history: list[dict[str, float]] = field(default_factory=list)
+    """The collapse guard's watched metrics of the latest ``collapse.patience`` steps."""
+    warning: bool = False
+    """Whether the last step raised a collapse warning (a new warning prints one console line)."""
+
+
+LOOP_STATE_FILE = "loop_state.json"
+
+
 def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) training as configured; return the run directory."""
     # ---- set-up -------------------------------------------------------------------------------
@@ -73,9 +110,12 @@ def train(cfg: Config, resume: bool = False) -> Path:
     start_step = _prepare_run_dir(run_dir, cfg, resume, world)
     _seed_everything(cfg.train.seed + world.rank)
     policy = _build_policy(cfg, device)
-    state = ckpt.TrainerState(step=0)
+    state = ckpt.TrainerState(step=0, stage=_fixed_stage(cfg, 1))
+    loop = LoopState(keep_group_fraction=cfg.algo.keep_group_fraction)
     if resume:
-        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir), policy.ds_engine)
+        latest = ckpt.latest_checkpoint(run_dir)
+        state = ckpt.load_checkpoint(latest, policy.ds_engine)
+        loop = _load_loop_state(latest, state, cfg)
         start_step = state.step + 1
     engine = _build_engine(cfg, policy)
     rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
@@ -87,27 +127,36 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     try:
         if cfg.eval.every and cfg.eval.at_start and start_step == 1:
-            log.log(0, _evaluate(cfg, rollout, run_dir, 0, log, world))
+            log.log(0, _evaluate(cfg, rollout, run_dir, 0, log, world, _stage(cfg, loop, 1).env_options))
         for step in range(start_step, cfg.train.steps + 1):
             metrics: dict[str, float] = {}
+
+            # ---- 0. curriculum: this step's stage sets env options, lr and temperature ---------
+            stage = _stage(cfg, loop, step)
+            if stage.lr is not None:
+                _set_lr(policy, stage.lr)
 
             # ---- 1. rollout: this rank's share of the step's groups ----------------------------
             t0 = time.perf_counter()
             engine.wake()
             trajectories = rollout.rollout(
-                _train_seeds(cfg, step, world), step=step, sampling_seed=_step_seed(cfg, step, world)
+                _train_seeds(cfg, step, world),
+                step=step,
+                sampling_seed=_step_seed(cfg, step, world),
+                temperature=stage.temperature,
+                reset_options=stage.env_options,
             )
             engine.sleep()
             _offset_groups(trajectories, cfg, world)
             metrics["timing/rollout_s"] = time.perf_counter() - t0
 
             # ---- 2. rewards -> advantages -> tokens ---------------------------------------------
-            selected, adv_metrics = _assign_advantages(cfg, trajectories)
+            selected, adv_metrics = _assign_advantages(cfg, trajectories, loop.keep_group_fraction)
             metrics.update(adv_metrics)
 
             # ---- 3. policy update ---------------------------------------------------------------
             t0 = time.perf_counter()
-            metrics.update(_update(cfg, policy, selected, step, world))
+            metrics.update(_update(cfg, policy, selected, step, world, stage.temperature))
             metrics["timing/update_s"] = time.perf_counter() - t0
             metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
                 metrics["timing/update_s"], 1e-9
@@ -116,25 +165,40 @@ def train(cfg: Config, resume: bool = False) -> Path:
             # ---- 4. the engine samples with the new weights -------------------------------------
             engine.update_weights(_named_parameters(policy.model))
 
-            # ---- 5. log, evaluate, save -----------------------------------------------------------
+            # ---- 5. metrics, trajectories, evaluation ---------------------------------------------
             all_trajs = [t for part in gather_objects(trajectories, world) for t in part]
-            metrics.update(rollout_metrics(all_trajs, "train"))
+            metrics.update(rollout_metrics(all_trajs, "train", rollout.system_prompt))
             sampled = sum(t.num_sampled_tokens for t in all_trajs)
             metrics["perf/rollout_tokens_per_s"] = sampled / max(metrics["timing/rollout_s"], 1e-9)
             if world.is_main:
                 write_jsonl(run_dir / "trajectories" / step_filename(step), all_trajs)
                 log.text(step, "samples/train", _render_sample(all_trajs[0]))
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
-                metrics.update(_evaluate(cfg, rollout, run_dir, step, log, world))
+                metrics.update(_evaluate(cfg, rollout, run_dir, step, log, world, stage.env_options))
+            if cfg.curriculum.stages:
+                metrics["curriculum/stage"] = float(stage.index)
+
+            # ---- 6. collapse guard ------------------------------------------------------------
+            collapsed = _collapse_guard(cfg, loop, metrics, step, log)
             log.log(step, metrics)
-            state.step = step
+
+            # ---- 7. curriculum: the next step's stage; checkpoint -------------------------------
+            loop.curriculum = _next_curriculum(cfg, loop.curriculum, step, metrics, log)
+            state.step, state.stage = step, loop.curriculum.stage
             if (
                 (cfg.run.save_every and step % cfg.run.save_every == 0)
                 or step == cfg.train.steps
                 or stop.requested
+                or collapsed
             ):
-                _save(cfg, run_dir, state, policy, world)
+                _save(cfg, run_dir, state, policy, world, loop)
             log.advance(step)
+            if collapsed:
+                log.info(
+                    f"agentrl: stopped after step {step} (collapse.action=stop), checkpoint saved; "
+                    f"resume with --resume --name {cfg.run.name} once the recipe is changed"
+                )
+                break
             if stop.requested:
                 log.info(f"agentrl: stopped after step {step}; resume with --resume --name {cfg.run.name}")
                 break
@@ -305,6 +369,114 @@ def _named_parameters(model: torch.nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
+# Curriculum: the stage of a step, its learning rate, the move to the next stage
+# ------------------------------------------------------------------------------------------------
+
+
+def _fixed_stage(cfg: Config, step: int) -> int:
+    return stage_at(step, [s.steps for s in cfg.curriculum.stages])
+
+
+def _stage(cfg: Config, loop: LoopState, step: int) -> Stage:
+    """The stage that ``step`` plays: by the step counts, or (adaptive) where the run has moved to."""
+    stages = cfg.curriculum.stages
+    if not stages:
+        return Stage(0, None, None, cfg.rollout.temperature)
+    index = loop.curriculum.stage if cfg.curriculum.adaptive else _fixed_stage(cfg, step)
+    stage = stages[index]
+    return Stage(
+        index=index,
+        env_options=dict(stage.env_options) or None,
+        lr=stage.lr if stage.lr is not None else cfg.train.lr,
+        temperature=stage.temperature if stage.temperature is not None else cfg.rollout.temperature,
+    )
+
+
+def _set_lr(policy: Policy, lr: float) -> None:
+    """Make ``lr`` the base of the LR schedule (warmup/cosine factors still apply) from now on."""
+    scheduler = policy.ds_engine.lr_scheduler
+    if all(base == lr for base in scheduler.base_lrs):
+        return
+    # LambdaLR sets each group's lr = base_lr x factor(update) at every scheduler step: change the
+    # base, and the lr of the coming optimizer step (already set by the last scheduler step).
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = lr * factor(scheduler.last_epoch)
+
+
+def _next_curriculum(
+    cfg: Config, current: CurriculumState, step: int, metrics: dict[str, float], log: RunLogger
+) -> CurriculumState:
+    """The curriculum state after ``step``: the stage of the next step (and the adaptive window)."""
+    cur = cfg.curriculum
+    if not cur.stages:
+        return current
+    if cur.adaptive:
+        nxt, move = advance(
+            current,
+            metrics.get("train/success_rate", 0.0),
+            [s.steps for s in cur.stages],
+            cur.window,
+            cur.promote_at,
+            cur.demote_at,
+        )
+        reason = {
+            "promote": f"rolling success rate reached {cur.promote_at:g}",
+            "demote": f"rolling success rate fell below {cur.demote_at:g}",
+            "budget": "the stage's steps are spent",
+        }.get(move or "", "")
+    else:
+        nxt, move = CurriculumState(stage=_fixed_stage(cfg, step + 1)), None
+        reason = "schedule"
+    if nxt.stage != current.stage and step < cfg.train.steps:
+        stage = cur.stages[nxt.stage]
+        log.info(
+            f"agentrl: curriculum stage {nxt.stage + 1}/{len(cur.stages)} from step {step + 1} ({reason}): "
+            f"env options {stage.env_options or '{}'}, lr {stage.lr or cfg.train.lr:g}, "
+            f"temperature {cfg.rollout.temperature if stage.temperature is None else stage.temperature:g}"
+        )
+    return nxt
+
+
+# ------------------------------------------------------------------------------------------------
+# Collapse guard
+# ------------------------------------------------------------------------------------------------
+
+
+def _collapse_guard(
+    cfg: Config, loop: LoopState, metrics: dict[str, float], step: int, log: RunLogger
+) -> bool:
+    """Watch this step's collapse signals; log ``collapse/warning``; act. True: stop the run now."""
+    col = cfg.collapse
+    watched = signals(col.warn_zero_std_fraction, col.warn_distinct_below, col.warn_instruction_echo)
+    loop.guard_history.append({s.metric: metrics[s.metric] for s in watched if s.metric in metrics})
+    loop.guard_history = loop.guard_history[-col.patience :]
+    fired = detect(loop.guard_history, watched, col.patience)
+    metrics["collapse/warning"] = float(bool(fired))
+    was_warning, loop.warning = loop.warning, bool(fired)
+    if not fired:
+        if was_warning:
+            log.info(f"agentrl: collapse signals cleared at step {step}")
+        return False
+    what = "; ".join(fired)
+    if col.action == "stop":
+        log.info(f"agentrl: collapse at step {step} for {col.patience} steps: {what}. Stopping. {ADVICE}")
+        return True
+    if col.action == "filter" and loop.keep_group_fraction > FILTER_KEEP_FRACTION:
+        loop.keep_group_fraction = FILTER_KEEP_FRACTION
+        log.info(
+            f"agentrl: collapse at step {step} for {col.patience} steps: {what}. StarPO-S filtering on from "
+            f"step {step + 1}: training on the top {FILTER_KEEP_FRACTION:.0%} of groups by reward std"
+        )
+        return False
+    if not was_warning:  # one line when the signal starts; the metric marks every step it holds
+        log.info(
+            f"agentrl: collapse warning at step {step} ({col.patience} steps in a row): {what}. {ADVICE}"
+        )
+    return False
+
+
+# ------------------------------------------------------------------------------------------------
 # Rollout helpers: seeds and groups by step and rank
 # ------------------------------------------------------------------------------------------------
 
@@ -338,9 +510,10 @@ def _offset_groups(trajectories: list[Trajectory], cfg: Config, world: World) ->
 
 
 def _assign_advantages(
-    cfg: Config, trajectories: list[Trajectory]
+    cfg: Config, trajectories: list[Trajectory], keep_group_fraction: float
 ) -> tuple[list[Trajectory], dict[str, float]]:
-    """Shape rewards, compute per-turn advantages, write them onto tokens; StarPO-S group filter."""
+    """Shape rewards, compute per-turn advantages, write them onto tokens; StarPO-S group filter
+    keeping the top ``keep_group_fraction`` of groups by in-group reward std."""
     shaping = cfg.algo.shaping
     bonus = None
     if shaping.enabled:
@@ -358,10 +531,8 @@ def _assign_advantages(
     if bonus is not None:
         metrics["train/shaping_bonus"] = float(bonus.mean())
     selected = trajectories
-    if cfg.algo.keep_group_fraction < 1.0:
-        keep = select_groups_by_std(
-            batch.episode_return(), batch.episode_group(), cfg.algo.keep_group_fraction
-        )
+    if keep_group_fraction < 1.0:
+        keep = select_groups_by_std(batch.episode_return(), batch.episode_group(), keep_group_fraction)
         selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
     metrics["train/kept_episode_fraction"] = len(selected) / max(1, len(trajectories))
     return selected, metrics
@@ -373,9 +544,10 @@ def _assign_advantages(
 
 
 def _update(
-    cfg: Config, policy: Policy, trajectories: list[Trajectory], step: int, world: World
+    cfg: Config, policy: Policy, trajectories: list[Trajectory], step: int, world: World, temperature: float
 ) -> dict[str, float]:
-    """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over this rank's trajectories."""
+    """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over this rank's trajectories;
+    log-probs at the rollout's sampling ``temperature`` (ratios against the rollout's are exact)."""
     algo = cfg.algo
     loss_fn = get_policy_loss(algo.policy_loss.loss)
     aggregate = get_aggregation(algo.policy_loss.aggregation)
@@ -411,7 +583,9 @@ def _update(
             for i in range(n_micro):
                 batch = micro[i] if i < len(micro) else None
                 policy.ds_engine.set_gradient_accumulation_boundary(i == n_micro - 1)
-                loss, m = _micro_step(cfg, policy, batch, totals, loss_fn, aggregate, kl_coef, world)
+                loss, m = _micro_step(
+                    cfg, policy, batch, totals, loss_fn, aggregate, kl_coef, world, temperature
+                )
                 policy.ds_engine.backward(loss)
                 if batch is None:
                     continue
@@ -457,6 +631,7 @@ def _micro_step(
     aggregate,
     kl_coef: float,
     world: World,
+    sampling_temperature: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one micro-batch (already divided by the mini-batch totals) and its metrics."""
     if batch is None:
@@ -464,7 +639,7 @@ def _micro_step(
         zero = sum(p.sum() * 0.0 for p in policy.model.parameters() if p.requires_grad)
         return zero, {}
     b = batch.to(policy.device)
-    temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+    temperature = sampling_temperature if sampling_temperature > 0 else 1.0  # greedy: plain log-probs
     logits = policy.ds_engine(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
     logits = logits[:, :-1]  # (B, L-1, V): position t predicts token t+1
     logp = token_logprobs(logits, b.targets, temperature)  # (B, L-1)
@@ -514,8 +689,19 @@ def eval_seeds(cfg: Config) -> list[int]:
     return [cfg.env.eval_seed_start + i for i in range(cfg.eval.episodes)]
 
 
-def run_eval(cfg: Config, rollout: RolloutManager, step: int, world: World | None = None) -> list[Trajectory]:
-    """Play the held-out seeds (this rank's share) greedily or sampled, as configured."""
+def run_eval(
+    cfg: Config,
+    rollout: RolloutManager,
+    step: int,
+    world: World | None = None,
+    reset_options: dict[str, Any] | None = None,
+) -> list[Trajectory]:
+    """Play the held-out seeds (this rank's share) greedily or sampled, as configured.
+
+    ``reset_options`` go to every env reset; by default, with a curriculum, the last stage's options
+    (``agentrl eval`` then measures the curriculum's target task)."""
+    if reset_options is None and cfg.curriculum.stages:
+        reset_options = cfg.curriculum.stages[-1].env_options or None
     seeds = eval_seeds(cfg)
     if world is not None and world.size > 1:
         seeds = seeds[world.rank :: world.size]
@@ -526,15 +712,23 @@ def run_eval(cfg: Config, rollout: RolloutManager, step: int, world: World | Non
         sampling_seed=cfg.train.seed + 17,
         group_size=cfg.eval.samples_per_seed,
         temperature=0.0 if cfg.eval.greedy else cfg.eval.temperature,
+        reset_options=reset_options,
     )
     return trajectories
 
 
 def _evaluate(
-    cfg: Config, rollout: RolloutManager, run_dir: Path, step: int, log: RunLogger, world: World
+    cfg: Config,
+    rollout: RolloutManager,
+    run_dir: Path,
+    step: int,
+    log: RunLogger,
+    world: World,
+    reset_options: dict[str, Any] | None,
 ) -> dict[str, float]:
     t0 = time.perf_counter()
-    trajectories = [t for part in gather_objects(run_eval(cfg, rollout, step, world), world) for t in part]
+    mine = run_eval(cfg, rollout, step, world, reset_options)
+    trajectories = [t for part in gather_objects(mine, world) for t in part]
     metrics = eval_metrics(trajectories, "eval")
     metrics["timing/eval_s"] = time.perf_counter() - t0
     if world.is_main:
@@ -547,8 +741,10 @@ def _evaluate(
     return metrics
 
 
-def _save(cfg: Config, run_dir: Path, state: ckpt.TrainerState, policy: Policy, world: World) -> None:
-    ckpt.save_checkpoint(
+def _save(
+    cfg: Config, run_dir: Path, state: ckpt.TrainerState, policy: Policy, world: World, loop: LoopState
+) -> None:
+    path = ckpt.save_checkpoint(
         run_dir,
         state,
         policy.ds_engine,
@@ -556,6 +752,36 @@ def _save(cfg: Config, run_dir: Path, state: ckpt.TrainerState, policy: Policy, 
         policy.tokenizer,
         cfg.run.keep_checkpoints,
         world.is_main,
+    )
+    if world.is_main:
+        # Written after the checkpoint is complete; a checkpoint without it resumes the curriculum
+        # from TrainerState.stage with an empty window and the configured keep fraction.
+        tmp = path / f".{LOOP_STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(_loop_state_dict(loop)))
+        os.replace(tmp, path / LOOP_STATE_FILE)
+
+
+def _loop_state_dict(loop: LoopState) -> dict[str, Any]:
+    return {
+        "curriculum": loop.curriculum.to_dict(),
+        "keep_group_fraction": loop.keep_group_fraction,
+        "guard_history": loop.guard_history,
+        "warning": loop.warning,
+    }
+
+
+def _load_loop_state(path: Path, state: ckpt.TrainerState, cfg: Config) -> LoopState:
+    file = path / LOOP_STATE_FILE
+    if not file.is_file():
+        return LoopState(
+            curriculum=CurriculumState(stage=state.stage), keep_group_fraction=cfg.algo.keep_group_fraction
+        )
+    data = json.loads(file.read_text())
+    return LoopState(
+        curriculum=CurriculumState.from_dict(data.get("curriculum", {})),
+        keep_group_fraction=min(cfg.algo.keep_group_fraction, float(data.get("keep_group_fraction", 1.0))),
+        guard_history=list(data.get("guard_history", [])),
+        warning=bool(data.get("warning", False)),
     )
 
 

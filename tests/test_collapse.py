@@ -1,0 +1,192 @@
+"""Collapse guard: detection on hand-made metric sequences, the instruction-echo metric, the actions,
+and end to end: a constant-reward env (every group zero-variance) with action=stop ends the run early."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import agentrl  # isort: skip  (registers the built-in envs before anything imports them)
+from agentrl.cli import main
+from agentrl.collapse import detect, signals
+from agentrl.config import ConfigError, load_config
+from agentrl.env import TextEnv
+from agentrl.metrics import echoes_instructions, instruction_echo_rate, word_ngrams
+from agentrl.trainer import LoopState, _collapse_guard
+
+ZERO, DISTINCT, ECHO = (
+    "train/zero_adv_group_fraction",
+    "train/distinct_replies_per_group",
+    "train/instruction_echo_rate",
+)
+DEFAULT = signals(0.9, 0.3, 0.5)
+
+
+def _step(zero: float = 0.0, distinct: float = 1.0, echo: float = 0.0) -> dict[str, float]:
+    return {ZERO: zero, DISTINCT: distinct, ECHO: echo}
+
+
+def test_a_signal_fires_only_after_patience_consecutive_steps():
+    healthy, flat = _step(), _step(zero=1.0)
+    assert detect([flat, flat], DEFAULT, patience=3) == []  # too few steps known
+    assert detect([flat, healthy, flat, flat], DEFAULT, patience=3) == []  # interrupted
+    assert detect([healthy, flat, flat, flat], DEFAULT, patience=3) == [f"{ZERO}=1 (>= 0.9)"]
+    assert detect([flat, flat, flat, healthy], DEFAULT, patience=3) == []  # recovered
+    assert detect([_step(zero=0.9)] * 3, DEFAULT, patience=3) == [f"{ZERO}=0.9 (>= 0.9)"]  # at threshold
+    assert detect([_step(zero=0.89)] * 3, DEFAULT, patience=3) == []
+
+
+def test_each_signal_and_their_combination():
+    assert detect([_step(distinct=0.25)] * 2, DEFAULT, 2) == [f"{DISTINCT}=0.25 (< 0.3)"]
+    assert detect([_step(distinct=0.3)] * 2, DEFAULT, 2) == []  # not below
+    assert detect([_step(echo=0.75)] * 2, DEFAULT, 2) == [f"{ECHO}=0.75 (>= 0.5)"]
+    both = detect([_step(zero=1.0, echo=0.6), _step(zero=0.95, echo=1.0)], DEFAULT, 2)
+    assert both == [f"{ZERO}=0.95 (>= 0.9)", f"{ECHO}=1 (>= 0.5)"]  # the latest value is named
+    # Different signals on different steps do not add up to a streak.
+    assert detect([_step(zero=1.0), _step(echo=1.0)], DEFAULT, 2) == []
+
+
+def test_switched_off_and_missing_metrics_never_fire():
+    only_echo = signals(None, None, 0.5)
+    assert [s.metric for s in only_echo] == [ECHO]
+    assert detect([_step(zero=1.0, distinct=0.0)] * 3, only_echo, 3) == []
+    assert detect([{}, {}, {}], DEFAULT, 3) == []
+
+
+INSTRUCTIONS = (
+    "Push every box onto a target. Reply with <think> your reasoning </think> <answer> your moves </answer>, "
+    "for example <answer>Up || Left</answer>."
+)
+
+
+def test_instruction_echo_counts_replies_mostly_made_of_the_instructions_5_grams():
+    assert word_ngrams("A b c d e f", 5) == [("a", "b", "c", "d", "e"), ("b", "c", "d", "e", "f")]
+    known = set(word_ngrams(INSTRUCTIONS))
+    echo = "<think> your reasoning </think> <answer> your moves </answer>"  # 7 words, 3 grams, all known
+    assert echoes_instructions(echo, known)
+    assert not echoes_instructions(
+        "<think>the box is left of me so I push it</think><answer>Left</answer>", known
+    )
+    assert not echoes_instructions("Up || Left", known)  # under 5 words: never an echo
+    # 6 words, 2 grams, 1 known: exactly half is not more than half.
+    assert not echoes_instructions("Push every box onto a wall", known)
+    assert echoes_instructions("Push every box onto a target now", known)  # 3 grams, 2 known
+    replies = [echo, "Up || Left", "I think the answer is to go up twice", echo]
+    assert instruction_echo_rate(replies, INSTRUCTIONS) == 0.5
+    assert instruction_echo_rate([], INSTRUCTIONS) == 0.0
+
+
+class _Log:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def _cfg(*overrides: str):
+    return load_config(env="sokoban", overrides=["collapse.patience=2", *overrides])
+
+
+def test_warn_logs_the_metric_every_step_and_one_console_line_per_episode():
+    cfg, loop, log = _cfg(), LoopState(), _Log()
+    flags = []
+    for m in [_step(zero=1.0), _step(zero=1.0), _step(zero=1.0), _step(), _step(zero=1.0), _step(zero=1.0)]:
+        assert _collapse_guard(cfg, loop, m, len(flags) + 1, log) is False
+        flags.append(m["collapse/warning"])
+    assert flags == [0, 1, 1, 0, 0, 1]
+    assert [line.split(":")[1].strip() for line in log.lines] == [
+        "collapse warning at step 2 (2 steps in a row)",
+        "collapse signals cleared at step 4",
+        "collapse warning at step 6 (2 steps in a row)",
+    ]
+    assert "agentrl sft" in log.lines[0] and ZERO in log.lines[0]
+
+
+def test_filter_switches_on_starpo_s_once_and_never_raises_the_fraction():
+    cfg, loop, log = _cfg("collapse.action=filter"), LoopState(keep_group_fraction=1.0), _Log()
+    for step in (1, 2, 3):
+        assert _collapse_guard(cfg, loop, _step(distinct=0.1), step, log) is False
+    assert loop.keep_group_fraction == 0.25
+    assert len(log.lines) == 1 and "StarPO-S filtering on from step 3" in log.lines[0]
+    lower = LoopState(keep_group_fraction=0.1)
+    for step in (1, 2):
+        _collapse_guard(cfg, lower, _step(distinct=0.1), step, _Log())
+    assert lower.keep_group_fraction == 0.1
+
+
+def test_stop_asks_to_stop_and_says_what_to_try():
+    cfg, loop, log = _cfg("collapse.action=stop"), LoopState(), _Log()
+    assert _collapse_guard(cfg, loop, _step(echo=0.9), 1, log) is False
+    assert _collapse_guard(cfg, loop, _step(echo=0.9), 2, log) is True
+    assert ECHO in log.lines[-1] and "Stopping" in log.lines[-1] and "lower train.lr" in log.lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("collapse.action=halt", "collapse.action='halt' is not one of"),
+        ("collapse.warn_zero_std_fraction=1.5", "collapse.warn_zero_std_fraction is a fraction"),
+        ("collapse.patience=0", "collapse.patience must be a positive"),
+    ],
+)
+def test_collapse_config_mistakes_are_named(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(env="sokoban", overrides=[override])
+    assert message in str(info.value)
+    assert (
+        load_config(
+            env="sokoban", overrides=["collapse.warn_distinct_below=null"]
+        ).collapse.warn_distinct_below
+        is None
+    )
+
+
+class ConstantEnv(TextEnv):
+    """Single step, reward 1 whatever the reply: every group has zero reward variance."""
+
+    instructions = "Write some English words."
+    example_answer = "hello world"
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return "Write words.", {"success": False, "action_is_valid": True}
+
+    def step(self, action):
+        return "", 1.0, True, False, {"success": True, "action_is_valid": True}
+
+
+agentrl.register("test_constant", ConstantEnv, override=True)
+
+
+def test_forced_collapse_with_stop_ends_the_run_early_with_a_checkpoint(tmp_path, capsys):
+    sets = [
+        f"run.root={tmp_path}",
+        "train.steps=6",
+        "train.n_groups=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=8",
+        "rollout.max_turns=1",
+        "rollout.answer_format=raw",
+        "rollout.max_context_tokens=1024",
+        "train.micro_batch_tokens=2048",
+        "eval.every=0",
+        "run.save_every=0",
+        "run.progress=false",
+        "collapse.action=stop",
+        "collapse.patience=2",
+    ]
+    args = ["--env", "test_constant", "--model", "tiny-random", "--name", "flat"]
+    assert main(["train", *args, *[a for s in sets for a in ("--set", s)]]) == 0
+    run = tmp_path / "flat"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["train/zero_adv_group_fraction"] for r in rows] == [1.0, 1.0]
+    assert [r["collapse/warning"] for r in rows] == [0.0, 1.0]
+    assert all(0.0 <= r["train/instruction_echo_rate"] <= 1.0 for r in rows)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002"]
+    loop = json.loads((run / "checkpoints" / "step_000002" / "loop_state.json").read_text())
+    assert len(loop["guard_history"]) == 2
+    out = capsys.readouterr().out
+    assert "collapse at step 2" in out and "agentrl sft" in out and "stopped after step 2" in out

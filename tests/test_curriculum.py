@@ -1,0 +1,219 @@
+"""Curriculum: stage of a step, adaptive promote/demote by hand-worked cases, config, and end to end
+(options reach the env, lr and temperature follow the stage, --resume continues in the stage)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import agentrl  # isort: skip  (registers the built-in envs before anything imports them)
+from agentrl.cli import main
+from agentrl.config import ConfigError, configs_dir, from_dict, load_config
+from agentrl.curriculum import CurriculumState, advance, decide, stage_at
+from agentrl.env import TextEnv
+
+# ------------------------------------------------------------------------------------------------
+# Pure logic
+# ------------------------------------------------------------------------------------------------
+
+
+def test_stage_at_follows_the_cumulative_step_counts():
+    steps = [100, 100, 300]
+    assert [stage_at(s, steps) for s in (1, 100, 101, 200, 201, 500)] == [0, 0, 1, 1, 2, 2]
+    assert stage_at(501, steps) == 2  # past the end: the last stage
+    assert stage_at(1, []) == 0
+    assert [stage_at(s, [1, 1, 1]) for s in (1, 2, 3)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        ([0.8, 0.8, 0.8], 1),  # mean 0.8 reaches promote_at 0.8
+        ([1.0, 0.6, 0.7], 0),  # mean 0.767: stay
+        ([0.2, 0.0, 0.0], -1),  # mean 0.067 < 0.1: demote
+        ([0.1, 0.0, 0.0], -1),  # mean 0.033 < 0.1: demote
+        ([0.1, 0.1, 0.1], 0),  # exactly demote_at is not below it
+        ([1.0, 1.0], 0),  # window not full yet
+        ([0.0, 1.0, 1.0, 1.0], 1),  # only the last 3 count
+    ],
+)
+def test_decide_on_a_window(window, expected):
+    assert decide(window, 3, promote_at=0.8, demote_at=0.1) == expected
+
+
+def test_advance_promotes_demotes_and_spends_budgets():
+    steps = [10, 10, 10]
+    kw = dict(stage_steps=steps, window=2, promote_at=0.8, demote_at=0.1)
+    s = CurriculumState()
+    s, why = advance(s, 0.9, **kw)  # window [0.9] not full
+    assert (s.stage, s.steps_in_stage, s.window, why) == (0, 1, [0.9], None)
+    s, why = advance(s, 0.7, **kw)  # mean 0.8: promote, window emptied
+    assert (s.stage, s.steps_in_stage, s.window, why) == (1, 0, [], "promote")
+    s, why = advance(s, 0.0, **kw)
+    s, why = advance(s, 0.1, **kw)  # mean 0.05 < 0.1: back to stage 0
+    assert (s.stage, why) == (0, "demote")
+    s, why = advance(CurriculumState(stage=0, steps_in_stage=9, window=[0.5]), 0.5, **kw)
+    assert (s.stage, why) == (1, "budget")  # 10 steps spent without reaching 0.8
+    s, why = advance(CurriculumState(stage=2, steps_in_stage=30, window=[1.0]), 1.0, **kw)
+    assert (s.stage, s.steps_in_stage, why) == (2, 31, None)  # the last stage stays
+    s, why = advance(CurriculumState(stage=0, window=[0.0]), 0.0, **kw)
+    assert (s.stage, why) == (0, None)  # the first stage cannot be left downwards
+    state = CurriculumState(stage=1, steps_in_stage=3, window=[0.5])
+    advance(state, 1.0, **kw)
+    assert state == CurriculumState(stage=1, steps_in_stage=3, window=[0.5])  # not modified
+    assert CurriculumState.from_dict(state.to_dict()) == state
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------
+
+STAGES = "curriculum.stages=[{steps: 2, env_options: {n_people: 3}}, {steps: 3, lr: 1e-6, temperature: 0.5}]"
+
+
+def test_stages_are_typed_and_train_steps_is_their_sum():
+    cfg = load_config(env="knights_knaves", overrides=[STAGES, "curriculum.stages.1.lr=2e-6"])
+    assert cfg.train.steps == 5  # the recipe's train.steps gives way to stages set after it
+    first, second = cfg.curriculum.stages
+    assert (first.steps, first.env_options, first.lr, first.temperature) == (2, {"n_people": 3}, None, None)
+    assert (second.steps, second.lr, second.temperature) == (3, 2e-6, 0.5)
+    assert from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()  # a run's config.yaml round-trips
+    assert load_config(env="knights_knaves", overrides=[STAGES, "train.steps=5"]).train.steps == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([STAGES, "train.steps=7"], "curriculum stages add up to 5 steps"),
+        (["curriculum.stages=[{steps: 2, n_people: 3}]"], "unknown config key curriculum.stages[0].n_people"),
+        (["curriculum.stages=[{steps: 2}, {lr: 1e-6}]"], "curriculum.stages[1].steps must be positive"),
+        (["curriculum.stages=[{steps: 2, lr: -1}]"], "curriculum.stages[0].lr must be positive"),
+        (["curriculum.stages={steps: 2}"], "curriculum.stages must be a list of mappings"),
+        ([STAGES, "curriculum.promote_at=1.5"], "0 <= demote_at < promote_at <= 1"),
+        ([STAGES, "curriculum.demote_at=0.9"], "0 <= demote_at < promote_at <= 1"),
+        ([STAGES, "curriculum.window=0"], "curriculum.window must be positive"),
+        (["curriculum.adaptive=true"], "needs curriculum.stages"),
+        ([STAGES, "curriculum.stages.4.lr=1"], "is a list of 2; index it 0..1"),
+    ],
+)
+def test_curriculum_mistakes_are_named(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(env="knights_knaves", overrides=overrides)
+    assert message in str(info.value)
+
+
+def test_logic_rl_recipe_is_one_run_of_three_stages():
+    cfg = load_config(config_file=str(configs_dir() / "logic_rl_kk.yaml"))
+    assert cfg.train.steps == 500
+    assert [s.env_options["n_people"] for s in cfg.curriculum.stages] == [3, 5, 5]
+    assert [s.lr for s in cfg.curriculum.stages] == [None, 4e-7, 1e-7]
+    assert cfg.curriculum.stages[2].temperature == 0.5
+    assert not list(configs_dir().glob("logic_rl_kk_stage*.yaml"))
+    assert load_config(config_file=str(configs_dir() / "logic_rl_kk_adaptive.yaml")).curriculum.adaptive
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end (tiny model)
+# ------------------------------------------------------------------------------------------------
+
+
+class OptionsEnv(TextEnv):
+    """Single step; reset info records the reset options; success = the option ``succeed``."""
+
+    instructions = "Write some English words."
+    example_answer = "hello world"
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.options = dict(options or {})
+        return "Write words.", {"success": False, "action_is_valid": True, "options": self.options}
+
+    def step(self, action):
+        text = action[:4096]
+        share = sum(c.isascii() and c.isalpha() for c in text) / max(1, len(text))
+        info = {"success": bool(self.options.get("succeed", False)), "action_is_valid": True}
+        return "", float(share), True, False, info
+
+
+agentrl.register("test_options", OptionsEnv, override=True)
+
+
+def _args(root: Path, name: str, stages: str, *extra: str) -> list[str]:
+    sets = [
+        f"run.root={root}",
+        "train.n_groups=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=8",
+        "rollout.max_turns=1",
+        "rollout.answer_format=raw",
+        "rollout.max_context_tokens=1024",
+        "train.micro_batch_tokens=2048",
+        "eval.episodes=2",
+        "eval.every=0",
+        "eval.at_start=false",
+        "run.save_every=1",
+        "run.keep_checkpoints=0",
+        "run.progress=false",
+        "algo.kl.coef=0.01",
+        f"curriculum.stages={stages}",
+        *extra,
+    ]
+    return ["--env", "test_options", "--model", "tiny-random", "--name", name] + [
+        a for s in sets for a in ("--set", s)
+    ]
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _options(run: Path, step: int, split: str = "trajectories") -> list[dict]:
+    lines = (run / split / f"step_{step:06d}.jsonl").read_text().splitlines()
+    return [json.loads(line)["reset_info"]["options"] for line in lines]
+
+
+FIXED = "[{steps: 2, env_options: {level: 1}, lr: 1e-3}, {steps: 2, env_options: {level: 2}, lr: 1e-4, temperature: 0.5}]"
+
+
+def test_fixed_stages_set_options_lr_and_temperature_and_resume_in_stage(tmp_path):
+    assert main(["train", *_args(tmp_path, "fixed", FIXED, "eval.every=4")]) == 0
+    run = tmp_path / "fixed"
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["curriculum/stage"] for r in rows] == [0, 0, 1, 1]
+    assert [r["train/lr"] for r in rows] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    assert all(o == {"level": 1} for o in _options(run, 2))
+    assert all(o == {"level": 2} for o in _options(run, 3))
+    assert all(o == {"level": 2} for o in _options(run, 4, "eval"))  # eval plays the stage's options
+    # Stage 2 samples at temperature 0.5 and the trainer's log-probs follow: no drift before the update.
+    assert rows[2]["train/logprob_drift"] < 1e-4 and rows[2]["train/trained_tokens"] > 0
+    state = json.loads((run / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
+    assert state == {"step": 2, "stage": 1}  # the stage the next step plays
+
+    # Resume from step 2 (in the stage change): steps 3 and 4 repeat exactly.
+    for step in (3, 4):
+        shutil.rmtree(run / "checkpoints" / f"step_{step:06d}")
+    assert main(["train", "--resume", *_args(tmp_path, "fixed", FIXED, "eval.every=4")]) == 0
+    again = _rows(run)
+    assert [r["curriculum/stage"] for r in again] == [0, 0, 1, 1]
+    for key in ("train/reward", "train/lr", "train/policy_loss", "train/grad_norm"):
+        assert [r[key] for r in again[2:]] == pytest.approx([r[key] for r in rows[2:]], rel=1e-6, abs=1e-9)
+
+
+ADAPTIVE = "[{steps: 2, env_options: {succeed: true}}, {steps: 1, env_options: {succeed: false}}]"
+
+
+def test_adaptive_promotes_on_success_demotes_on_failure_and_persists_the_window(tmp_path):
+    extra = ("curriculum.adaptive=true", "curriculum.window=1", "algo.kl.coef=0")
+    assert main(["train", *_args(tmp_path, "adaptive", ADAPTIVE, *extra)]) == 0
+    run = tmp_path / "adaptive"
+    # step 1 (stage 0) succeeds -> promote; step 2 (stage 1) fails -> demote; step 3 back in stage 0.
+    assert [r["curriculum/stage"] for r in _rows(run)] == [0, 1, 0]
+    assert _options(run, 2)[0] == {"succeed": False}
+    loop = json.loads((run / "checkpoints" / "step_000003" / "loop_state.json").read_text())
+    assert loop["curriculum"] == {"stage": 1, "steps_in_stage": 0, "window": []}  # step 3 succeeded
+    state = json.loads((run / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
+    assert state["stage"] == 0
