@@ -111,6 +111,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """``auto`` (cuda if available), ``cpu`` or ``cuda``."""
+    dist_timeout_s: int = 1800
+    """Seconds a rank waits at a collective before the job fails (a dead or hung rank then ends the
+    run with an error naming the collective instead of hanging forever)."""
     num_threads: int = 0
     """CPU threads for torch (0: torch's default). Set 1 per run when running several runs at once."""
 

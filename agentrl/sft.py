@@ -108,7 +108,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     )
     cfg = replace(cfg, algo=algo, rollout=replace(cfg.rollout, temperature=1.0))
     device = _device(cfg)
-    world = init_distributed(device.type)
+    world = init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
     run_dir = Path(cfg.run.root) / cfg.run.name
     _prepare_run_dir(run_dir, cfg, resume=False, world=world)
     _seed_everything(cfg.train.seed)

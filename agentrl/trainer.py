@@ -105,7 +105,12 @@ def train(cfg: Config, resume: bool = False) -> Path:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = _device(cfg)
-    world = init_distributed(device.type)
+    world = init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
+    if cfg.train.n_groups % world.size:
+        raise ConfigError(
+            f"train.n_groups={cfg.train.n_groups} must be divisible by the {world.size} ranks: each rank plays "
+            "whole groups (group-relative advantages need every episode of a group on one rank)"
+        )
     run_dir = Path(cfg.run.root) / cfg.run.name
     start_step = _prepare_run_dir(run_dir, cfg, resume, world)
     _seed_everything(cfg.train.seed + world.rank)
@@ -493,7 +498,9 @@ def _train_seeds(cfg: Config, step: int, world: World) -> list[int]:
 
 
 def _step_seed(cfg: Config, step: int, world: World) -> int:
-    return cfg.train.seed * 1_000_003 + step * 101 + world.rank
+    """The step's sampling seed, the same on every rank: episodes derive their own seeds from it
+    (and their env seed and place in the group), so N ranks sample what 1 rank would."""
+    return cfg.train.seed * 1_000_003 + step * 101
 
 
 def _offset_groups(trajectories: list[Trajectory], cfg: Config, world: World) -> None:
@@ -603,6 +610,7 @@ def _update(
                 norm = float(policy.ds_engine.get_global_grad_norm() or 0.0)
             grad_norms.append(norm)
 
+    sums, counts, trained_tokens = _sum_over_ranks(sums, counts, trained_tokens, world)
     out = {f"train/{k}": sums[k] / counts[k] for k in sums if counts.get(k)}
     if "train/drift" in out:
         out["train/logprob_drift"] = out.pop("train/drift")
@@ -614,6 +622,24 @@ def _update(
     out.setdefault("train/clip_fraction", 0.0)
     out.setdefault("train/entropy", 0.0)
     return out
+
+
+def _sum_over_ranks(
+    sums: dict[str, float], counts: dict[str, float], tokens: int, world: World
+) -> tuple[dict[str, float], dict[str, float], int]:
+    """Token-weighted metric sums of every rank added up, so the means are over all ranks' tokens
+    (not an average of per-rank averages)."""
+    if world.size == 1:
+        return sums, counts, tokens
+    total_sums: dict[str, float] = {}
+    total_counts: dict[str, float] = {}
+    total_tokens = 0
+    for part_sums, part_counts, part_tokens in gather_objects((sums, counts, tokens), world):
+        for k, v in part_sums.items():
+            total_sums[k] = total_sums.get(k, 0.0) + v
+            total_counts[k] = total_counts.get(k, 0.0) + part_counts[k]
+        total_tokens += part_tokens
+    return total_sums, total_counts, total_tokens
 
 
 def _grad_norm(policy: Policy) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import agentrl
 from agentrl.env import TextEnv
 
@@ -23,3 +25,18 @@ class LetterShareEnv(TextEnv):
 
 
 agentrl.register("test_letters", LetterShareEnv, override=True)
+
+
+class DiesOnRank1(LetterShareEnv):
+    """As test_letters, but the process of rank 1 dies at its second reset when AGENTRL_TEST_DIE=1."""
+
+    resets = 0
+
+    def reset(self, *, seed=None, options=None):
+        DiesOnRank1.resets += 1
+        if os.environ.get("AGENTRL_TEST_DIE") == "1" and os.environ.get("RANK") == "1" and seed >= 10_002:
+            os._exit(17)  # a crash no Python handler sees, like an OOM kill
+        return super().reset(seed=seed, options=options)
+
+
+agentrl.register("test_dies_on_rank1", DiesOnRank1, override=True)
