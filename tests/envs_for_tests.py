@@ -27,6 +27,16 @@ class LetterShareEnv(TextEnv):
 agentrl.register("test_letters", LetterShareEnv, override=True)
 
 
+class ConstantEnv(LetterShareEnv):
+    """Single step, reward 1 whatever the reply: every group has zero reward variance."""
+
+    def step(self, action):
+        return "", 1.0, True, False, {"success": True, "action_is_valid": True}
+
+
+agentrl.register("test_constant", ConstantEnv, override=True)
+
+
 class DiesOnRank1(LetterShareEnv):
     """As test_letters, but the process of rank 1 dies at its second reset when AGENTRL_TEST_DIE=1."""
 

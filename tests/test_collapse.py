@@ -7,11 +7,9 @@ import json
 
 import pytest
 
-import agentrl  # isort: skip  (registers the built-in envs before anything imports them)
 from agentrl.cli import main
 from agentrl.collapse import detect, signals
 from agentrl.config import ConfigError, load_config
-from agentrl.env import TextEnv
 from agentrl.metrics import echoes_instructions, instruction_echo_rate, word_ngrams
 from agentrl.trainer import LoopState, _collapse_guard
 
@@ -143,21 +141,7 @@ def test_collapse_config_mistakes_are_named(override, message):
     )
 
 
-class ConstantEnv(TextEnv):
-    """Single step, reward 1 whatever the reply: every group has zero reward variance."""
-
-    instructions = "Write some English words."
-    example_answer = "hello world"
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return "Write words.", {"success": False, "action_is_valid": True}
-
-    def step(self, action):
-        return "", 1.0, True, False, {"success": True, "action_is_valid": True}
-
-
-agentrl.register("test_constant", ConstantEnv, override=True)
+import envs_for_tests  # noqa: E402,F401  (registers test_constant)
 
 
 def test_forced_collapse_with_stop_ends_the_run_early_with_a_checkpoint(tmp_path, capsys):
