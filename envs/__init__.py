@@ -5,7 +5,6 @@ function is the target of the ``agentrl.envs`` entry point in pyproject.toml.
 """
 
 
-
 def register_builtin_envs() -> None:
     # Imported here, not at module top: importing agentrl_envs before agentrl must not be circular.
     from agentrl import register

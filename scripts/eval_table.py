@@ -1,6 +1,6 @@
 """Print a table of eval figures (success, format-valid, reward) from runs' metrics.jsonl.
 
-    python scripts/eval_table.py runs/demo-rl runs/demo-sft runs/demo-sft-rl
+python scripts/eval_table.py runs/demo-rl runs/demo-sft runs/demo-sft-rl
 """
 
 from __future__ import annotations
