@@ -19,7 +19,11 @@ case "${1:-}" in
       --set rollout.reply_prefix='<think>' --set rollout.format_tag_credit=0.5 ;;
   sft-chain)
     agentrl sft --env sokoban --name demo-sft "${COMMON[@]}" --set sft.episodes=64 --set eval.every=0
+    # Sampling at T=1 knocks the lightly fine-tuned 135M model off its format; T=0.7 keeps it.
     agentrl train --env sokoban --name demo-sft-rl --init runs/demo-sft "${COMMON[@]}" \
-      --set train.steps="${STEPS_SFT_RL:-8}" --set eval.every=4 ;;
-  *) echo "usage: $0 rl|sft-chain" >&2; exit 2 ;;
+      --set train.steps="${STEPS_SFT_RL:-8}" --set eval.every=4 --set rollout.temperature=0.7 ;;
+  sft-rl)
+    agentrl train --env sokoban --name demo-sft-rl --init runs/demo-sft "${COMMON[@]}" \
+      --set train.steps="${STEPS_SFT_RL:-8}" --set eval.every=4 --set rollout.temperature=0.7 ;;
+  *) echo "usage: $0 rl|sft-chain|sft-rl" >&2; exit 2 ;;
 esac
