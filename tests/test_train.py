@@ -205,3 +205,45 @@ def test_eval_reads_a_runs_checkpoint(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert printed["eval/pass@1"] == pytest.approx(printed["eval/success_rate"])
     assert len((out / "eval.jsonl").read_text().splitlines()) == 3
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    """The first SIGINT finishes the current step, saves and exits 0; --resume continues after it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tests = Path(__file__).resolve().parent
+    args = _tiny_args(
+        tmp_path, "interrupted", "train.steps=200", "eval.every=0", "run.save_every=0", *LEARNING[:2]
+    )
+    env = {**os.environ, "PYTHONPATH": str(tests), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "agentrl", "train", "--env", "envs_for_tests:test_letters", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "interrupted" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped after step" in out
+    saved = sorted(p.name for p in (tmp_path / "interrupted" / "checkpoints").iterdir())
+    last = int(saved[-1].split("_")[1])
+    assert last == len(_metrics(tmp_path / "interrupted")) and last < 200
+
+
+RECIPES = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_runs_a_step(tmp_path, recipe):
+    """Smoke test of each recipe: its own settings, sizes cut down, the tiny model."""
+    config = str(Path(__file__).resolve().parents[1] / "configs" / recipe)
+    shrink = ["train.n_groups=2", "rollout.group_size=2", "rollout.max_new_tokens=8", "eval.episodes=2"]
+    args = _tiny_args(tmp_path, "recipe", "eval.every=1", *shrink)
+    steps = ["--set", "train.steps=1"] if "curriculum" not in Path(config).read_text() else []
+    assert main(["train", "--config", config, *args, *steps, "--set", "rollout.max_turns=1"]) == 0
