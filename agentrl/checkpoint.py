@@ -18,7 +18,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ class TrainerState:
     """The last completed training step."""
     stage: int = 0
     """Curriculum stage (0 without a curriculum)."""
+    loop: dict[str, Any] = field(default_factory=dict)
+    """The training loop's own state (curriculum window, collapse-guard history...), saved with the
+    checkpoint in one atomic write."""
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

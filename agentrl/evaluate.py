@@ -4,10 +4,45 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from agentrl.config import Config
+from agentrl.distributed import World
 from agentrl.metrics import eval_metrics
+from agentrl.rollout import RolloutManager
 from agentrl.trajectory import Trajectory, write_jsonl
+
+
+def eval_seeds(cfg: Config) -> list[int]:
+    return [cfg.env.eval_seed_start + i for i in range(cfg.eval.episodes)]
+
+
+def run_eval(
+    cfg: Config,
+    rollout: RolloutManager,
+    step: int,
+    world: World | None = None,
+    reset_options: dict[str, Any] | None = None,
+) -> list[Trajectory]:
+    """Play the held-out seeds (this rank's share) greedily or sampled, as configured.
+
+    ``reset_options`` go to every env reset; by default, with a curriculum, the last stage's options
+    (``agentrl eval`` then measures the curriculum's target task)."""
+    if reset_options is None and cfg.curriculum.stages:
+        reset_options = cfg.curriculum.stages[-1].env_options or None
+    seeds = eval_seeds(cfg)
+    if world is not None and world.size > 1:
+        seeds = seeds[world.rank :: world.size]
+    trajectories = rollout.rollout(
+        seeds,
+        step=step,
+        split="eval",
+        sampling_seed=cfg.train.seed + 17,
+        group_size=cfg.eval.samples_per_seed,
+        temperature=0.0 if cfg.eval.greedy else cfg.eval.temperature,
+        reset_options=reset_options,
+    )
+    return trajectories
 
 
 def evaluate(cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:
@@ -17,7 +52,6 @@ def evaluate(cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:
     from agentrl.engines.hf import HFEngine
     from agentrl.models import load_model, load_tokenizer, resolve_model_path
     from agentrl.rollout import RolloutManager
-    from agentrl.trainer import run_eval
 
     path = resolve_model_path(cfg.model.path)
     device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"

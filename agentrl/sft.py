@@ -80,19 +80,11 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     from agentrl import checkpoint as ckpt
     from agentrl.distributed import init_distributed
     from agentrl.logger import RunLogger
-    from agentrl.trainer import (
-        _build_engine,
-        _build_policy,
-        _device,
-        _evaluate,
-        _prepare_run_dir,
-        _quiet_libraries,
-        _save,
-        _seed_everything,
-        _update,
-    )
+    from agentrl.policy import build_engine, build_policy, device_for, quiet_libraries, seed_everything
+    from agentrl.trainer import evaluate_and_log, prepare_run_dir, save
+    from agentrl.update import update
 
-    _quiet_libraries()
+    quiet_libraries()
     if cfg.train.num_threads:
         import torch
 
@@ -107,13 +99,13 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
         mini_batches=1,
     )
     cfg = replace(cfg, algo=algo, rollout=replace(cfg.rollout, temperature=1.0))
-    device = _device(cfg)
+    device = device_for(cfg)
     world = init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
     run_dir = Path(cfg.run.root) / cfg.run.name
-    _prepare_run_dir(run_dir, cfg, resume=False, world=world)
-    _seed_everything(cfg.train.seed)
-    policy = _build_policy(cfg, device)
-    engine = _build_engine(cfg, policy)
+    prepare_run_dir(run_dir, cfg, resume=False, world=world)
+    seed_everything(cfg.train.seed)
+    policy = build_policy(cfg, device)
+    engine = build_engine(cfg, policy)
     rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
 
     t0 = time.perf_counter()
@@ -133,23 +125,23 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     )
     try:
         if cfg.eval.every and cfg.eval.at_start:
-            log.log(0, _evaluate(cfg, rollout, run_dir, 0, log, world))
+            log.log(0, evaluate_and_log(cfg, rollout, run_dir, 0, log, world))
         step = 0
         for _epoch in range(cfg.sft.epochs):
             for batch in batches:
                 step += 1
                 t0 = time.perf_counter()
-                metrics = _update(cfg, policy, batch, step, world)
+                metrics = update(cfg, policy, batch, step, world, temperature=1.0)
                 metrics["timing/update_s"] = time.perf_counter() - t0
                 metrics["sft/nll"] = metrics.pop("train/policy_loss", 0.0)
                 metrics.pop("train/logprob_drift", None)  # demonstrations have no rollout log-probs
                 if world.is_main and step == 1:
                     write_jsonl(run_dir / "trajectories" / step_filename(step), batch)
                 if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):
-                    metrics.update(_evaluate(cfg, rollout, run_dir, step, log, world))
+                    metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world))
                 log.log(step, metrics)
                 log.advance(step)
-        _save(cfg, run_dir, ckpt.TrainerState(step=step), policy, world)
+        save(cfg, run_dir, ckpt.TrainerState(step=step), policy, world)
     finally:
         rollout.close()
         log.close()

@@ -17,56 +17,38 @@ Curriculum stage logic lives in :mod:`agentrl.curriculum`, collapse detection in
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import random
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from agentrl import checkpoint as ckpt
 from agentrl.advantages import compute_advantages, select_groups_by_std
-from agentrl.batching import MicroBatch, assign_advantages, pack_micro_batches, turn_batch
+from agentrl.batching import assign_advantages, turn_batch
 from agentrl.collapse import ADVICE, FILTER_KEEP_FRACTION, detect, signals
-from agentrl.config import Config, ConfigError, configs_dir
+from agentrl.config import Config, ConfigError
 from agentrl.curriculum import CurriculumState, advance, stage_at
-from agentrl.distributed import World, all_reduce_max, all_reduce_sum, gather_objects, init_distributed
-from agentrl.engines.base import Engine
+from agentrl.distributed import World, gather_objects, init_distributed
+from agentrl.evaluate import run_eval
 from agentrl.logger import RunLogger, read_metrics
-from agentrl.losses import (
-    LossTotals,
-    entropy_from_logits,
-    get_aggregation,
-    get_policy_loss,
-    kl_coef_at,
-    kl_penalty,
-    masked_mean,
-    token_logprobs,
-)
 from agentrl.metrics import eval_metrics, rollout_metrics
-from agentrl.models import load_model, load_tokenizer, resolve_model_path
+from agentrl.policy import (
+    Policy,
+    build_engine,
+    build_policy,
+    device_for,
+    named_parameters,
+    quiet_libraries,
+    seed_everything,
+)
 from agentrl.rewards import shaping_bonus
 from agentrl.rollout import RolloutManager
 from agentrl.trajectory import Trajectory, step_filename, write_jsonl
-
-
-@dataclass
-class Policy:
-    """Everything the loop holds about the model being trained."""
-
-    model: torch.nn.Module
-    """The HF (or peft) module; the DeepSpeed engine wraps it and the hf engine samples from it."""
-    ds_engine: Any
-    tokenizer: Any
-    reference: torch.nn.Module | None
-    """Frozen reference for the KL term (``None`` when the KL is off or LoRA provides it)."""
-    device: torch.device
+from agentrl.update import update
 
 
 @dataclass
@@ -84,7 +66,7 @@ class Stage:
 
 @dataclass
 class LoopState:
-    """Loop state beyond the step, saved next to each checkpoint (``loop_state.json``) for --resume."""
+    """Loop state beyond the step, saved in each checkpoint's ``trainer_state.json`` for --resume."""
 
     curriculum: CurriculumState = field(default_factory=CurriculumState)
     keep_group_fraction: float = 1.0
@@ -95,16 +77,13 @@ class LoopState:
     """Whether the last step raised a collapse warning (a new warning prints one console line)."""
 
 
-LOOP_STATE_FILE = "loop_state.json"
-
-
 def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) training as configured; return the run directory."""
     # ---- set-up -------------------------------------------------------------------------------
-    _quiet_libraries()
+    quiet_libraries()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    device = _device(cfg)
+    device = device_for(cfg)
     world = init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
     if cfg.train.n_groups % world.size:
         raise ConfigError(
@@ -112,17 +91,17 @@ def train(cfg: Config, resume: bool = False) -> Path:
             "whole groups (group-relative advantages need every episode of a group on one rank)"
         )
     run_dir = Path(cfg.run.root) / cfg.run.name
-    start_step = _prepare_run_dir(run_dir, cfg, resume, world)
-    _seed_everything(cfg.train.seed + world.rank)
-    policy = _build_policy(cfg, device)
+    start_step = prepare_run_dir(run_dir, cfg, resume, world)
+    seed_everything(cfg.train.seed + world.rank)
+    policy = build_policy(cfg, device)
     state = ckpt.TrainerState(step=0, stage=_fixed_stage(cfg, 1))
     loop = LoopState(keep_group_fraction=cfg.algo.keep_group_fraction)
     if resume:
         latest = ckpt.latest_checkpoint(run_dir)
         state = ckpt.load_checkpoint(latest, policy.ds_engine)
-        loop = _load_loop_state(latest, state, cfg)
+        loop = _load_loop_state(state, cfg)
         start_step = state.step + 1
-    engine = _build_engine(cfg, policy)
+    engine = build_engine(cfg, policy)
     rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
     log = RunLogger(run_dir, cfg.train.steps, start_step, enabled=world.is_main, progress=cfg.run.progress)
     log.info(
@@ -132,7 +111,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     try:
         if cfg.eval.every and cfg.eval.at_start and start_step == 1:
-            log.log(0, _evaluate(cfg, rollout, run_dir, 0, log, world, _stage(cfg, loop, 1).env_options))
+            log.log(
+                0, evaluate_and_log(cfg, rollout, run_dir, 0, log, world, _stage(cfg, loop, 1).env_options)
+            )
         for step in range(start_step, cfg.train.steps + 1):
             metrics: dict[str, float] = {}
 
@@ -161,14 +142,14 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
             # ---- 3. policy update ---------------------------------------------------------------
             t0 = time.perf_counter()
-            metrics.update(_update(cfg, policy, selected, step, world, stage.temperature))
+            metrics.update(update(cfg, policy, selected, step, world, stage.temperature))
             metrics["timing/update_s"] = time.perf_counter() - t0
             metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
                 metrics["timing/update_s"], 1e-9
             )
 
             # ---- 4. the engine samples with the new weights -------------------------------------
-            engine.update_weights(_named_parameters(policy.model))
+            engine.update_weights(named_parameters(policy.model))
 
             # ---- 5. metrics, trajectories, evaluation ---------------------------------------------
             all_trajs = [t for part in gather_objects(trajectories, world) for t in part]
@@ -179,7 +160,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 write_jsonl(run_dir / "trajectories" / step_filename(step), all_trajs)
                 log.text(step, "samples/train", _render_sample(all_trajs[0]))
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
-                metrics.update(_evaluate(cfg, rollout, run_dir, step, log, world, stage.env_options))
+                metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world, stage.env_options))
             if cfg.curriculum.stages:
                 metrics["curriculum/stage"] = float(stage.index)
 
@@ -196,7 +177,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 or stop.requested
                 or collapsed
             ):
-                _save(cfg, run_dir, state, policy, world, loop)
+                save(cfg, run_dir, state, policy, world, loop)
             log.advance(step)
             if collapsed:
                 log.info(
@@ -219,38 +200,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
-def _quiet_libraries() -> None:
-    """Keep the console for agentrl's progress bar: no per-save progress bars or INFO chatter."""
-    import logging
-
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-
-
-def _device(cfg: Config) -> torch.device:
-    if cfg.train.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
-    return torch.device(cfg.train.device)
-
-
-def _dtype(cfg: Config, device: torch.device) -> str:
-    if cfg.model.dtype != "auto":
-        return cfg.model.dtype
-    return "bfloat16" if device.type == "cuda" else "float32"
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> int:
+def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> int:
     """Create (or check, on resume) the run directory; refuse to overwrite a run."""
     if resume:
         latest = ckpt.latest_checkpoint(run_dir)
@@ -275,102 +225,9 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> 
 
 def _truncate_metrics(run_dir: Path, step: int) -> None:
     """Drop metric rows newer than the checkpoint we resume from (they will be logged again)."""
-    import json
 
     rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _build_policy(cfg: Config, device: torch.device) -> Policy:
-    import deepspeed
-
-    path = resolve_model_path(cfg.run.init or cfg.model.path)
-    dtype = _dtype(cfg, device)
-    tokenizer = load_tokenizer(path)
-    model = load_model(path, dtype=dtype, device=str(device))
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    reference = None
-    if cfg.model.lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        lora = cfg.model.lora
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
-            ),
-        )
-    elif cfg.algo.kl.enabled:
-        # The reference is the *initial* model (also on resume), frozen.
-        reference = load_model(path, dtype=dtype, device=str(device)).eval().requires_grad_(False)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    total = cfg.train.steps * cfg.algo.ppo_epochs * cfg.algo.mini_batches
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
-    ds_engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=_deepspeed_config(cfg, dtype)
-    )
-    if torch.distributed.get_world_size() == 1 and cfg.train.zero_stage == 0:
-        # Alone there is nothing to average: skip DeepSpeed's flatten-and-copy of every gradient.
-        ds_engine.enable_backward_allreduce = False
-    return Policy(model=model, ds_engine=ds_engine, tokenizer=tokenizer, reference=reference, device=device)
-
-
-def _lr_lambda(cfg: Config, total_updates: int):
-    warmup, schedule = cfg.train.warmup_steps, cfg.train.lr_schedule
-
-    def factor(update: int) -> float:
-        if warmup and update < warmup:
-            return (update + 1) / warmup
-        if schedule == "cosine":
-            progress = min(1.0, (update - warmup) / max(1, total_updates - warmup))
-            return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress))
-        return 1.0
-
-    return factor
-
-
-def _deepspeed_config(cfg: Config, dtype: str) -> dict[str, Any]:
-    """The ZeRO recipe from configs/deepspeed/ (or the user's file), with the fields agentrl owns set."""
-    import json
-
-    path = cfg.train.deepspeed_config or configs_dir() / "deepspeed" / f"zero{cfg.train.zero_stage}.json"
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"DeepSpeed config {path} not found; set train.deepspeed_config to a JSON file")
-    ds = json.loads(path.read_text())
-    # agentrl accumulates micro-batches itself (by tokens) and marks the boundary explicitly.
-    ds["train_micro_batch_size_per_gpu"] = 1
-    ds["gradient_accumulation_steps"] = 1
-    ds["gradient_clipping"] = cfg.train.grad_clip
-    ds["bf16"] = {"enabled": dtype == "bfloat16"}
-    ds.setdefault("steps_per_print", 10**9)
-    ds.setdefault("wall_clock_breakdown", False)
-    return ds
-
-
-def _build_engine(cfg: Config, policy: Policy) -> Engine:
-    if cfg.engine.name == "hf":
-        from agentrl.engines.hf import HFEngine
-
-        return HFEngine(
-            policy.model,
-            policy.tokenizer.pad_token_id,
-            max_batch_size=cfg.engine.max_batch_size,
-            seed=cfg.train.seed,
-        )
-    from agentrl.engines.vllm import VLLMEngine
-
-    engine = VLLMEngine(
-        resolve_model_path(cfg.run.init or cfg.model.path), seed=cfg.train.seed, **cfg.engine.vllm
-    )
-    return engine
-
-
-def _named_parameters(model: torch.nn.Module):
-    return ((name, p.detach()) for name, p in model.named_parameters())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -546,212 +403,20 @@ def _assign_advantages(
 
 
 # ------------------------------------------------------------------------------------------------
-# Update
-# ------------------------------------------------------------------------------------------------
-
-
-def _update(
-    cfg: Config, policy: Policy, trajectories: list[Trajectory], step: int, world: World, temperature: float
-) -> dict[str, float]:
-    """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over this rank's trajectories;
-    log-probs at the rollout's sampling ``temperature`` (ratios against the rollout's are exact)."""
-    algo = cfg.algo
-    loss_fn = get_policy_loss(algo.policy_loss.loss)
-    aggregate = get_aggregation(algo.policy_loss.aggregation)
-    kl_coef = kl_coef_at(algo.kl, step, cfg.train.steps) if algo.kl.enabled else 0.0
-    needs_all = algo.kl.enabled or algo.entropy_coef != 0 or not algo.skip_zero_advantage
-    max_tokens = cfg.rollout.max_new_tokens * cfg.rollout.max_turns
-    rng = random.Random(cfg.train.seed * 7919 + step)
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    trained_tokens = 0
-    grad_norms: list[float] = []
-    policy.ds_engine.train()
-
-    for epoch in range(algo.ppo_epochs):
-        order = list(range(len(trajectories)))
-        rng.shuffle(order)
-        size = -(-len(order) // algo.mini_batches) if order else 0
-        for mb in range(algo.mini_batches):
-            chosen = [trajectories[i] for i in order[mb * size : (mb + 1) * size]]
-            samples = [s for t in chosen for s in t.samples if sum(s.loss_mask)]
-            # Normalisers over the whole mini-batch on every rank: micro-batch losses then sum to it.
-            n_tok, n_seq = all_reduce_sum([sum(sum(s.loss_mask[1:]) for s in samples), len(samples)], world)
-            totals = LossTotals(
-                tokens=max(1, int(n_tok)), sequences=max(1, int(n_seq)), max_tokens=max_tokens
-            )
-            if not needs_all:
-                samples = [s for s in samples if any(a != 0 for a in (s.advantages or []))]
-            micro = pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id)
-            # Every rank runs the same number of backward passes (DeepSpeed's gradient collectives).
-            n_micro = all_reduce_max(len(micro), world)
-            if n_micro == 0:
-                continue  # nothing to learn from: no optimizer step (Adam would still move the weights)
-            for i in range(n_micro):
-                batch = micro[i] if i < len(micro) else None
-                policy.ds_engine.set_gradient_accumulation_boundary(i == n_micro - 1)
-                loss, m = _micro_step(
-                    cfg, policy, batch, totals, loss_fn, aggregate, kl_coef, world, temperature
-                )
-                policy.ds_engine.backward(loss)
-                if batch is None:
-                    continue
-                trained_tokens += batch.num_tokens
-                for k, v in m.items():
-                    if k == "drift" and (epoch or mb):
-                        continue  # drift is rollout vs trainer before any update: first mini-batch only
-                    sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
-                    counts[k] = counts.get(k, 0.0) + batch.num_tokens
-            # ZeRO-2/3 compute the norm over their gradient partitions inside step(); below stage 2
-            # DeepSpeed does not report it, and the full gradients are right here.
-            norm = _grad_norm(policy) if cfg.train.zero_stage < 2 else None
-            policy.ds_engine.step()
-            if norm is None:
-                norm = float(policy.ds_engine.get_global_grad_norm() or 0.0)
-            grad_norms.append(norm)
-
-    sums, counts, trained_tokens = _sum_over_ranks(sums, counts, trained_tokens, world)
-    out = {f"train/{k}": sums[k] / counts[k] for k in sums if counts.get(k)}
-    if "train/drift" in out:
-        out["train/logprob_drift"] = out.pop("train/drift")
-    out["train/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
-    out["train/lr"] = float(policy.ds_engine.get_lr()[0])
-    out["train/kl_coef"] = kl_coef
-    out["train/trained_tokens"] = float(trained_tokens)
-    out.setdefault("train/kl", 0.0)
-    out.setdefault("train/clip_fraction", 0.0)
-    out.setdefault("train/entropy", 0.0)
-    return out
-
-
-def _sum_over_ranks(
-    sums: dict[str, float], counts: dict[str, float], tokens: int, world: World
-) -> tuple[dict[str, float], dict[str, float], int]:
-    """Token-weighted metric sums of every rank added up, so the means are over all ranks' tokens
-    (not an average of per-rank averages)."""
-    if world.size == 1:
-        return sums, counts, tokens
-    total_sums: dict[str, float] = {}
-    total_counts: dict[str, float] = {}
-    total_tokens = 0
-    for part_sums, part_counts, part_tokens in gather_objects((sums, counts, tokens), world):
-        for k, v in part_sums.items():
-            total_sums[k] = total_sums.get(k, 0.0) + v
-            total_counts[k] = total_counts.get(k, 0.0) + part_counts[k]
-        total_tokens += part_tokens
-    return total_sums, total_counts, total_tokens
-
-
-def _grad_norm(policy: Policy) -> float:
-    """Global gradient norm before clipping, from the full gradients (ZeRO stage 0/1)."""
-    grads = [p.grad.detach().float().norm() for p in policy.model.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
-
-
-def _micro_step(
-    cfg: Config,
-    policy: Policy,
-    batch: MicroBatch | None,
-    totals: LossTotals,
-    loss_fn,
-    aggregate,
-    kl_coef: float,
-    world: World,
-    sampling_temperature: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one micro-batch (already divided by the mini-batch totals) and its metrics."""
-    if batch is None:
-        # A rank with less data still joins the collective backward, with a zero loss.
-        zero = sum(p.sum() * 0.0 for p in policy.model.parameters() if p.requires_grad)
-        return zero, {}
-    b = batch.to(policy.device)
-    temperature = sampling_temperature if sampling_temperature > 0 else 1.0  # greedy: plain log-probs
-    logits = policy.ds_engine(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
-    logits = logits[:, :-1]  # (B, L-1, V): position t predicts token t+1
-    logp = token_logprobs(logits, b.targets, temperature)  # (B, L-1)
-    loss, metrics = loss_fn(logp, b.old_logprobs, b.advantages, b.mask, totals, cfg.algo.policy_loss)
-    out = {k: float(v) for k, v in metrics.items()}
-    if cfg.algo.entropy_coef != 0:
-        entropy = entropy_from_logits(logits.float() / temperature)  # (B, L-1)
-        loss = loss - cfg.algo.entropy_coef * aggregate(entropy, b.mask, totals)
-        out["entropy"] = float(masked_mean(entropy.detach(), b.mask))
-    else:
-        # Metric only: on the trained positions alone, without copying the whole logits tensor.
-        with torch.no_grad():
-            picked = logits.detach()[b.mask.bool()]  # (N_trained, V)
-            picked = picked.float() / temperature if temperature != 1.0 else picked.float()
-            out["entropy"] = float(entropy_from_logits(picked).mean()) if picked.numel() else 0.0
-    if cfg.algo.kl.enabled:
-        ref_logp = _reference_logprobs(policy, b, temperature)
-        kl_loss, kl_m = kl_penalty(logp, ref_logp, b.mask, totals, cfg.algo.kl, kl_coef)
-        loss = loss + kl_loss
-        out["kl"] = float(kl_m["kl"])
-    out["drift"] = float(masked_mean((logp.detach() - b.old_logprobs).abs(), b.mask))
-    out["policy_loss"] = float(loss.detach()) * totals.tokens / max(1, b.num_tokens)
-    # DeepSpeed averages gradients over ranks; the totals are global, so undo the average.
-    return loss * world.size, out
-
-
-@torch.no_grad()
-def _reference_logprobs(policy: Policy, b: MicroBatch, temperature: float) -> torch.Tensor:
-    if policy.reference is not None:
-        logits = policy.reference(
-            input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
-        ).logits
-    else:  # LoRA: the base model is the policy with its adapters switched off
-        with policy.model.disable_adapter():
-            logits = policy.model(
-                input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
-            ).logits
-    return token_logprobs(logits[:, :-1], b.targets, temperature)
-
-
-# ------------------------------------------------------------------------------------------------
 # Evaluation, saving, samples, Ctrl-C
 # ------------------------------------------------------------------------------------------------
 
 
-def eval_seeds(cfg: Config) -> list[int]:
-    return [cfg.env.eval_seed_start + i for i in range(cfg.eval.episodes)]
-
-
-def run_eval(
-    cfg: Config,
-    rollout: RolloutManager,
-    step: int,
-    world: World | None = None,
-    reset_options: dict[str, Any] | None = None,
-) -> list[Trajectory]:
-    """Play the held-out seeds (this rank's share) greedily or sampled, as configured.
-
-    ``reset_options`` go to every env reset; by default, with a curriculum, the last stage's options
-    (``agentrl eval`` then measures the curriculum's target task)."""
-    if reset_options is None and cfg.curriculum.stages:
-        reset_options = cfg.curriculum.stages[-1].env_options or None
-    seeds = eval_seeds(cfg)
-    if world is not None and world.size > 1:
-        seeds = seeds[world.rank :: world.size]
-    trajectories = rollout.rollout(
-        seeds,
-        step=step,
-        split="eval",
-        sampling_seed=cfg.train.seed + 17,
-        group_size=cfg.eval.samples_per_seed,
-        temperature=0.0 if cfg.eval.greedy else cfg.eval.temperature,
-        reset_options=reset_options,
-    )
-    return trajectories
-
-
-def _evaluate(
+def evaluate_and_log(
     cfg: Config,
     rollout: RolloutManager,
     run_dir: Path,
     step: int,
     log: RunLogger,
     world: World,
-    reset_options: dict[str, Any] | None,
+    reset_options: dict[str, Any] | None = None,
 ) -> dict[str, float]:
+    """Evaluate on the held-out seeds; write ``eval/step_N.jsonl`` and a console line; return metrics."""
     t0 = time.perf_counter()
     mine = run_eval(cfg, rollout, step, world, reset_options)
     trajectories = [t for part in gather_objects(mine, world) for t in part]
@@ -767,10 +432,18 @@ def _evaluate(
     return metrics
 
 
-def _save(
-    cfg: Config, run_dir: Path, state: ckpt.TrainerState, policy: Policy, world: World, loop: LoopState
-) -> None:
-    path = ckpt.save_checkpoint(
+def save(
+    cfg: Config,
+    run_dir: Path,
+    state: ckpt.TrainerState,
+    policy: Policy,
+    world: World,
+    loop: LoopState | None = None,
+) -> Path:
+    """Checkpoint the policy, the step and (with ``loop``) the loop's own state, atomically."""
+    if loop is not None:
+        state.loop = _loop_state_dict(loop)
+    return ckpt.save_checkpoint(
         run_dir,
         state,
         policy.ds_engine,
@@ -779,12 +452,6 @@ def _save(
         cfg.run.keep_checkpoints,
         world.is_main,
     )
-    if world.is_main:
-        # Written after the checkpoint is complete; a checkpoint without it resumes the curriculum
-        # from TrainerState.stage with an empty window and the configured keep fraction.
-        tmp = path / f".{LOOP_STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(_loop_state_dict(loop)))
-        os.replace(tmp, path / LOOP_STATE_FILE)
 
 
 def _loop_state_dict(loop: LoopState) -> dict[str, Any]:
@@ -796,13 +463,12 @@ def _loop_state_dict(loop: LoopState) -> dict[str, Any]:
     }
 
 
-def _load_loop_state(path: Path, state: ckpt.TrainerState, cfg: Config) -> LoopState:
-    file = path / LOOP_STATE_FILE
-    if not file.is_file():
+def _load_loop_state(state: ckpt.TrainerState, cfg: Config) -> LoopState:
+    data = state.loop
+    if not data:  # a checkpoint without loop state (an SFT run's, say): start the loop afresh
         return LoopState(
             curriculum=CurriculumState(stage=state.stage), keep_group_fraction=cfg.algo.keep_group_fraction
         )
-    data = json.loads(file.read_text())
     return LoopState(
         curriculum=CurriculumState.from_dict(data.get("curriculum", {})),
         keep_group_fraction=min(cfg.algo.keep_group_fraction, float(data.get("keep_group_fraction", 1.0))),
@@ -844,7 +510,3 @@ class _GracefulStop:
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def copy_config(cfg: Config) -> Config:
-    return copy.deepcopy(cfg)

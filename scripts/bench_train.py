@@ -8,9 +8,9 @@ The script
    Token ids are random; the "rollout" log-probs are the model's own (one no-grad forward), so the
    PPO ratio starts at 1 as on-policy; advantages are a nonzero value per episode (+-0.5 to +-1.5),
    spread over its sampled tokens;
-2. builds the policy through the trainer's own code path (``agentrl.trainer._build_policy``: the
+2. builds the policy through the trainer's own code path (``agentrl.policy.build_policy``: the
    model wrapped in DeepSpeed ZeRO-``--zero-stage`` with AdamW, grad clipping 1.0) and times
-   ``agentrl.trainer._update`` (one optimizer step over the batch: PPO-clip loss, token-mean);
+   ``agentrl.update.update`` (one optimizer step over the batch: PPO-clip loss, token-mean);
 3. times a bare PyTorch step on a separate copy of the same weights over the *same* micro-batches
    (``pack_micro_batches`` with the same token budget and padding): forward, ``log_softmax`` gather of
    the targets, loss ``sum(-logp * adv * mask) / n_masked``, backward per micro-batch, then
@@ -45,8 +45,9 @@ from agentrl.batching import pack_micro_batches
 from agentrl.config import load_config
 from agentrl.distributed import init_distributed
 from agentrl.models import load_model, resolve_model_path
-from agentrl.trainer import _build_policy, _quiet_libraries, _update
+from agentrl.policy import build_policy, quiet_libraries
 from agentrl.trajectory import Sample, Trajectory, Turn
+from agentrl.update import update
 
 
 def synthetic_batch(n: int, tokens: int, vocab: int, seed: int) -> list[Trajectory]:
@@ -131,7 +132,7 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in a log file
     if args.threads:
         torch.set_num_threads(args.threads)
-    _quiet_libraries()
+    quiet_libraries()
     torch.manual_seed(args.seed)
     cfg = load_config(
         env="sokoban",
@@ -145,7 +146,7 @@ def main() -> None:
         ],
     )
     world = init_distributed("cpu")
-    policy = _build_policy(cfg, torch.device("cpu"))
+    policy = build_policy(cfg, torch.device("cpu"))
     bare_model = load_model(resolve_model_path(cfg.model.path), dtype="float32", device="cpu")
     bare = BareStep(bare_model, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip)
     pad_id = policy.tokenizer.pad_token_id
@@ -170,7 +171,7 @@ def main() -> None:
 
     def run_ours(step: int) -> float:
         start = time.perf_counter()
-        out = _update(cfg, policy, trajectories, step, world)
+        out = update(cfg, policy, trajectories, step, world, temperature=1.0)
         elapsed = time.perf_counter() - start
         if int(out["train/trained_tokens"]) != masked_tokens:
             raise RuntimeError(
@@ -196,7 +197,7 @@ def main() -> None:
     print("| | best update time | input tokens/s | masked tokens/s |")
     print("| --- | --- | --- | --- |")
     print(
-        f"| agentrl `_update` | {t_ours:.2f} s | {input_tokens / t_ours:.1f} | {masked_tokens / t_ours:.1f} |"
+        f"| agentrl `update` | {t_ours:.2f} s | {input_tokens / t_ours:.1f} | {masked_tokens / t_ours:.1f} |"
     )
     print(f"| bare PyTorch | {t_bare:.2f} s | {input_tokens / t_bare:.1f} | {masked_tokens / t_bare:.1f} |")
     print(f"ratio agentrl/bare (tokens/s): {t_bare / t_ours:.3f}")
@@ -204,7 +205,7 @@ def main() -> None:
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        _update(cfg, policy, trajectories, args.repeats + 2, world)
+        update(cfg, policy, trajectories, args.repeats + 2, world, temperature=1.0)
         prof.disable()
         stats = pstats.Stats(prof).sort_stats("cumulative")
         stats.print_stats(30)

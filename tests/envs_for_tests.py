@@ -50,3 +50,12 @@ class DiesOnRank1(LetterShareEnv):
 
 
 agentrl.register("test_dies_on_rank1", DiesOnRank1, override=True)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for an `agentrl` subprocess: tests/ importable, one thread, and none of the
+    process-group variables (MASTER_PORT...) that in-process training left in this process, which
+    would point the child at a port this process already holds."""
+    drop = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {**env, "PYTHONPATH": os.path.dirname(os.path.abspath(__file__)), "OMP_NUM_THREADS": "1", **extra}

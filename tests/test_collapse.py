@@ -170,7 +170,7 @@ def test_forced_collapse_with_stop_ends_the_run_early_with_a_checkpoint(tmp_path
     assert [r["collapse/warning"] for r in rows] == [0.0, 1.0]
     assert all(0.0 <= r["train/instruction_echo_rate"] <= 1.0 for r in rows)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002"]
-    loop = json.loads((run / "checkpoints" / "step_000002" / "loop_state.json").read_text())
+    loop = json.loads((run / "checkpoints" / "step_000002" / "trainer_state.json").read_text())["loop"]
     assert len(loop["guard_history"]) == 2
     out = capsys.readouterr().out
     assert "collapse at step 2" in out and "agentrl sft" in out and "stopped after step 2" in out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,11 @@ import pytest
 import torch
 
 import agentrl  # noqa: F401  isort: skip
-import envs_for_tests  # noqa: F401  (registers test_letters)
+from envs_for_tests import subprocess_env  # also registers test_letters
 
 from agentrl.engines.hf import HFEngine
 from agentrl.models import load_model, load_tokenizer
 from agentrl.rollout import RolloutConfig, RolloutManager
-
-TESTS = Path(__file__).resolve().parent
 
 
 def test_an_episode_samples_the_same_whatever_else_is_in_the_batch(tiny_model_path):
@@ -53,7 +50,7 @@ def _train(tmp_path: Path, name: str, nproc: int, env_name: str = "test_letters"
     ]
     args = ["train", "--env", f"envs_for_tests:{env_name}", "--model", "tiny-random", "--name", name]
     args += [a for s in sets for a in ("--set", s)]
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    env = subprocess_env(**(extra_env or {}))
     launcher = (
         [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     )
@@ -99,7 +96,7 @@ def test_a_dead_rank_fails_the_job_quickly_and_resume_continues(tmp_path):
     assert "rank: 1" in result.stderr or "rank 1" in result.stderr, result.stderr[-2000:]
     assert (run / "checkpoints" / "step_000001" / "trainer_state.json").is_file()
 
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     resume = [
         sys.executable,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import envs_for_tests  # noqa: F401  (registers test_letters)
+import envs_for_tests  # registers test_letters
 import pytest
 import torch
 
@@ -209,17 +209,15 @@ def test_eval_reads_a_runs_checkpoint(tmp_path, capsys):
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     """The first SIGINT finishes the current step, saves and exits 0; --resume continues after it."""
-    import os
     import signal
     import subprocess
     import sys
     import time
 
-    tests = Path(__file__).resolve().parent
     args = _tiny_args(
         tmp_path, "interrupted", "train.steps=200", "eval.every=0", "run.save_every=0", *LEARNING[:2]
     )
-    env = {**os.environ, "PYTHONPATH": str(tests), "OMP_NUM_THREADS": "1"}
+    env = envs_for_tests.subprocess_env()
     cmd = [sys.executable, "-m", "agentrl", "train", "--env", "envs_for_tests:test_letters", *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "interrupted" / "metrics.jsonl"

@@ -1,0 +1,156 @@
+"""The policy being trained: model, tokenizer, DeepSpeed engine, optional reference, inference engine.
+
+:func:`build_policy` loads the model (the offline default, a folder, a run's checkpoint), adds LoRA
+or a frozen reference for the KL term, and wraps it in DeepSpeed with AdamW, the LR schedule and the
+ZeRO recipe from ``configs/deepspeed/``. Shared by ``train`` and ``sft``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentrl.config import Config, ConfigError, configs_dir
+from agentrl.engines.base import Engine
+from agentrl.models import load_model, load_tokenizer, resolve_model_path
+
+
+@dataclass
+class Policy:
+    """Everything the loop holds about the model being trained."""
+
+    model: torch.nn.Module
+    """The HF (or peft) module; the DeepSpeed engine wraps it and the hf engine samples from it."""
+    ds_engine: Any
+    tokenizer: Any
+    reference: torch.nn.Module | None
+    """Frozen reference for the KL term (``None`` when the KL is off or LoRA provides it)."""
+    device: torch.device
+
+
+def quiet_libraries() -> None:
+    """Keep the console for agentrl's progress bar: no per-save progress bars or INFO chatter."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def device_for(cfg: Config) -> torch.device:
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu")
+    return torch.device(cfg.train.device)
+
+
+def dtype_for(cfg: Config, device: torch.device) -> str:
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_policy(cfg: Config, device: torch.device) -> Policy:
+    import deepspeed
+
+    path = resolve_model_path(cfg.run.init or cfg.model.path)
+    dtype = dtype_for(cfg, device)
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, dtype=dtype, device=str(device))
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    reference = None
+    if cfg.model.lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.model.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
+            ),
+        )
+    elif cfg.algo.kl.enabled:
+        # The reference is the *initial* model (also on resume), frozen.
+        reference = load_model(path, dtype=dtype, device=str(device)).eval().requires_grad_(False)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    total = cfg.train.steps * cfg.algo.ppo_epochs * cfg.algo.mini_batches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    ds_engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=_deepspeed_config(cfg, dtype)
+    )
+    if torch.distributed.get_world_size() == 1 and cfg.train.zero_stage == 0:
+        # Alone there is nothing to average: skip DeepSpeed's flatten-and-copy of every gradient.
+        ds_engine.enable_backward_allreduce = False
+    return Policy(model=model, ds_engine=ds_engine, tokenizer=tokenizer, reference=reference, device=device)
+
+
+def _lr_lambda(cfg: Config, total_updates: int):
+    warmup, schedule = cfg.train.warmup_steps, cfg.train.lr_schedule
+
+    def factor(update: int) -> float:
+        if warmup and update < warmup:
+            return (update + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (update - warmup) / max(1, total_updates - warmup))
+            return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def _deepspeed_config(cfg: Config, dtype: str) -> dict[str, Any]:
+    """The ZeRO recipe from configs/deepspeed/ (or the user's file), with the fields agentrl owns set."""
+    import json
+
+    path = cfg.train.deepspeed_config or configs_dir() / "deepspeed" / f"zero{cfg.train.zero_stage}.json"
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"DeepSpeed config {path} not found; set train.deepspeed_config to a JSON file")
+    ds = json.loads(path.read_text())
+    # agentrl accumulates micro-batches itself (by tokens) and marks the boundary explicitly.
+    ds["train_micro_batch_size_per_gpu"] = 1
+    ds["gradient_accumulation_steps"] = 1
+    ds["gradient_clipping"] = cfg.train.grad_clip
+    ds["bf16"] = {"enabled": dtype == "bfloat16"}
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def build_engine(cfg: Config, policy: Policy) -> Engine:
+    if cfg.engine.name == "hf":
+        from agentrl.engines.hf import HFEngine
+
+        return HFEngine(
+            policy.model,
+            policy.tokenizer.pad_token_id,
+            max_batch_size=cfg.engine.max_batch_size,
+            seed=cfg.train.seed,
+        )
+    from agentrl.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(
+        resolve_model_path(cfg.run.init or cfg.model.path), seed=cfg.train.seed, **cfg.engine.vllm
+    )
+    return engine
+
+
+def named_parameters(model: torch.nn.Module):
+    return ((name, p.detach()) for name, p in model.named_parameters())

@@ -1,0 +1,184 @@
+"""One rollout batch's policy update: epochs, mini-batches, token-packed micro-batches, DeepSpeed steps.
+
+Losses come from :mod:`agentrl.losses` by name; normalisers (``LossTotals``) are over the whole
+mini-batch on every rank, so micro-batch and rank losses add up to exactly the mini-batch loss.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from agentrl.batching import MicroBatch, pack_micro_batches
+from agentrl.config import Config
+from agentrl.distributed import World, all_reduce_max, all_reduce_sum, gather_objects
+from agentrl.losses import (
+    LossTotals,
+    entropy_from_logits,
+    get_aggregation,
+    get_policy_loss,
+    kl_coef_at,
+    kl_penalty,
+    masked_mean,
+    token_logprobs,
+)
+from agentrl.policy import Policy
+from agentrl.trajectory import Trajectory
+
+
+def update(
+    cfg: Config, policy: Policy, trajectories: list[Trajectory], step: int, world: World, temperature: float
+) -> dict[str, float]:
+    """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over this rank's trajectories;
+    log-probs at the rollout's sampling ``temperature`` (ratios against the rollout's are exact)."""
+    algo = cfg.algo
+    loss_fn = get_policy_loss(algo.policy_loss.loss)
+    aggregate = get_aggregation(algo.policy_loss.aggregation)
+    kl_coef = kl_coef_at(algo.kl, step, cfg.train.steps) if algo.kl.enabled else 0.0
+    needs_all = algo.kl.enabled or algo.entropy_coef != 0 or not algo.skip_zero_advantage
+    max_tokens = cfg.rollout.max_new_tokens * cfg.rollout.max_turns
+    rng = random.Random(cfg.train.seed * 7919 + step)
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    trained_tokens = 0
+    grad_norms: list[float] = []
+    policy.ds_engine.train()
+
+    for epoch in range(algo.ppo_epochs):
+        order = list(range(len(trajectories)))
+        rng.shuffle(order)
+        size = -(-len(order) // algo.mini_batches) if order else 0
+        for mb in range(algo.mini_batches):
+            chosen = [trajectories[i] for i in order[mb * size : (mb + 1) * size]]
+            samples = [s for t in chosen for s in t.samples if sum(s.loss_mask)]
+            # Normalisers over the whole mini-batch on every rank: micro-batch losses then sum to it.
+            n_tok, n_seq = all_reduce_sum([sum(sum(s.loss_mask[1:]) for s in samples), len(samples)], world)
+            totals = LossTotals(
+                tokens=max(1, int(n_tok)), sequences=max(1, int(n_seq)), max_tokens=max_tokens
+            )
+            if not needs_all:
+                samples = [s for s in samples if any(a != 0 for a in (s.advantages or []))]
+            micro = pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id)
+            # Every rank runs the same number of backward passes (DeepSpeed's gradient collectives).
+            n_micro = all_reduce_max(len(micro), world)
+            if n_micro == 0:
+                continue  # nothing to learn from: no optimizer step (Adam would still move the weights)
+            for i in range(n_micro):
+                batch = micro[i] if i < len(micro) else None
+                policy.ds_engine.set_gradient_accumulation_boundary(i == n_micro - 1)
+                loss, m = _micro_step(
+                    cfg, policy, batch, totals, loss_fn, aggregate, kl_coef, world, temperature
+                )
+                policy.ds_engine.backward(loss)
+                if batch is None:
+                    continue
+                trained_tokens += batch.num_tokens
+                for k, v in m.items():
+                    if k == "drift" and (epoch or mb):
+                        continue  # drift is rollout vs trainer before any update: first mini-batch only
+                    sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
+                    counts[k] = counts.get(k, 0.0) + batch.num_tokens
+            # ZeRO-2/3 compute the norm over their gradient partitions inside step(); below stage 2
+            # DeepSpeed does not report it, and the full gradients are right here.
+            norm = _grad_norm(policy) if cfg.train.zero_stage < 2 else None
+            policy.ds_engine.step()
+            if norm is None:
+                norm = float(policy.ds_engine.get_global_grad_norm() or 0.0)
+            grad_norms.append(norm)
+
+    sums, counts, trained_tokens = _sum_over_ranks(sums, counts, trained_tokens, world)
+    out = {f"train/{k}": sums[k] / counts[k] for k in sums if counts.get(k)}
+    if "train/drift" in out:
+        out["train/logprob_drift"] = out.pop("train/drift")
+    out["train/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
+    out["train/lr"] = float(policy.ds_engine.get_lr()[0])
+    out["train/kl_coef"] = kl_coef
+    out["train/trained_tokens"] = float(trained_tokens)
+    out.setdefault("train/kl", 0.0)
+    out.setdefault("train/clip_fraction", 0.0)
+    out.setdefault("train/entropy", 0.0)
+    return out
+
+
+def _sum_over_ranks(
+    sums: dict[str, float], counts: dict[str, float], tokens: int, world: World
+) -> tuple[dict[str, float], dict[str, float], int]:
+    """Token-weighted metric sums of every rank added up, so the means are over all ranks' tokens
+    (not an average of per-rank averages)."""
+    if world.size == 1:
+        return sums, counts, tokens
+    total_sums: dict[str, float] = {}
+    total_counts: dict[str, float] = {}
+    total_tokens = 0
+    for part_sums, part_counts, part_tokens in gather_objects((sums, counts, tokens), world):
+        for k, v in part_sums.items():
+            total_sums[k] = total_sums.get(k, 0.0) + v
+            total_counts[k] = total_counts.get(k, 0.0) + part_counts[k]
+        total_tokens += part_tokens
+    return total_sums, total_counts, total_tokens
+
+
+def _grad_norm(policy: Policy) -> float:
+    """Global gradient norm before clipping, from the full gradients (ZeRO stage 0/1)."""
+    grads = [p.grad.detach().float().norm() for p in policy.model.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+
+
+def _micro_step(
+    cfg: Config,
+    policy: Policy,
+    batch: MicroBatch | None,
+    totals: LossTotals,
+    loss_fn,
+    aggregate,
+    kl_coef: float,
+    world: World,
+    sampling_temperature: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one micro-batch (already divided by the mini-batch totals) and its metrics."""
+    if batch is None:
+        # A rank with less data still joins the collective backward, with a zero loss.
+        zero = sum(p.sum() * 0.0 for p in policy.model.parameters() if p.requires_grad)
+        return zero, {}
+    b = batch.to(policy.device)
+    temperature = sampling_temperature if sampling_temperature > 0 else 1.0  # greedy: plain log-probs
+    logits = policy.ds_engine(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+    logits = logits[:, :-1]  # (B, L-1, V): position t predicts token t+1
+    logp = token_logprobs(logits, b.targets, temperature)  # (B, L-1)
+    loss, metrics = loss_fn(logp, b.old_logprobs, b.advantages, b.mask, totals, cfg.algo.policy_loss)
+    out = {k: float(v) for k, v in metrics.items()}
+    if cfg.algo.entropy_coef != 0:
+        entropy = entropy_from_logits(logits.float() / temperature)  # (B, L-1)
+        loss = loss - cfg.algo.entropy_coef * aggregate(entropy, b.mask, totals)
+        out["entropy"] = float(masked_mean(entropy.detach(), b.mask))
+    else:
+        # Metric only: on the trained positions alone, without copying the whole logits tensor.
+        with torch.no_grad():
+            picked = logits.detach()[b.mask.bool()]  # (N_trained, V)
+            picked = picked.float() / temperature if temperature != 1.0 else picked.float()
+            out["entropy"] = float(entropy_from_logits(picked).mean()) if picked.numel() else 0.0
+    if cfg.algo.kl.enabled:
+        ref_logp = _reference_logprobs(policy, b, temperature)
+        kl_loss, kl_m = kl_penalty(logp, ref_logp, b.mask, totals, cfg.algo.kl, kl_coef)
+        loss = loss + kl_loss
+        out["kl"] = float(kl_m["kl"])
+    out["drift"] = float(masked_mean((logp.detach() - b.old_logprobs).abs(), b.mask))
+    out["policy_loss"] = float(loss.detach()) * totals.tokens / max(1, b.num_tokens)
+    # DeepSpeed averages gradients over ranks; the totals are global, so undo the average.
+    return loss * world.size, out
+
+
+@torch.no_grad()
+def _reference_logprobs(policy: Policy, b: MicroBatch, temperature: float) -> torch.Tensor:
+    if policy.reference is not None:
+        logits = policy.reference(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
+        ).logits
+    else:  # LoRA: the base model is the policy with its adapters switched off
+        with policy.model.disable_adapter():
+            logits = policy.model(
+                input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
+            ).logits
+    return token_logprobs(logits[:, :-1], b.targets, temperature)
