@@ -1,0 +1,106 @@
+"""Warm start: oracle demonstrations templated as RL sees them, SFT through the CLI, --from runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import agentrl  # noqa: F401  isort: skip
+from agentrl.cli import main
+from agentrl.engines.hf import HFEngine
+from agentrl.models import load_model
+from agentrl.rollout import RolloutConfig, RolloutManager
+from agentrl.sft import oracle_reply, successful_episodes
+from agentrl.trajectory import write_jsonl
+
+
+@pytest.fixture()
+def manager(tiny_model_path, tokenizer):
+    model = load_model(tiny_model_path)
+    cfg = RolloutConfig(group_size=1, max_turns=3, max_new_tokens=48, env_workers=1)
+    yield RolloutManager(HFEngine(model, tokenizer.pad_token_id), tokenizer, "sokoban", cfg)
+
+
+@pytest.mark.parametrize("env", ["sokoban", "countdown", "knights_knaves", "math"])
+def test_oracle_demonstrations_win(tiny_model_path, tokenizer, env):
+    model = load_model(tiny_model_path)
+    cfg = RolloutConfig(group_size=1, max_turns=3, max_new_tokens=48, env_workers=1)
+    rm = RolloutManager(HFEngine(model, tokenizer.pad_token_id), tokenizer, env, cfg)
+    trajs = rm.rollout(
+        [10_000, 10_001, 10_002], scripted=oracle_reply(think=True, max_actions=rm.max_actions)
+    )
+    assert sum(t.success for t in trajs) >= 2  # Sokoban rooms needing > 9 moves may not fit 3 turns
+    for traj in trajs:
+        assert all(t.format_ok for t in traj.turns)
+        reply = traj.turns[0].reply
+        assert reply.startswith("<think>") and "</think><answer>" in reply
+        assert "[" not in reply.split("</think>")[0]  # a true thought, never a placeholder
+
+
+def test_demonstrations_are_templated_exactly_as_rl_episodes(manager, tokenizer):
+    demo = manager.rollout([10_003], scripted=oracle_reply(think=True, max_actions=manager.max_actions))[0]
+    played = manager.rollout([10_003], sampling_seed=1)[0]
+    demo_turn, played_turn = demo.turns[0], played.turns[0]
+    start, end = demo_turn.prompt_span
+    # The same prompt tokens the policy sees in RL, then the demonstration's tokens as the "reply".
+    assert (
+        demo.samples[0].token_ids[start:end] == played.samples[0].token_ids[slice(*played_turn.prompt_span)]
+    )
+    sample = demo.samples[0]
+    trained = [t for t, m in zip(sample.token_ids, sample.loss_mask) if m]
+    assert tokenizer.decode(trained[:-1]) == demo_turn.reply  # reply tokens (+ end of turn) only
+    assert trained[-1] in manager.chat.eot_ids
+    if len(demo.turns) > 1:  # observations of later turns are in the context with mask 0
+        later = demo.turns[1].prompt_span
+        assert not any(sample.loss_mask[later[0] : later[1]])
+
+
+def test_sft_learns_and_rl_starts_from_it(tmp_path):
+    sets = [
+        f"run.root={tmp_path}",
+        "sft.episodes=8",
+        "sft.batch_episodes=8",
+        "sft.epochs=3",
+        "train.lr=1e-3",
+        "rollout.max_turns=2",
+        "rollout.max_new_tokens=8",
+        "eval.episodes=2",
+        "eval.every=3",
+        "run.progress=false",
+    ]
+    args = ["sft", "--env", "sokoban", "--model", "tiny-random", "--name", "warm"]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
+    nll = [r["sft/nll"] for r in rows if "sft/nll" in r]
+    assert len(nll) == 3 and nll[0] > nll[1] > nll[2]  # the same 8 demonstrations three times
+    assert "eval/success_rate" in rows[-1]
+    assert (tmp_path / "warm" / "checkpoints" / "step_000003" / "hf" / "config.json").is_file()
+
+    rl = ["train", "--env", "sokoban", "--init", str(tmp_path / "warm"), "--name", "rl"]
+    rl_sets = [
+        f"run.root={tmp_path}",
+        "train.steps=1",
+        "train.n_groups=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=8",
+        "rollout.max_turns=1",
+        "eval.every=0",
+        "run.progress=false",
+    ]
+    assert main([*rl, *[a for s in rl_sets for a in ("--set", s)]]) == 0
+
+
+def test_from_runs_keeps_successes_once(manager, tmp_path):
+    demos = manager.rollout(
+        [10_004, 10_005], scripted=oracle_reply(think=True, max_actions=manager.max_actions)
+    )
+    failed = manager.rollout([10_006], scripted=lambda env: "no answer here")
+    assert all(t.success for t in demos) and not failed[0].success
+    write_jsonl(tmp_path / "run" / "trajectories" / "step_000001.jsonl", [*demos, *failed])
+    write_jsonl(tmp_path / "run" / "eval" / "step_000001.jsonl", demos)  # the same episodes again
+    kept = successful_episodes([str(tmp_path / "run")])
+    assert sorted(t.seed for t in kept) == [10_004, 10_005]
+    with pytest.raises(ValueError, match="no trajectory files"):
+        successful_episodes([str(Path(tmp_path) / "empty")])
