@@ -26,6 +26,7 @@ Context modes:
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,10 @@ class RolloutConfig:
     answer_format: str = "tags"
     """``tags``: actions come from the last ``<answer>...</answer>``; ``raw``: the whole reply is the
     answer (for envs that parse replies themselves, or models trained without tags)."""
+    vary_format_example: bool = True
+    """Draw the reply-format example's actions per episode (from the env's ``valid_actions``) instead of
+    showing the env's fixed ``example_answer``: copying a fixed example is a policy a small model
+    collapses into (the Echo Trap); copying a random one is not."""
     format_penalty: float = -0.1
     """Reward of a turn whose reply gives no usable action (no answer tag, too many actions...)."""
     format_tag_credit: float = 0.0
@@ -250,22 +255,33 @@ class RolloutManager:
         self.max_actions = max(
             1, min(self.config.max_actions_per_turn, getattr(probe, "max_actions_per_turn", 1))
         )
-        self.system_prompt = (
-            probe.instructions.strip()
-            + "\n\n"
-            + format_instructions(
-                self.config.think,
-                self.max_actions,
-                getattr(probe, "example_answer", ""),
-                answer_format=self.config.answer_format,
-            )
-        )
+        self._instructions = probe.instructions.strip()
+        self._valid_actions = tuple(getattr(probe, "valid_actions", None) or ())
+        self.system_prompt = self._system_prompt(getattr(probe, "example_answer", ""))
+        """The system prompt with the env's own example answer (episodes may get their own example)."""
         self._envs.append(probe)
         self._scripted: Callable[[gymnasium.Env], str] | None = None
         self._prefix_ids = self.chat.encode(self.config.reply_prefix) if self.config.reply_prefix else []
         self._pool = (
             ThreadPoolExecutor(max_workers=self.config.env_workers) if self.config.env_workers > 1 else None
         )
+
+    def _system_prompt(self, example: str) -> str:
+        fmt = format_instructions(
+            self.config.think, self.max_actions, example, answer_format=self.config.answer_format
+        )
+        return self._instructions + "\n\n" + fmt
+
+    def _episode_system_prompt(self, seed: int) -> str:
+        """The system prompt of an episode. With ``vary_format_example`` and a closed action vocabulary,
+        the reply-format example holds actions drawn from the env seed (the same within a group), so
+        copying the example is no policy: a small model otherwise learns to answer every state with it
+        (RAGEN's Echo Trap, seen here with the fixed example ``Up || Left``)."""
+        if not (self.config.vary_format_example and self._valid_actions):
+            return self.system_prompt
+        rng = random.Random(seed * 7_919 + 17)
+        k = rng.randint(1, min(2, self.max_actions))
+        return self._system_prompt(" || ".join(rng.choice(self._valid_actions) for _ in range(k)))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -332,7 +348,7 @@ class RolloutManager:
             episode_id=i,
             reset_info=info,
         )
-        history: list[Message] = [{"role": "system", "content": self.system_prompt}]
+        history: list[Message] = [{"role": "system", "content": self._episode_system_prompt(int(seed))}]
         return _Episode(env=env, traj=traj, observation=obs, history=history, group_size=group_size)
 
     def _user_text(self, e: _Episode, turn: int) -> str:
