@@ -8,6 +8,8 @@
 # Each arm uses one CPU thread so two can run side by side on a 2-core machine:
 #   bash scripts/learning_demo.sh rl & bash scripts/learning_demo.sh sft-chain; wait
 #   python scripts/eval_table.py runs/demo-rl runs/demo-sft-rl
+# The README's first table was made before rollout.vary_format_example existed: add
+# `--set rollout.vary_format_example=false` to reproduce it (every episode shows the example "Up || Left").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMMON=(--set train.num_threads=1 --set eval.episodes=16 --set run.progress=false
