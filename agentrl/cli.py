@@ -70,6 +70,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--export", metavar="FILE.html", help="write one self-contained HTML file instead of serving"
     )
+    p.add_argument(
+        "--max-mb",
+        type=float,
+        default=50.0,
+        help="with --export: embed full episodes of as many steps as fit in this size (summaries of all)",
+    )
 
     p = sub.add_parser("envs", help="list the registered envs")
     p.add_argument("action", nargs="?", default="list", choices=["list"])
@@ -94,6 +100,8 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 def _cmd_play(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     import agentrl
 
+    if stdin is None and sys.stdin.isatty():
+        import readline  # noqa: F401  (line editing and history for a person at a terminal)
     stdin = stdin or sys.stdin
     out = stdout or sys.stdout
     env = agentrl.make(args.env)
@@ -116,6 +124,8 @@ def _cmd_play(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             obs, reward, terminated, truncated, info = env.step(action)
             total += reward
             valid = "" if info.get("action_is_valid", True) else " (invalid action)"
+            if info.get("moved_player") is False and info.get("action_is_valid", True):
+                valid = " (blocked: nothing moved)"
             print(f"{action[:40]}: reward {reward:+.2f}{valid}, return {total:+.2f}", file=out)
             if terminated or truncated:
                 break
@@ -179,7 +189,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from agentrl.replay import export_html, serve
 
     if args.export:
-        path = export_html(args.run_dir, args.export)
+        path = export_html(args.run_dir, args.export, max_bytes=int(args.max_mb * 1e6))
         print(f"wrote {path}")
         return 0
     serve(args.run_dir, host=args.host, port=args.port)

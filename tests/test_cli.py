@@ -198,3 +198,23 @@ def test_malformed_config_is_a_clear_error(tmp_path, capsys, monkeypatch):
     (tmp_path / "bad.yaml").write_text("train: [\n")
     rc, out, err = run_main(["train", "--env", "sokoban", "--config", "bad.yaml"], capsys)
     _check_error(rc, out, err, ["bad.yaml"], tmp_path)
+
+
+def test_play_says_when_a_move_is_blocked():
+    import argparse
+    import io
+
+    from agentrl.cli import _cmd_play
+
+    out = io.StringIO()
+    _cmd_play(argparse.Namespace(env="sokoban", seed=3), stdin=io.StringIO("Down\nDown\nquit\n"), stdout=out)
+    assert "Down: reward -0.10 (blocked: nothing moved)" in out.getvalue()
+
+
+def test_export_size_budget_flag(tmp_path, capsys):
+    from agentrl.cli import main
+
+    run = tmp_path / "run"
+    (run / "trajectories").mkdir(parents=True)
+    assert main(["replay", str(run), "--export", str(tmp_path / "x.html"), "--max-mb", "0.5"]) == 0
+    assert (tmp_path / "x.html").is_file()
