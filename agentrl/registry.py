@@ -24,6 +24,10 @@ import gymnasium
 ENTRY_POINT_GROUP = "agentrl.envs"
 
 
+class UnknownEnvError(KeyError):
+    """No env is registered under the name asked for; the message lists the names and the closest one."""
+
+
 @dataclass
 class EnvSpec:
     """One registered env."""
@@ -151,7 +155,7 @@ def spec(name: str) -> EnvSpec:
     known = sorted(registry)
     close = difflib.get_close_matches(name, known + [s.gym_id for s in registry.values() if s.gym_id], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise KeyError(
+    raise UnknownEnvError(
         f"no env named {name!r}.{hint} Registered envs: {', '.join(known) or '(none)'}. "
         "Register your own with agentrl.register(name, EnvClass)."
     )
