@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import os
 import time
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +110,8 @@ class TrainConfig:
     zero_stage: int = 0
     """DeepSpeed ZeRO stage 0, 1, 2 or 3 (configs/deepspeed/zero{stage}.json)."""
     deepspeed_config: str | None = None
-    """A DeepSpeed JSON to use instead of configs/deepspeed/zero{stage}.json."""
+    """A DeepSpeed JSON to use instead of configs/deepspeed/zero{stage}.json; its ZeRO stage sets
+    ``zero_stage``. Under ``accelerate launch --use_deepspeed``, the launcher's config file by default."""
     seed: int = 0
     device: str = "auto"
     """``auto`` (cuda if available), ``cpu`` or ``cuda``."""
@@ -401,6 +405,9 @@ def load_config(
     # A recipe's train.steps gives way to stages set later (on the command line); set together or
     # after the stages, it must agree with them.
     _derive_steps(cfg, steps_given=steps_source >= 0 and steps_source >= stages_source)
+    _derive_zero_stage(
+        cfg, stage_given=_has(tree, "train.zero_stage"), launcher=_accelerate_deepspeed(os.environ)
+    )
     validate(cfg)
     return cfg
 
@@ -428,6 +435,49 @@ def _derive_steps(cfg: Config, steps_given: bool) -> None:
     cfg.train.steps = total
 
 
+def _accelerate_deepspeed(environ: Mapping[str, str]) -> dict[str, Any]:
+    """What ``accelerate launch --use_deepspeed`` asked for: its DeepSpeed config file and/or ZeRO stage."""
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        return {}
+    out: dict[str, Any] = {}
+    if environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none").lower() != "none":
+        out["deepspeed_config"] = environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"]
+    elif environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").isdigit():
+        out["zero_stage"] = int(environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"])
+    return out
+
+
+def _derive_zero_stage(cfg: Config, stage_given: bool, launcher: Mapping[str, Any]) -> None:
+    """One source of truth for the ZeRO stage: ``train.zero_stage`` or the DeepSpeed JSON's own stage.
+
+    Under ``accelerate launch --use_deepspeed`` the launcher's config file (or ``--zero_stage``) is
+    used unless the agentrl config names one itself. A JSON's ``zero_optimization.stage`` then sets
+    ``train.zero_stage``, so the config-time checks (ZeRO-3 with the hf engine, LoRA) see the real stage.
+    """
+    t = cfg.train
+    if t.deepspeed_config is None and "deepspeed_config" in launcher:
+        t.deepspeed_config = launcher["deepspeed_config"]
+    if not stage_given and t.deepspeed_config is None and "zero_stage" in launcher:
+        t.zero_stage = launcher["zero_stage"]
+    if t.deepspeed_config is None:
+        return
+    path = Path(t.deepspeed_config)
+    try:
+        ds = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"train.deepspeed_config={path}: no such file") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"train.deepspeed_config={path} is not readable JSON: {exc}") from None
+    zero = ds.get("zero_optimization", {}) if isinstance(ds, dict) else {}
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
+    if stage_given and t.zero_stage != stage:
+        raise ConfigError(
+            f"train.zero_stage={t.zero_stage} but train.deepspeed_config={path} sets ZeRO stage {stage}: "
+            "set one of them (the JSON's zero_optimization.stage wins when train.zero_stage is left out)"
+        )
+    t.zero_stage = stage
+
+
 def configs_dir() -> Path:
     """The recipes folder: configs/ of the source tree (agentrl installs editable), else ./configs."""
     here = Path(__file__).resolve().parent
@@ -441,6 +491,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a config from ``Config.to_dict()`` (a run's config.yaml)."""
     cfg = _build(Config, data)
     _derive_steps(cfg, steps_given=_has(data, "train.steps"))
+    _derive_zero_stage(cfg, stage_given=_has(data, "train.zero_stage"), launcher={})
     validate(cfg)
     return cfg
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +20,10 @@ class World:
     rank: int
     size: int
     local_rank: int
+    timeout_s: float = 1800.0
+    """Seconds a rank waits for the others at a collective before the job fails."""
+    monitor: Any = field(default=None, compare=False, repr=False)
+    """A gloo process group for :func:`meet` (the default group itself when it is gloo)."""
 
     @property
     def is_main(self) -> bool:
@@ -43,11 +47,43 @@ def init_distributed(device: str, timeout_s: int = 1800) -> World:
     if not torch.distributed.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+    size = torch.distributed.get_world_size()
+    monitor = None
+    if size > 1:
+        # monitored_barrier exists only on gloo; NCCL jobs get a small gloo group beside their own.
+        gloo = torch.distributed.get_backend() == "gloo"
+        monitor = None if gloo else torch.distributed.new_group(backend="gloo")
     return World(
         rank=torch.distributed.get_rank(),
-        size=torch.distributed.get_world_size(),
+        size=size,
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        timeout_s=float(timeout_s),
+        monitor=monitor,
     )
+
+
+class RankFailure(RuntimeError):
+    """Some rank did not reach a meeting point in time: it died or hangs."""
+
+
+def meet(world: World, where: str) -> None:
+    """All ranks meet here; if one does not arrive within ``world.timeout_s``, the job fails naming it.
+
+    A plain collective that times out says only that it timed out; gloo's monitored barrier tells
+    rank 0 which ranks never came, and rank 0's error then names them.
+    """
+    if world.size == 1:
+        return
+    try:
+        torch.distributed.monitored_barrier(
+            group=world.monitor, timeout=timedelta(seconds=world.timeout_s), wait_all_ranks=True
+        )
+    except RuntimeError as exc:
+        raise RankFailure(
+            f"rank {world.rank}: ranks did not all reach '{where}' within train.dist_timeout_s="
+            f"{world.timeout_s:.0f} s, so one died or hangs ({exc}). Fix what failed there (its log names "
+            "the error), then continue with --resume from the last checkpoint."
+        ) from None
 
 
 def gather_objects(obj: Any, world: World) -> list[Any]:

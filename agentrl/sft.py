@@ -9,6 +9,7 @@ loss with advantage 1; so SFT runs on the trainer's own update, DeepSpeed and ch
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -115,8 +116,8 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     data = _as_targets(data)
     if world.is_main:
         write_jsonl(run_dir / "sft_data.jsonl", data)
-    batches = [data[i : i + cfg.sft.batch_episodes] for i in range(0, len(data), cfg.sft.batch_episodes)]
-    total = cfg.sft.epochs * len(batches)
+    per_epoch = -(-len(data) // cfg.sft.batch_episodes)
+    total = cfg.sft.epochs * per_epoch
     # The LR schedule and the progress bar count SFT updates as steps.
     cfg = replace(cfg, train=replace(cfg.train, steps=total))
     log = RunLogger(run_dir, total, 1, enabled=world.is_main, progress=cfg.run.progress)
@@ -127,8 +128,12 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
         if cfg.eval.every and cfg.eval.at_start:
             log.log(0, evaluate_and_log(cfg, rollout, run_dir, 0, log, world))
         step = 0
+        order = random.Random(cfg.train.seed)
         for _epoch in range(cfg.sft.epochs):
-            for batch in batches:
+            # A fresh order each epoch (seeded): no update sees the same mix of episodes twice.
+            shuffled = order.sample(data, len(data))
+            for start in range(0, len(shuffled), cfg.sft.batch_episodes):
+                batch = shuffled[start : start + cfg.sft.batch_episodes]
                 step += 1
                 t0 = time.perf_counter()
                 metrics = update(cfg, policy, batch, step, world, temperature=1.0)

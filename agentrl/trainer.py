@@ -32,7 +32,7 @@ from agentrl.batching import assign_advantages, turn_batch
 from agentrl.collapse import ADVICE, FILTER_KEEP_FRACTION, detect, signals
 from agentrl.config import Config, ConfigError
 from agentrl.curriculum import CurriculumState, advance, stage_at
-from agentrl.distributed import World, gather_objects, init_distributed
+from agentrl.distributed import World, gather_objects, init_distributed, meet
 from agentrl.evaluate import run_eval
 from agentrl.logger import RunLogger, read_metrics
 from agentrl.metrics import eval_metrics, rollout_metrics
@@ -135,6 +135,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
             engine.sleep()
             _offset_groups(trajectories, cfg, world)
             metrics["timing/rollout_s"] = time.perf_counter() - t0
+            # Rollouts are where ranks spend the longest apart: a rank that died or hangs there is
+            # named here, within train.dist_timeout_s, instead of surfacing as an anonymous timeout.
+            meet(world, f"the end of step {step}'s rollout")
 
             # ---- 2. rewards -> advantages -> tokens ---------------------------------------------
             selected, adv_metrics = _assign_advantages(cfg, trajectories, loop.keep_group_fraction)

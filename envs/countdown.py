@@ -121,6 +121,31 @@ def _eval_node(node: ast.AST, numbers: list[int]) -> Fraction:
     raise InvalidExpression(f"{type(node).__name__} is not allowed")
 
 
+def solution_steps(text: str) -> list[str]:
+    """The binary operations of a valid expression, innermost first: ``["60 - 52 = 8", "8 + 84 = 92"]``.
+
+    Raises :class:`InvalidExpression` for what :func:`parse_expression` rejects.
+    """
+    parse_expression(text)  # validates (characters, depth, operators) before the tree is walked
+    steps: list[str] = []
+    symbols = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+    def walk(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.BinOp):
+            left, right = walk(node.left), walk(node.right)
+            value = _eval_node(node, [])
+            steps.append(f"{_number(left)} {symbols[type(node.op)]} {_number(right)} = {_number(value)}")
+            return value
+        return _eval_node(node, [])
+
+    walk(ast.parse(_TRAILING_RESULT.sub("", " ".join(text.split())).strip(), mode="eval").body)
+    return steps
+
+
+def _number(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
 def evaluate_expression(text: str) -> Fraction:
     """The exact value of ``text`` under :func:`parse_expression`'s rules; raises :class:`InvalidExpression`."""
     return parse_expression(text)[0]
@@ -355,8 +380,11 @@ class CountdownEnv(TextEnv):
         return self._problem
 
     def oracle_thought(self) -> str:
-        """A short, true note for warm-start demonstrations."""
-        return f"I need {self.target} from {', '.join(map(str, self.numbers))}, using each number once."
+        """A short, true note for warm-start demonstrations: the solution's arithmetic, step by step."""
+        head = f"I need {self.target} from {', '.join(map(str, self.numbers))}."
+        if self._solution is None:
+            return head
+        return " ".join([head, *(f"{step}." for step in solution_steps(self._solution))])
 
     def oracle_actions(self) -> list[str] | None:
         """One correct expression for the current puzzle, or ``None`` if it has none."""

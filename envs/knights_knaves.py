@@ -33,6 +33,7 @@ __all__ = [
     "NAMES",
     "KnightsKnavesEnv",
     "Statement",
+    "check_assignment",
     "count_solutions",
     "evaluate",
     "generate_puzzle",
@@ -312,15 +313,28 @@ class KnightsKnavesEnv(TextEnv):
         return self._problem
 
     def oracle_thought(self) -> str:
-        """A short, true note for warm-start demonstrations."""
-        return (
-            "Knights tell the truth and knaves lie. I try each assignment; only one makes every "
-            "knight's statement true and every knave's statement false."
-        )
+        """A short, true note for warm-start demonstrations: the answer checked statement by statement."""
+        return check_assignment(self.statements, self.names, self.solution)
 
     def oracle_actions(self) -> list[str] | None:
         """The correct answer in the canonical format."""
         return [format_answer(self.names, self.solution)] if self.names else None
+
+
+def check_assignment(statements: Sequence[Statement], names: Sequence[str], knights: Sequence[bool]) -> str:
+    """Each speaker's statement checked under ``knights``, in words (a true thought when it is the solution).
+
+    >>> check_assignment([("is", 1, False), ("is", 0, False)], ["Mia", "Noah"], (True, False))
+    'Suppose Mia is a knight and Noah is a knave. Mia says Noah is a knave: true, which fits a knight. Noah says Mia is a knave: false, which fits a knave.'
+    """
+    roles = [f"{name} is a {_role(k)}" for name, k in zip(names, knights)]
+    parts = [f"Suppose {', '.join(roles[:-1])} and {roles[-1]}." if len(roles) > 1 else f"Suppose {roles[0]}."]
+    for i, statement in enumerate(statements):
+        truth = evaluate(statement, knights)
+        fits = f"which fits a {_role(knights[i])}" if truth == knights[i] else f"which a {_role(knights[i])} cannot say"
+        claim = render_statement(statement, names, speaker=None)
+        parts.append(f"{names[i]} says {claim}: {'true' if truth else 'false'}, {fits}.")
+    return " ".join(parts)
 
 
 def _role(knight: bool) -> str:

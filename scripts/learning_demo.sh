@@ -1,31 +1,51 @@
 #!/usr/bin/env bash
-# Learning demonstration on CPU with the default model (SmolLM2-135M-Instruct), Sokoban 6x6, one box.
-# Arms on the same 16 held-out seeds (eval seeds 0-15, never trained on):
-#   base       demo-rl at step 0
-#   RL alone   demo-rl (RAGEN's pre-filled <think> and open-r1-style partial format credit)
-#   warm start demo-sft-rl at step 0: SFT on 64 BFS-optimal oracle demonstrations (demo-sft)
-#   warm start + RL   demo-sft-rl
-# Each arm uses one CPU thread so two can run side by side on a 2-core machine:
-#   bash scripts/learning_demo.sh rl & bash scripts/learning_demo.sh sft-chain; wait
-#   python scripts/eval_table.py runs/demo-rl runs/demo-sft-rl
-# The README's first table was made before rollout.vary_format_example existed: add
-# `--set rollout.vary_format_example=false` to reproduce it (every episode shows the example "Up || Left").
+# Learning demonstration on CPU with the default model (SmolLM2-135M-Instruct): base model, RL alone,
+# warm start alone and warm start + RL, evaluated greedily on the same held-out seeds (eval seeds
+# 0..N-1, never trained on).
+#
+#   ENV=sokoban bash scripts/learning_demo.sh rl        # RL alone         -> runs/demo-ENV-rl
+#   ENV=sokoban bash scripts/learning_demo.sh sft       # warm start       -> runs/demo-ENV-sft
+#   ENV=sokoban bash scripts/learning_demo.sh sft-rl    # warm start + RL  -> runs/demo-ENV-sft-rl
+#   python scripts/eval_table.py runs/demo-sokoban-rl runs/demo-sokoban-sft-rl
+#
+# The base model is the RL run at step 0; the warm start alone is the warm-start + RL run at step 0.
+# ENV is sokoban (6x6, one box), countdown (3-4 numbers) or knights_knaves (3 people). Every arm of an
+# env shares its rollout settings: RAGEN's pre-filled <think> and open-r1-style partial format credit.
+# Each arm uses one CPU thread, so two arms run side by side on a 2-core machine.
+# The README's first Sokoban table (runs/demo-rl, demo-sft, demo-sft-rl) came from an earlier version
+# of this script: 64 demonstrations, one epoch at lr 2e-5, and `rollout.vary_format_example=false`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COMMON=(--set train.num_threads=1 --set eval.episodes=16 --set run.progress=false
-        --set rollout.max_turns=2 --set rollout.max_new_tokens=64 --set rollout.max_context_tokens=1024)
+ENV="${ENV:-sokoban}"
+COMMON=(--set train.num_threads=1 --set run.progress=false
+        --set rollout.reply_prefix='<think>' --set rollout.format_tag_credit=0.5)
+case "$ENV" in
+  sokoban)
+    STEPS="${STEPS:-4}"
+    COMMON+=(--set eval.episodes=16 --set rollout.max_turns=2 --set rollout.max_new_tokens=64
+             --set rollout.max_context_tokens=1024) ;;
+  countdown)
+    STEPS="${STEPS:-6}"
+    COMMON+=(--set eval.episodes=32 --set rollout.max_new_tokens=96) ;;
+  knights_knaves)
+    STEPS="${STEPS:-6}"
+    COMMON+=(--set eval.episodes=32 --set rollout.max_new_tokens=192) ;;
+  *) echo "ENV must be sokoban, countdown or knights_knaves, got '$ENV'" >&2; exit 2 ;;
+esac
+# Warm start: BFS plans / solver / brute-force solutions with short true thoughts, 2 epochs at a
+# fine-tuning learning rate (RL's 2e-5 barely moves the model in 12 updates).
+SFT=(--set sft.episodes="${SFT_EPISODES:-96}" --set sft.epochs=2 --set train.lr=1e-4 --set eval.every=0)
 case "${1:-}" in
   rl)
-    agentrl train --env sokoban --name demo-rl "${COMMON[@]}" \
-      --set train.steps="${STEPS:-12}" --set eval.every=4 \
-      --set rollout.reply_prefix='<think>' --set rollout.format_tag_credit=0.5 ;;
-  sft-chain)
-    agentrl sft --env sokoban --name demo-sft "${COMMON[@]}" --set sft.episodes=64 --set eval.every=0
-    # Sampling at T=1 knocks the lightly fine-tuned 135M model off its format; T=0.7 keeps it.
-    agentrl train --env sokoban --name demo-sft-rl --init runs/demo-sft "${COMMON[@]}" \
-      --set train.steps="${STEPS_SFT_RL:-8}" --set eval.every=4 --set rollout.temperature=0.7 ;;
+    agentrl train --env "$ENV" --name "demo-$ENV-rl" "${COMMON[@]}" \
+      --set train.steps="$STEPS" --set eval.every="$STEPS" ;;
+  sft)
+    agentrl sft --env "$ENV" --name "demo-$ENV-sft" "${COMMON[@]}" "${SFT[@]}" ;;
   sft-rl)
-    agentrl train --env sokoban --name demo-sft-rl --init runs/demo-sft "${COMMON[@]}" \
-      --set train.steps="${STEPS_SFT_RL:-8}" --set eval.every=4 --set rollout.temperature=0.7 ;;
-  *) echo "usage: $0 rl|sft-chain|sft-rl" >&2; exit 2 ;;
+    # Sampling at T=1 knocks the lightly fine-tuned 135M model off its format; T=0.7 keeps it.
+    agentrl train --env "$ENV" --name "demo-$ENV-sft-rl" --init "runs/demo-$ENV-sft" "${COMMON[@]}" \
+      --set train.steps="$STEPS" --set eval.every="$STEPS" --set rollout.temperature=0.7 ;;
+  all)
+    "$0" rl && "$0" sft && "$0" sft-rl ;;
+  *) echo "usage: ENV=sokoban|countdown|knights_knaves $0 rl|sft|sft-rl|all" >&2; exit 2 ;;
 esac

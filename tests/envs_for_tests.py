@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import agentrl
 from agentrl.env import TextEnv
@@ -38,14 +39,18 @@ agentrl.register("test_constant", ConstantEnv, override=True)
 
 
 class DiesOnRank1(LetterShareEnv):
-    """As test_letters, but the process of rank 1 dies at its second reset when AGENTRL_TEST_DIE=1."""
+    """As test_letters, but the process of rank 1 dies (AGENTRL_TEST_DIE=1) or hangs
+    (AGENTRL_TEST_HANG=1) at its second step's reset."""
 
     resets = 0
 
     def reset(self, *, seed=None, options=None):
         DiesOnRank1.resets += 1
-        if os.environ.get("AGENTRL_TEST_DIE") == "1" and os.environ.get("RANK") == "1" and seed >= 10_002:
-            os._exit(17)  # a crash no Python handler sees, like an OOM kill
+        if os.environ.get("RANK") == "1" and seed >= 10_002:
+            if os.environ.get("AGENTRL_TEST_DIE") == "1":
+                os._exit(17)  # a crash no Python handler sees, like an OOM kill
+            if os.environ.get("AGENTRL_TEST_HANG") == "1":
+                time.sleep(3600)  # a hang: a stuck env server, a deadlock
         return super().reset(seed=seed, options=options)
 
 

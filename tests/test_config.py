@@ -70,3 +70,36 @@ def test_resolved_config_round_trips(tmp_path):
     path.write_text(cfg.to_yaml())
     again = load_config(config_file=str(path))
     assert again.to_dict() == cfg.to_dict()
+
+
+def _ds_json(tmp_path: Path, stage: int) -> str:
+    path = tmp_path / f"z{stage}.json"
+    path.write_text(f'{{"zero_optimization": {{"stage": {stage}}}}}')
+    return str(path)
+
+
+def test_deepspeed_json_sets_the_zero_stage_and_its_checks_apply(tmp_path):
+    cfg = load_config(env="countdown", overrides=[f"train.deepspeed_config={_ds_json(tmp_path, 2)}"])
+    assert cfg.train.zero_stage == 2
+    # ZeRO-3 in a user's JSON is refused with the hf engine like train.zero_stage=3 is.
+    with pytest.raises(ConfigError, match="zero_stage=3"):
+        load_config(env="countdown", overrides=[f"train.deepspeed_config={_ds_json(tmp_path, 3)}"])
+    with pytest.raises(ConfigError, match="sets ZeRO stage 2"):
+        load_config(
+            env="countdown",
+            overrides=["train.zero_stage=1", f"train.deepspeed_config={_ds_json(tmp_path, 2)}"],
+        )
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(env="countdown", overrides=[f"train.deepspeed_config={tmp_path / 'missing.json'}"])
+
+
+def test_accelerate_launch_deepspeed_settings_are_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1")
+    assert load_config(env="countdown").train.zero_stage == 1
+    assert load_config(env="countdown", overrides=["train.zero_stage=2"]).train.zero_stage == 2  # ours wins
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", _ds_json(tmp_path, 2))
+    cfg = load_config(env="countdown")
+    assert (cfg.train.zero_stage, cfg.train.deepspeed_config) == (2, str(tmp_path / "z2.json"))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    assert load_config(env="countdown").train.zero_stage == 0

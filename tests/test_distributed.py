@@ -31,8 +31,29 @@ def test_an_episode_samples_the_same_whatever_else_is_in_the_batch(tiny_model_pa
     assert together[2].samples[0].token_ids != together[3].samples[0].token_ids  # a group still varies
 
 
-def _train(tmp_path: Path, name: str, nproc: int, env_name: str = "test_letters", extra_env=None):
-    """Run `agentrl train` in fresh processes (torchrun for nproc > 1); return the finished process."""
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    # DeepSpeed's launcher passes --local_rank=N to the module.
+    "deepspeed": [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "{port}"],
+    # accelerate with a DeepSpeed config file: agentrl takes the ZeRO stage from it.
+    "accelerate": [
+        sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--num_processes", "2",
+        "--num_machines", "1", "--main_process_port", "{port}", "--dynamo_backend", "no",
+        "--deepspeed_config_file", str(Path(__file__).parents[1] / "configs" / "deepspeed" / "zero2.json"),
+    ],
+}  # fmt: skip
+
+
+def _train(
+    tmp_path: Path,
+    name: str,
+    nproc: int,
+    env_name: str = "test_letters",
+    extra_env=None,
+    launcher: str = "torchrun",
+    extra_sets: tuple[str, ...] = (),
+):
+    """Run `agentrl train` in fresh processes (a launcher for nproc > 1); return the finished process."""
     sets = [
         f"run.root={tmp_path}",
         "train.steps=2",
@@ -47,22 +68,44 @@ def _train(tmp_path: Path, name: str, nproc: int, env_name: str = "test_letters"
         "eval.every=0",
         "run.save_every=1",
         "run.progress=false",
+        *extra_sets,
     ]
     args = ["train", "--env", f"envs_for_tests:{env_name}", "--model", "tiny-random", "--name", name]
     args += [a for s in sets for a in ("--set", s)]
     env = subprocess_env(**(extra_env or {}))
-    launcher = (
-        [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    )
-    cmd = [sys.executable, *launcher, "-m", "agentrl", *args]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "agentrl", *args]
+    else:
+        assert nproc == 2, "LAUNCHERS start 2 ranks"
+        port = str(_free_port())
+        prefix = [part.replace("{port}", port) for part in LAUNCHERS[launcher]]
+        cmd = [*prefix, *(["--module"] if launcher == "deepspeed" else ["-m"]), "agentrl", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_two_ranks_match_one_rank(tmp_path):
-    for name, nproc in (("one", 1), ("two", 2)):
-        result = _train(tmp_path, name, nproc)
-        assert result.returncode == 0, result.stderr[-3000:]
-    one, two = tmp_path / "one", tmp_path / "two"
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_rank_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("one_rank")
+    result = _train(root, "one", 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "one"
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed", "accelerate"])
+def test_two_ranks_match_one_rank(tmp_path, one_rank_run, launcher):
+    result = _train(tmp_path, "two", 2, launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = one_rank_run, tmp_path / "two"
+    if launcher == "accelerate":  # the launcher's DeepSpeed file was used, with its ZeRO stage
+        assert "zero_stage: 2" in (two / "config.yaml").read_text()
     rows_one = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     rows_two = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows_two] == [1, 2]  # written once, by rank 0
@@ -114,3 +157,22 @@ def test_a_dead_rank_fails_the_job_quickly_and_resume_continues(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+
+
+def test_a_hung_rank_fails_the_job_within_the_timeout_naming_it(tmp_path):
+    import time
+
+    start = time.monotonic()
+    result = _train(
+        tmp_path,
+        "hang",
+        2,
+        "test_dies_on_rank1",
+        {"AGENTRL_TEST_HANG": "1"},
+        extra_sets=("train.dist_timeout_s=15",),
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - start < 240  # 15 s of waiting, then the launcher tears the job down
+    assert "did not all reach 'the end of step 2's rollout'" in result.stderr, result.stderr[-3000:]
+    assert "Rank 1 failed to pass monitoredBarrier" in result.stderr, result.stderr[-3000:]
+    assert (tmp_path / "hang" / "checkpoints" / "step_000001" / "trainer_state.json").is_file()

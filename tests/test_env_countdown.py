@@ -176,3 +176,25 @@ def test_deep_nesting_never_raises():
     env.reset(seed=0)
     # Below the length cap but deep enough to trouble a recursive parser: rejected by the depth cap.
     assert env.step("(" * 120 + "1" + ")" * 120)[1] == 0.0
+
+
+def test_solution_steps_hand_computed():
+    from agentrl_envs.countdown import solution_steps
+
+    assert solution_steps("(60 - 52) + 84") == ["60 - 52 = 8", "8 + 84 = 92"]
+    assert solution_steps("8 / (3 - 1) * 5 = 20") == ["3 - 1 = 2", "8 / 2 = 4", "4 * 5 = 20"]
+    assert solution_steps("7 / 2") == ["7 / 2 = 7/2"]
+    assert solution_steps("5") == []
+
+
+def test_oracle_thought_shows_the_arithmetic_of_the_answer():
+    from agentrl_envs.countdown import CountdownEnv, evaluate_expression, solution_steps
+
+    env = CountdownEnv()
+    env.reset(seed=3)
+    (answer,) = env.oracle_actions()
+    thought = env.oracle_thought()
+    assert thought.startswith(f"I need {env.target} from ")
+    for step in solution_steps(answer):
+        assert step in thought
+    assert thought.endswith(f"= {env.target}.") and evaluate_expression(answer) == env.target

@@ -169,3 +169,29 @@ def test_bad_n_people():
         KnightsKnavesEnv(n_people=9)
     with pytest.raises(ValueError):
         KnightsKnavesEnv().reset(seed=0, options={"n_people": 1})
+
+
+def test_check_assignment_hand_written():
+    from agentrl_envs.knights_knaves import check_assignment
+
+    statements = [("is", 1, False), ("or", ("is", 0, True), ("is", 1, True))]
+    names = ["Mia", "Noah"]
+    # Mia says "Noah is a knave"; Noah says "I am a knight or ...": with Mia knight, Noah knave,
+    # Mia's claim is true and Noah's "Mia is a knight or Noah is a knight" is true: a knave can't say it.
+    assert check_assignment(statements, names, (True, False)) == (
+        "Suppose Mia is a knight and Noah is a knave. Mia says Noah is a knave: true, which fits a knight. "
+        "Noah says Mia is a knight or Noah is a knight: true, which a knave cannot say."
+    )
+
+
+def test_oracle_thought_checks_the_solution_and_never_contradicts_it():
+    from agentrl_envs.knights_knaves import KnightsKnavesEnv
+
+    env = KnightsKnavesEnv(n_people=3)
+    for seed in range(20):
+        env.reset(seed=seed)
+        thought = env.oracle_thought()
+        assert "cannot say" not in thought  # the solution satisfies every statement
+        assert thought.count(" says ") == 3
+        for name, knight in zip(env.names, env.solution):
+            assert f"{name} is a {'knight' if knight else 'knave'}" in thought.split(".")[0]
