@@ -71,6 +71,12 @@ class EngineConfig:
     """Prompts per forward pass in the ``hf`` engine."""
     vllm: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for ``VLLMEngine`` (gpu_memory_utilization, max_model_len...)."""
+    sync_check_tokens: int = 256
+    """After each weight push to an engine with its own weights (vllm), this many tokens of the
+    step's samples are re-scored by engine and trainer (per rank); 0 turns the check off."""
+    sync_tolerance: float = 0.1
+    """Largest mean |log-prob gap| (nats per token) accepted after a weight push; above it the run
+    stops (bf16 kernels differ by ~0.01; weights that did not arrive differ by far more)."""
 
 
 @dataclass
@@ -572,6 +578,16 @@ def validate(cfg: Config) -> None:
             "train.zero_stage=3 shards the parameters, and the hf engine samples from the trainer's own "
             "module, which then holds no full weights: use train.zero_stage=2 with engine.name=hf, or "
             "engine.name=vllm (weights are gathered and pushed to it)"
+        )
+    if cfg.model.lora.r > 0 and cfg.engine.name == "vllm":
+        raise ConfigError(
+            "model.lora with engine.name=vllm is not supported: the adapters would have to be merged "
+            "before each weight push. Use engine.name=hf with LoRA, or full fine-tuning (model.lora.r=0) with vllm"
+        )
+    if cfg.engine.sync_check_tokens < 0 or cfg.engine.sync_tolerance <= 0:
+        raise ConfigError(
+            "engine.sync_check_tokens must be >= 0 (0: off) and engine.sync_tolerance > 0, got "
+            f"{cfg.engine.sync_check_tokens} and {cfg.engine.sync_tolerance}"
         )
     if cfg.model.lora.r > 0 and cfg.train.zero_stage == 3:
         raise ConfigError("LoRA with ZeRO-3 is not supported; use train.zero_stage=2 (LoRA state is small)")

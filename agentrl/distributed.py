@@ -103,6 +103,14 @@ def all_reduce_sum(values: list[float], world: World) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_max_float(value: float, world: World) -> float:
+    if world.size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_reduce_max(value: int, world: World) -> int:
     if world.size == 1:
         return value

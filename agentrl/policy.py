@@ -150,7 +150,3 @@ def build_engine(cfg: Config, policy: Policy) -> Engine:
         resolve_model_path(cfg.run.init or cfg.model.path), seed=cfg.train.seed, **cfg.engine.vllm
     )
     return engine
-
-
-def named_parameters(model: torch.nn.Module):
-    return ((name, p.detach()) for name, p in model.named_parameters())

@@ -32,7 +32,8 @@ from agentrl.batching import assign_advantages, turn_batch
 from agentrl.collapse import ADVICE, FILTER_KEEP_FRACTION, detect, signals
 from agentrl.config import Config, ConfigError
 from agentrl.curriculum import CurriculumState, advance, stage_at
-from agentrl.distributed import World, gather_objects, init_distributed, meet
+from agentrl.distributed import World, all_reduce_max_float, gather_objects, init_distributed, meet
+from agentrl.engines.base import Engine
 from agentrl.evaluate import run_eval
 from agentrl.logger import RunLogger, read_metrics
 from agentrl.metrics import eval_metrics, rollout_metrics
@@ -41,7 +42,6 @@ from agentrl.policy import (
     build_engine,
     build_policy,
     device_for,
-    named_parameters,
     quiet_libraries,
     seed_everything,
 )
@@ -49,6 +49,7 @@ from agentrl.rewards import shaping_bonus
 from agentrl.rollout import RolloutManager
 from agentrl.trajectory import Trajectory, step_filename, write_jsonl
 from agentrl.update import update
+from agentrl.weight_sync import WeightSyncError, has_own_weights, logprob_gap, policy_weights, probe_prompts
 
 
 @dataclass
@@ -102,6 +103,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
         loop = _load_loop_state(state, cfg)
         start_step = state.step + 1
     engine = build_engine(cfg, policy)
+    if resume and has_own_weights(engine):
+        # The engine loaded the starting model from disk; the checkpoint's weights are newer.
+        engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
     rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
     log = RunLogger(run_dir, cfg.train.steps, start_step, enabled=world.is_main, progress=cfg.run.progress)
     log.info(
@@ -150,9 +154,13 @@ def train(cfg: Config, resume: bool = False) -> Path:
             metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
                 metrics["timing/update_s"], 1e-9
             )
+            if policy.device.type == "cuda":
+                # Peak of the rollout and the update together (the step's high-water mark).
+                metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(policy.device) / 2**30
+                torch.cuda.reset_peak_memory_stats(policy.device)
 
             # ---- 4. the engine samples with the new weights -------------------------------------
-            engine.update_weights(named_parameters(policy.model))
+            metrics.update(sync_weights(cfg, engine, policy, trajectories, world))
 
             # ---- 5. metrics, trajectories, evaluation ---------------------------------------------
             all_trajs = [t for part in gather_objects(trajectories, world) for t in part]
@@ -478,6 +486,28 @@ def _load_loop_state(state: ckpt.TrainerState, cfg: Config) -> LoopState:
         guard_history=list(data.get("guard_history", [])),
         warning=bool(data.get("warning", False)),
     )
+
+
+def sync_weights(
+    cfg: Config, engine: Engine, policy: Policy, trajectories: list[Trajectory], world: World
+) -> dict[str, float]:
+    """Push the updated weights into an engine with its own copy, then check a few log-probs."""
+    if not has_own_weights(engine):
+        return {}  # the hf engine samples from the trainer's module itself
+    engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
+    if not cfg.engine.sync_check_tokens:
+        return {}
+    prompts = probe_prompts(trajectories, cfg.engine.sync_check_tokens)
+    # Every rank scores (a ZeRO-3 forward is a collective); the worst rank decides.
+    gap = all_reduce_max_float(logprob_gap(engine, policy.ds_engine, prompts, policy.device), world)
+    if gap > cfg.engine.sync_tolerance:
+        raise WeightSyncError(
+            f"after the weight push the engine's log-probs differ from the trainer's by {gap:.3f} nats per "
+            f"token (engine.sync_tolerance={cfg.engine.sync_tolerance}): the engine is not sampling from the "
+            "trained weights. Check that the model's parameter names are the Hugging Face ones the engine "
+            "loads, and the engine's dtype; raise engine.sync_tolerance only for a known kernel difference"
+        )
+    return {"engine/sync_logprob_gap": gap}
 
 
 def _render_sample(traj: Trajectory) -> str:

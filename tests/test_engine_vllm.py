@@ -316,3 +316,101 @@ def test_iter_buckets_rejects_ungathered_zero3_shards():
     shard.ds_numel = 4096  # what DeepSpeed ZeRO-3 leaves on a partitioned parameter
     with pytest.raises(ValueError, match="GatheredParameters"):
         list(iter_buckets([("w", shard)], 100))
+
+
+# ---------------------------------------------------------------- weight push + post-sync check
+# The stand-in loads the real tiny model when given its folder: pushes copy into it and its
+# prompt log-probs are real, so these tests check that the trainer's weights arrive by name.
+
+
+def _trainer_copy(tiny_model_path: str) -> torch.nn.Module:
+    from agentrl.models import load_model
+
+    model = load_model(tiny_model_path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # "after an update": differs from the engine's copy
+    return model
+
+
+def test_prompt_logprobs_match_the_trainer_only_after_the_push(fake_vllm, tiny_model_path):
+    from agentrl.weight_sync import logprob_gap, policy_weights
+
+    engine = VLLMEngine(tiny_model_path, weight_bucket_bytes=1 << 16)
+    trainer = _trainer_copy(tiny_model_path)
+    prompts = [[1, 5, 9, 200, 31, 7], [3, 4, 5]]
+    stale = logprob_gap(engine, trainer, prompts, torch.device("cpu"))
+    engine.update_weights(policy_weights(trainer, zero_stage=0))
+    fresh = logprob_gap(engine, trainer, prompts, torch.device("cpu"))
+    assert stale > 0.01 and fresh < 1e-5, (stale, fresh)
+    assert len(engine.llm.model.loaded) > 1  # it went in several buckets
+
+
+def test_sync_weights_stops_the_run_when_weights_do_not_arrive(fake_vllm, tiny_model_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from agentrl.config import load_config
+    from agentrl.distributed import World
+    from agentrl.trainer import sync_weights
+    from agentrl.trajectory import Sample, Trajectory
+    from agentrl.weight_sync import WeightSyncError
+
+    cfg = load_config(env="countdown", model=tiny_model_path)
+    trainer = _trainer_copy(tiny_model_path)
+    policy = SimpleNamespace(model=trainer, ds_engine=trainer, device=torch.device("cpu"))
+    traj = Trajectory(env="countdown", seed=0, group=0, samples=[Sample(token_ids=list(range(1, 40)))])
+    world = World(rank=0, size=1, local_rank=0)
+    engine = VLLMEngine(tiny_model_path)
+    metrics = sync_weights(cfg, engine, policy, [traj], world)
+    assert metrics["engine/sync_logprob_gap"] < 1e-5
+
+    # A loader that skips the MLPs (as a wrong parameter name would) is caught, not trained on.
+    with torch.no_grad():
+        for p in trainer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    load = type(engine.llm.model).load_weights
+    monkeypatch.setattr(
+        type(engine.llm.model),
+        "load_weights",
+        lambda self, w: load(self, [(n, t) for n, t in w if ".mlp." not in n]),
+    )
+    with pytest.raises(WeightSyncError, match="differ from the trainer's"):
+        sync_weights(cfg, engine, policy, [traj], world)
+
+
+def test_the_hf_engine_needs_no_push(tiny_model):
+    from agentrl.engines.hf import HFEngine
+    from agentrl.weight_sync import has_own_weights
+
+    assert not has_own_weights(HFEngine(tiny_model, 0))
+
+
+def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, tmp_path):
+    """The trainer's vLLM path end to end on CPU: canned samples, real pushes, real checks."""
+    import json
+
+    import envs_for_tests  # noqa: F401  registers test_letters
+
+    from agentrl.cli import main
+
+    sets = [
+        f"run.root={tmp_path}", "engine.name=vllm", "train.steps=2", "train.n_groups=1",
+        "rollout.group_size=2", "rollout.max_turns=1", "rollout.max_new_tokens=6",
+        "rollout.answer_format=raw", "rollout.max_context_tokens=1024", "train.lr=1e-3",
+        "eval.every=0", "run.progress=false", "run.save_every=1",
+    ]  # fmt: skip
+    args = ["--env", "test_letters", "--model", "tiny-random", "--name", "v"]
+    args += [a for s in sets for a in ("--set", s)]
+    assert main(["train", *args]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["engine/sync_logprob_gap"] < 1e-4 for r in rows] == [True, True]
+    llm = fake_vllm.LLM.instances[-1]
+    assert sum(1 for c in llm.calls if c[0] == "reset_prefix_cache") == 2  # one push per step
+
+    # Resume: the engine starts from the base model on disk, so the checkpoint's weights are pushed first.
+    assert main(["train", "--resume", *args, "--set", "train.steps=3"]) == 0
+    resumed = fake_vllm.LLM.instances[-1]
+    assert resumed is not llm
+    first_push = next(i for i, c in enumerate(resumed.calls) if c[0] == "apply_model")
+    first_generate = next(i for i, c in enumerate(resumed.calls) if c[0] == "generate")
+    assert first_push < first_generate

@@ -276,6 +276,27 @@ class VLLMEngine:
             raise RuntimeError(f"prompt {index}: finished with 'stop' but the last token is not a stop token")
         return Generation(token_ids=token_ids, logprobs=logprobs, finish_reason=reason)
 
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
+        """Log-prob (``T = 1``) of every token after the first of each prompt, under the engine's
+        current weights: what the trainer compares after a weight update (``agentrl.weight_sync``)."""
+        if any(len(p) < 2 for p in prompts):
+            raise ValueError("prompt_logprobs needs prompts of at least two tokens")
+        self.wake()
+        from vllm.inputs import TokensPrompt
+
+        params = self._vllm.SamplingParams(
+            n=1, temperature=1.0, max_tokens=1, prompt_logprobs=0, detokenize=False
+        )
+        requests = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        result = []
+        for index, (prompt, out) in enumerate(zip(prompts, outputs)):
+            entries = out.prompt_logprobs  # [None, {token: Logprob}, ...]: nothing for the first token
+            if entries is None or len(entries) != len(prompt):
+                raise RuntimeError(f"vLLM returned no prompt log-probs for prompt {index}")
+            result.append([float(entry[int(tok)].logprob) for tok, entry in zip(prompt[1:], entries[1:])])
+        return result
+
     # ------------------------------------------------------------------ weights
 
     def update_weights(self, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:

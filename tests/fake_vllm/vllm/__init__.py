@@ -6,6 +6,10 @@ sampled token's log-prob). It records every call in ``LLM.calls`` so tests can c
 adapter sent and in which order, and it emulates sleep-mode bookkeeping strictly: generating with
 the KV cache asleep, loading weights while they are asleep, or sleeping twice raises, as the real
 allocator would misbehave there. It says nothing about whether real vLLM samples correctly.
+
+When ``model`` is a local Hugging Face folder, the stand-in also loads that model on CPU: weight
+loads (``apply_model`` -> ``load_weights``) copy into it by HF name, and ``prompt_logprobs`` are
+computed from it, so a test can check that weights really arrived. Sampling stays canned.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ _SAMPLING_FIELDS = {
     "logprobs": None,
     "detokenize": True,
     "skip_special_tokens": True,
+    "prompt_logprobs": None,
 }
 
 
@@ -67,6 +72,7 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool = True
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
 
 @dataclass
@@ -74,10 +80,20 @@ class FakeModel:
     """What ``apply_model`` hands to the callable: records each ``load_weights`` batch."""
 
     loaded: list[list[str]] = field(default_factory=list)
+    hf: Any = None
+    """The real model behind the stand-in, when ``LLM(model=...)`` named a local HF folder."""
 
     def load_weights(self, weights: Any) -> set[str]:
+        weights = list(weights)
         names = [name for name, _ in weights]
         self.loaded.append(names)
+        if self.hf is not None:
+            import torch
+
+            params = dict(self.hf.named_parameters())
+            with torch.no_grad():
+                for name, tensor in weights:
+                    params[name].copy_(tensor)  # a wrong name raises KeyError, as vLLM's loader would
         return set(names)
 
 
@@ -104,6 +120,16 @@ def fake_reply(prompt: list[int], params: SamplingParams) -> CompletionOutput:
     )
 
 
+def _load_hf(model: str) -> Any:
+    from pathlib import Path
+
+    if not (Path(model) / "config.json").is_file():
+        return None
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model, dtype="float32").eval()
+
+
 class LLM:
     """Records calls; ``instances`` holds every LLM built, newest last."""
 
@@ -115,7 +141,7 @@ class LLM:
         self.kwargs = {"model": model, **kwargs}
         self.calls: list[tuple[str, Any]] = []
         self.asleep: set[str] = set()
-        self.model = FakeModel()
+        self.model = FakeModel(hf=_load_hf(model))
         LLM.instances.append(self)
 
     def generate(
@@ -131,8 +157,21 @@ class LLM:
             RequestOutput(str(i), p["prompt_token_ids"], [fake_reply(p["prompt_token_ids"], sp)])
             for i, (p, sp) in enumerate(zip(prompts, per_prompt))
         ]
+        for out, sp in zip(outs, per_prompt):
+            if sp.prompt_logprobs is not None:
+                out.prompt_logprobs = self._prompt_logprobs(out.prompt_token_ids)
         hook = type(self).output_hook
         return hook(outs) if hook else outs
+
+    def _prompt_logprobs(self, ids: list[int]) -> list[dict[int, Logprob] | None]:
+        if self.model.hf is None:
+            raise RuntimeError("the stand-in computes prompt_logprobs only for a local HF model folder")
+        import torch
+
+        with torch.no_grad():
+            logits = self.model.hf(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        return [None] + [{tok: Logprob(float(logp[i, tok]), rank=1)} for i, tok in enumerate(ids[1:])]
 
     def sleep(self, level: int = 1) -> None:
         self.calls.append(("sleep", level))
