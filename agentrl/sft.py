@@ -136,7 +136,8 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
                 batch = shuffled[start : start + cfg.sft.batch_episodes]
                 step += 1
                 t0 = time.perf_counter()
-                metrics = update(cfg, policy, batch, step, world, temperature=1.0)
+                # Data parallel: each rank trains on its share; the update normalises by global totals.
+                metrics = update(cfg, policy, batch[world.rank :: world.size], step, world, temperature=1.0)
                 metrics["timing/update_s"] = time.perf_counter() - t0
                 metrics["sft/nll"] = metrics.pop("train/policy_loss", 0.0)
                 metrics.pop("train/logprob_drift", None)  # demonstrations have no rollout log-probs

@@ -176,3 +176,33 @@ def test_a_hung_rank_fails_the_job_within_the_timeout_naming_it(tmp_path):
     assert "did not all reach 'the end of step 2's rollout'" in result.stderr, result.stderr[-3000:]
     assert "Rank 1 failed to pass monitoredBarrier" in result.stderr, result.stderr[-3000:]
     assert (tmp_path / "hang" / "checkpoints" / "step_000001" / "trainer_state.json").is_file()
+
+
+def test_sft_on_two_ranks_matches_one_rank(tmp_path):
+    """Each rank trains on its share of every SFT batch (one rank's share may be empty)."""
+    from safetensors.torch import load_file
+
+    sets = [
+        f"run.root={tmp_path}", "sft.episodes=5", "sft.batch_episodes=3", "sft.epochs=1",
+        "rollout.max_turns=2", "rollout.max_new_tokens=8", "train.lr=1e-3", "eval.every=0",
+        "run.progress=false", "train.micro_batch_tokens=2048",
+    ]  # fmt: skip
+    for name, launcher in (("one", []), ("two", LAUNCHERS["torchrun"][1:])):
+        args = ["sft", "--env", "sokoban", "--model", "tiny-random", "--name", name]
+        args += [a for s in sets for a in ("--set", s)]
+        cmd = [sys.executable, *launcher, "-m", "agentrl", *args]
+        result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    rows = {
+        n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+        for n in ("one", "two")
+    }
+    steps = [r["step"] for r in rows["one"]]
+    assert len(steps) >= 2 and [r["step"] for r in rows["two"]] == steps  # batches of 3: shares of 2 and 1
+    for a, b in zip(rows["one"], rows["two"]):
+        assert a["sft/nll"] == pytest.approx(b["sft/nll"], rel=1e-4)
+    last = f"step_{steps[-1]:06d}"
+    w1 = load_file(tmp_path / "one" / "checkpoints" / last / "hf" / "model.safetensors")
+    w2 = load_file(tmp_path / "two" / "checkpoints" / last / "hf" / "model.safetensors")
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], rtol=0, atol=1e-4)
