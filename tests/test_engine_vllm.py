@@ -385,8 +385,13 @@ def test_the_hf_engine_needs_no_push(tiny_model):
     assert not has_own_weights(HFEngine(tiny_model, 0))
 
 
-def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, tmp_path):
-    """The trainer's vLLM path end to end on CPU: canned samples, real pushes, real checks."""
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, tmp_path, zero_stage):
+    """The trainer's vLLM path end to end on CPU: canned samples, real pushes, real checks.
+
+    With ZeRO-3 the trainer's parameters are shards; each is gathered for the push, and the check
+    (a forward through DeepSpeed) compares the engine's log-probs with the sharded model's.
+    """
     import json
 
     import envs_for_tests  # noqa: F401  registers test_letters
@@ -397,7 +402,7 @@ def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, 
         f"run.root={tmp_path}", "engine.name=vllm", "train.steps=2", "train.n_groups=1",
         "rollout.group_size=2", "rollout.max_turns=1", "rollout.max_new_tokens=6",
         "rollout.answer_format=raw", "rollout.max_context_tokens=1024", "train.lr=1e-3",
-        "eval.every=0", "run.progress=false", "run.save_every=1",
+        "eval.every=0", "run.progress=false", "run.save_every=1", f"train.zero_stage={zero_stage}",
     ]  # fmt: skip
     args = ["--env", "test_letters", "--model", "tiny-random", "--name", "v"]
     args += [a for s in sets for a in ("--set", s)]
@@ -414,3 +419,24 @@ def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, 
     first_push = next(i for i, c in enumerate(resumed.calls) if c[0] == "apply_model")
     first_generate = next(i for i, c in enumerate(resumed.calls) if c[0] == "generate")
     assert first_push < first_generate
+
+
+def test_policy_weights_gathers_zero3_shards_into_full_tensors(tiny_model_path):
+    import json
+
+    import deepspeed
+
+    from agentrl.config import configs_dir
+    from agentrl.distributed import init_distributed
+    from agentrl.models import load_model
+    from agentrl.weight_sync import policy_weights
+
+    init_distributed("cpu")
+    reference, model = load_model(tiny_model_path), load_model(tiny_model_path)
+    ds = json.loads((configs_dir() / "deepspeed" / "zero3.json").read_text())
+    ds.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
+    deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=ds)
+    assert all(p.numel() == 0 for p in model.parameters())  # sharded away: nothing to push as is
+    pushed = dict(policy_weights(model, zero_stage=3))
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(pushed[name], param.detach(), rtol=0, atol=0)
