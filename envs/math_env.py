@@ -9,8 +9,10 @@ answer that parses but is not equivalent, ``reward_no_answer`` -1 when there is 
 (empty, unparsable, refused as too long or too expensive, or verification timed out).
 
 Problems come from the procedural generator in :mod:`agentrl_envs.math_problems` (``level``
-1..4), from a JSONL file of ``{"problem": ..., "answer": ...}`` records (``data_file=``), or from
-``reset(options={"problem": ..., "answer": ...})``.
+1..4), from a JSONL file of ``{"problem": ..., "answer": ..., "solution": ...}`` records
+(``data_file=``; ``solution`` optional), or from ``reset(options={"problem": ..., "answer": ...})``
+(``"solution"`` optional). :meth:`MathEnv.oracle_thought` is that worked solution (the generator
+writes one for each problem), or ``"The answer is <answer>."`` when none is known.
 
 Bounded time. math-verify's own timeouts use ``signal.alarm``, which works only in the main
 thread, and the rollout manager steps envs in worker threads; and sympy can spend minutes (or
@@ -43,7 +45,7 @@ from typing import Any
 
 from agentrl import TextEnv
 
-from .math_problems import LEVELS, generate_problem
+from .math_problems import LEVELS, generate_worked_problem
 
 __all__ = [
     "MathEnv",
@@ -369,9 +371,11 @@ def verify_answer(
 def load_problems(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     """Records ``{"problem": str, "answer": str}`` from a JSONL file, one JSON object per line.
 
-    Blank lines are skipped; numeric answers are turned into strings; other keys are ignored.
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming ``path:line`` for a
-    line that is not a JSON object with a non-empty string ``problem`` and a non-empty ``answer``.
+    An optional string ``solution`` (a short worked solution, the oracle's thought) is kept when
+    present and not blank; ``null`` counts as absent. Blank lines are skipped; numeric answers are
+    turned into strings; other keys are ignored. Raises ``FileNotFoundError`` for a missing file
+    and ``ValueError`` naming ``path:line`` for a line that is not a JSON object with a non-empty
+    string ``problem`` and a non-empty ``answer``, or whose ``solution`` is not a string.
     """
     path = Path(path)
     if not path.is_file():
@@ -397,7 +401,13 @@ def load_problems(path: str | os.PathLike[str]) -> list[dict[str, str]]:
                 or not str(answer).strip()
             ):
                 raise ValueError(f"{where}: 'answer' must be a non-empty string or a number")
-            records.append({"problem": problem, "answer": str(answer).strip()})
+            solution = rec.get("solution")
+            if solution is not None and not isinstance(solution, str):
+                raise ValueError(f"{where}: 'solution' must be a string")
+            record = {"problem": problem, "answer": str(answer).strip()}
+            if solution is not None and solution.strip():
+                record["solution"] = solution.strip()
+            records.append(record)
     if not records:
         raise ValueError(f"{path}: no records (expected JSON lines with 'problem' and 'answer')")
     return records
@@ -420,14 +430,16 @@ class MathEnv(TextEnv):
     Constructor arguments:
         level: generator level 1..4 (see :mod:`agentrl_envs.math_problems`), a list of levels to
             draw from, or ``None`` for all of them.
-        data_file: a JSONL file of ``{"problem", "answer"}`` records to draw from instead of the
-            generator; read (and validated) here, so a bad record fails at construction.
+        data_file: a JSONL file of ``{"problem", "answer"}`` records (optionally with a
+            ``"solution"`` string) to draw from instead of the generator; read (and validated)
+            here, so a bad record fails at construction.
         reward_correct, reward_wrong, reward_no_answer: see the module docstring.
         max_answer_chars: longer answers are refused (no answer).
         verify_timeout_s: wall-clock bound on one verification in the subprocess sandbox.
         render_mode: ``"ansi"`` (render returns the problem text) or ``None``.
 
-    ``reset(options={"problem": p, "answer": a})`` poses that problem; ``options={"level": k}``
+    ``reset(options={"problem": p, "answer": a})`` poses that problem (with an optional
+    ``"solution"`` string for :meth:`oracle_thought`); ``options={"level": k}``
     draws one of level k. With a data file the seed picks the record. Reset info: ``problem``,
     ``answer``, ``level`` (``None`` unless generated), ``source`` (``generator``, ``file``,
     ``options``), ``index`` (the record's index in the file, else ``None``). Step info adds
@@ -471,6 +483,8 @@ class MathEnv(TextEnv):
         self.problem = ""
         self.answer = ""
         self.level: int | None = None
+        #: The current problem's worked solution (the oracle's thought), ``None`` when unknown.
+        self.solution: str | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
@@ -480,16 +494,21 @@ class MathEnv(TextEnv):
             problem, answer = options.get("problem"), options.get("answer")
             if not isinstance(problem, str) or answer is None or not str(answer).strip():
                 raise ValueError("options must hold 'problem' (a str) and 'answer' (a str or number)")
+            solution = options.get("solution")
+            if solution is not None and not isinstance(solution, str):
+                raise ValueError("options['solution'] must be a str")
             self.problem, self.answer, self.level, source = problem, str(answer).strip(), None, "options"
+            self.solution = solution.strip() if solution is not None and solution.strip() else None
         elif self.records is not None and not (options and "level" in options):
             index = int(rng.integers(len(self.records)))
             rec = self.records[index]
             self.problem, self.answer, self.level, source = rec["problem"], rec["answer"], None, "file"
+            self.solution = rec.get("solution")
         else:
             level = int(options["level"]) if options and "level" in options else None
             if level is None:
                 level = self.levels[int(rng.integers(len(self.levels)))]
-            self.problem, self.answer = generate_problem(rng, level)
+            self.problem, self.answer, self.solution = generate_worked_problem(rng, level)
             self.level, source = level, "generator"
         if _SANDBOX and not _is_simple_number(self.answer):
             _POOL.prewarm()  # this answer will be checked in a subprocess: start one now
@@ -537,8 +556,14 @@ class MathEnv(TextEnv):
         return self.problem
 
     def oracle_thought(self) -> str:
-        """A short, true note for warm-start demonstrations."""
-        return "I solve it step by step and check the result."
+        """A short, true note for warm-start demonstrations: the worked solution when one is known.
+
+        Generated problems always have one; file records and reset options may supply one
+        (``"solution"``); otherwise the thought just states the known answer.
+        """
+        if self.solution:
+            return self.solution
+        return f"The answer is {self.answer}."
 
     def oracle_actions(self) -> list[str] | None:
         r"""One correct answer: the known answer in ``\boxed{}``."""
