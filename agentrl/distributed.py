@@ -10,9 +10,11 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+_Number = TypeVar("_Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -103,17 +105,10 @@ def all_reduce_sum(values: list[float], world: World) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_max_float(value: float, world: World) -> float:
+def all_reduce_max(value: _Number, world: World) -> _Number:
+    """The largest ``value`` over all ranks, of the type given (int or float)."""
     if world.size == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.int64 if isinstance(value, int) else torch.float64)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t.item())
-
-
-def all_reduce_max(value: int, world: World) -> int:
-    if world.size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.int64)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return int(t.item())
+    return type(value)(t.item())

@@ -32,7 +32,7 @@ from agentrl.batching import assign_advantages, turn_batch
 from agentrl.collapse import ADVICE, FILTER_KEEP_FRACTION, detect, signals
 from agentrl.config import Config, ConfigError
 from agentrl.curriculum import CurriculumState, advance, stage_at
-from agentrl.distributed import World, all_reduce_max_float, gather_objects, init_distributed, meet
+from agentrl.distributed import World, all_reduce_max, gather_objects, init_distributed, meet
 from agentrl.engines.base import Engine
 from agentrl.evaluate import run_eval
 from agentrl.logger import RunLogger, read_metrics
@@ -499,7 +499,7 @@ def sync_weights(
         return {}
     prompts = probe_prompts(trajectories, cfg.engine.sync_check_tokens)
     # Every rank scores (a ZeRO-3 forward is a collective); the worst rank decides.
-    gap = all_reduce_max_float(logprob_gap(engine, policy.ds_engine, prompts, policy.device), world)
+    gap = all_reduce_max(logprob_gap(engine, policy.ds_engine, prompts, policy.device), world)
     if gap > cfg.engine.sync_tolerance:
         raise WeightSyncError(
             f"after the weight push the engine's log-probs differ from the trainer's by {gap:.3f} nats per "
