@@ -287,6 +287,15 @@ def _instructions(max_actions: int) -> str:
     )
 
 
+def _relative(cell: Cell, of: Cell) -> str:
+    """Where ``cell`` lies from ``of`` in words: ``"below and right of"``, ``"left of"``, ``"at"``."""
+    vertical = "above" if cell[0] < of[0] else "below" if cell[0] > of[0] else ""
+    horizontal = "left of" if cell[1] < of[1] else "right of" if cell[1] > of[1] else ""
+    if vertical and horizontal:
+        return f"{vertical} and {horizontal}"
+    return vertical or horizontal or "at"
+
+
 class SokobanEnv(TextEnv):
     """Push every box onto a target in a small grid room (multi-turn; gym-sokoban rooms).
 
@@ -331,6 +340,7 @@ class SokobanEnv(TextEnv):
         invalid_action_penalty: float | None = None,
         oracle_max_nodes: int = 200_000,
         plan_in_info: bool = True,
+        describe_positions: bool = False,
     ):
         """
         Args:
@@ -343,6 +353,10 @@ class SokobanEnv(TextEnv):
             plan_in_info: solve each room at reset and put ``optimal_plan`` and
                 ``optimal_plan_length`` in reset's info (``None`` if not solved within
                 ``oracle_max_nodes``). Cheap for 6x6 rooms; turn off for large ones.
+            describe_positions: add a line under the grid naming where the player, the boxes off
+                target and the empty targets are (``Player at row 5 column 2. Box at ...``; rows
+                and columns from 1). Reading coordinates off an ASCII grid is the hardest part of
+                the task for a small model; this makes the observation symbolic as well.
         """
         super().__init__(render_mode=render_mode)
         self.dim_room = _check_dim(dim_room)
@@ -354,7 +368,13 @@ class SokobanEnv(TextEnv):
             self.invalid_action_penalty = float(invalid_action_penalty)
         self.oracle_max_nodes = int(oracle_max_nodes)
         self.plan_in_info = bool(plan_in_info)
+        self.describe_positions = bool(describe_positions)
         self.instructions = _instructions(self.max_actions_per_turn)
+        if self.describe_positions:
+            self.instructions += (
+                "\nUnder the grid you also get the positions of you, of the boxes not on a target and of "
+                "the empty targets (rows and columns count from 1, row 1 at the top)."
+            )
         # Episode state, set by reset.
         self._room: SokobanRoom | None = None
         self._floor: frozenset[Cell] = frozenset()
@@ -423,7 +443,7 @@ class SokobanEnv(TextEnv):
             plan = self.oracle_actions()
             info["optimal_plan"] = plan
             info["optimal_plan_length"] = None if plan is None else len(plan)
-        return self._text(), info
+        return self._observation(), info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self._room is None:
@@ -470,7 +490,7 @@ class SokobanEnv(TextEnv):
             "boxes_on_target": self._on_target,
             "steps": self._steps,
         }
-        return self._text(), float(reward), terminated, truncated, info
+        return self._observation(), float(reward), terminated, truncated, info
 
     def render(self) -> str | np.ndarray | None:
         """``"ansi"``: the grid text (the observation). ``"rgb_array"``: an (H*16, W*16, 3) uint8 image."""
@@ -486,17 +506,12 @@ class SokobanEnv(TextEnv):
 
     def oracle_thought(self) -> str:
         """A short, true description of the state for warm-start demonstrations (rows/columns from 1)."""
-
-        def where(cell: Cell) -> str:
-            return f"row {cell[0] + 1} column {cell[1] + 1}"
-
-        boxes = sorted(b for b in self._boxes if b not in self._targets)
-        targets = sorted(t for t in self._targets if t not in self._boxes)
-        parts = [f"I am at {where(self._player)}."]
-        if boxes:
-            parts.append("Box at " + ", ".join(map(where, boxes)) + ".")
-        if targets:
-            parts.append("Target at " + ", ".join(map(where, targets)) + ".")
+        parts = [self._positions("I am at")]
+        boxes = [b for b in self._boxes if b not in self._targets]
+        targets = [t for t in self._targets if t not in self._boxes]
+        if len(boxes) == 1 and len(targets) == 1:
+            parts.append(f"The box is {_relative(boxes[0], self._player)} me")
+            parts[-1] += f" and the target is {_relative(targets[0], boxes[0])} the box."
         plan = self.oracle_actions()
         if plan:
             parts.append(f"It takes {len(plan)} move{'s' if len(plan) != 1 else ''}.")
@@ -524,6 +539,26 @@ class SokobanEnv(TextEnv):
         return None if plan is None else list(plan)
 
     # ---- Internals -----------------------------------------------------------------------------
+
+    def _positions(self, player: str) -> str:
+        """``"{player} row 5 column 2. Box at row 5 column 3. Target at row 5 column 4."`` (from 1)."""
+
+        def where(cell: Cell) -> str:
+            return f"row {cell[0] + 1} column {cell[1] + 1}"
+
+        boxes = sorted(b for b in self._boxes if b not in self._targets)
+        targets = sorted(t for t in self._targets if t not in self._boxes)
+        parts = [f"{player} {where(self._player)}."]
+        if boxes:
+            parts.append("Box at " + ", ".join(map(where, boxes)) + ".")
+        if targets:
+            parts.append("Target at " + ", ".join(map(where, targets)) + ".")
+        return " ".join(parts)
+
+    def _observation(self) -> str:
+        """What the agent sees: the grid, and with ``describe_positions`` the positions under it."""
+        grid = self._text()
+        return f"{grid}\n{self._positions('Player at')}" if self.describe_positions else grid
 
     def _text(self) -> str:
         """The current grid; equal to ``render_text(...)`` of the state, built faster."""

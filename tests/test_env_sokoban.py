@@ -271,3 +271,31 @@ def test_bad_constructor_arguments() -> None:
     for kwargs in ({"dim_room": (2, 6)}, {"dim_room": 6}, {"num_boxes": 0}, {"max_steps": 0}):
         with pytest.raises(ValueError):
             SokobanEnv(**kwargs)
+
+
+def test_describe_positions_adds_the_coordinates_under_the_grid():
+    env = SokobanEnv(describe_positions=True)
+    obs, _ = env.reset(options={"layout": "#####\n#P_X#\n#O__#\n#####"})
+    assert (
+        obs
+        == "#####\n#P_X#\n#O__#\n#####\nPlayer at row 2 column 2. Box at row 2 column 4. Target at row 3 column 2."
+    )
+    assert "positions of you" in env.instructions
+    obs, *_ = env.step("Right")
+    assert (
+        obs.splitlines()[-1] == "Player at row 2 column 3. Box at row 2 column 4. Target at row 3 column 2."
+    )
+    plain = SokobanEnv()
+    obs, _ = plain.reset(options={"layout": "#####\n#P_X#\n#O__#\n#####"})
+    assert obs == "#####\n#P_X#\n#O__#\n#####" and "positions of you" not in plain.instructions
+
+
+def test_oracle_thought_states_positions_relations_and_plan_length():
+    env = SokobanEnv()
+    env.reset(options={"layout": "######\n#____#\n#P_X_#\n#___O#\n######"})
+    # Shortest plan by hand: Right, Right (box to column 5), Up, Right, Down (box onto the target).
+    assert env.oracle_actions() == ["Right", "Right", "Up", "Right", "Down"]
+    assert env.oracle_thought() == (
+        "I am at row 3 column 2. Box at row 3 column 4. Target at row 4 column 5. "
+        "The box is right of me and the target is below and right of the box. It takes 5 moves."
+    )
