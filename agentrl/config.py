@@ -404,6 +404,10 @@ def load_config(
         _set_dotted(tree, "run.init", init)
     for i, text in enumerate(overrides or [], start=1):
         key, value = parse_override(text)
+        if _untyped(key):
+            # Inside a free-form mapping (env.kwargs, engine.vllm) no field type converts the text:
+            # read it as YAML, so `env.kwargs.describe_positions=false` is a bool, `...=[6, 6]` a list.
+            value = _yaml_value(key, value)
         _set_dotted(tree, key, value)
         steps_source = i if key == "train.steps" else steps_source
         stages_source = i if key.startswith("curriculum.stages") else stages_source
@@ -416,6 +420,26 @@ def load_config(
     )
     validate(cfg)
     return cfg
+
+
+def _untyped(dotted: str) -> bool:
+    """Whether ``dotted`` names a value no dataclass field types (a key inside a ``dict[str, Any]``)."""
+    cls: Any = Config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return True  # below a mapping field
+        types_ = _field_types(cls)
+        if part not in types_:
+            return False  # an unknown key: _build reports it with the closest valid one
+        cls = types_[part]
+    return cls is Any
+
+
+def _yaml_value(key: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}={text!r} is not a valid YAML value: {exc}") from None
 
 
 def _has(tree: dict[str, Any], dotted: str) -> bool:

@@ -103,3 +103,21 @@ def test_accelerate_launch_deepspeed_settings_are_used(tmp_path, monkeypatch):
     assert (cfg.train.zero_stage, cfg.train.deepspeed_config) == (2, str(tmp_path / "z2.json"))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
     assert load_config(env="countdown").train.zero_stage == 0
+
+
+def test_overrides_inside_free_form_mappings_are_read_as_yaml():
+    cfg = load_config(
+        env="sokoban",
+        overrides=[
+            "env.kwargs.describe_positions=false",
+            "env.kwargs.dim_room=[7, 7]",
+            "engine.vllm.gpu_memory_utilization=0.4",
+            "run.name=123",  # a typed str field stays a string
+        ],
+    )
+    assert cfg.env.kwargs["describe_positions"] is False  # not the truthy string "false"
+    assert cfg.env.kwargs["dim_room"] == [7, 7] and cfg.env.kwargs["num_boxes"] == 1  # merged
+    assert cfg.engine.vllm == {"gpu_memory_utilization": 0.4}
+    assert cfg.run.name == "123"
+    with pytest.raises(ConfigError, match="not a valid YAML value"):
+        load_config(env="sokoban", overrides=["env.kwargs.dim_room=[7, 7"])
