@@ -6,7 +6,9 @@ section; a signal counts only when it held on each of the last ``patience`` step
 - ``train/zero_adv_group_fraction >= warn_zero_std_fraction``: most groups got one reward for every
   reply, so their advantages (and gradients) are zero;
 - ``train/distinct_replies_per_group < warn_distinct_below``: the replies of a group are copies;
-- ``train/instruction_echo_rate >= warn_instruction_echo``: replies repeat the instructions' wording.
+- ``train/instruction_echo_rate >= warn_instruction_echo``: replies repeat the instructions' wording;
+- ``train/distinct_replies_across_puzzles < warn_distinct_across_puzzles``: different puzzles get
+  the same reply (the policy ignores its input).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def signals(
     warn_zero_std_fraction: float | None,
     warn_distinct_below: float | None,
     warn_instruction_echo: float | None,
+    warn_distinct_across_puzzles: float | None = None,
 ) -> list[Signal]:
     """The signals switched on (a threshold of ``None`` switches its signal off)."""
     out = []
@@ -54,6 +57,8 @@ def signals(
         out.append(Signal("train/distinct_replies_per_group", warn_distinct_below, below=True))
     if warn_instruction_echo is not None:
         out.append(Signal("train/instruction_echo_rate", warn_instruction_echo, below=False))
+    if warn_distinct_across_puzzles is not None:
+        out.append(Signal("train/distinct_replies_across_puzzles", warn_distinct_across_puzzles, below=True))
     return out
 
 

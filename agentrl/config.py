@@ -201,6 +201,9 @@ class CollapseConfig:
     """Signal when distinct first replies per group / group size falls below this; ``None``: off."""
     warn_instruction_echo: float | None = 0.5
     """Signal when this share of replies (or more) repeats the instructions' wording; ``None``: off."""
+    warn_distinct_across_puzzles: float | None = 0.3
+    """Signal when distinct first replies / puzzles of a step falls below this (one reply for every
+    puzzle: the policy ignores its input); ``None``: off."""
     patience: int = 3
     """Consecutive steps a signal must hold before the action is taken."""
     action: str = "warn"
@@ -661,7 +664,12 @@ def _validate_curriculum(cfg: Config) -> None:
 def _validate_collapse(cfg: Config) -> None:
     col = cfg.collapse
     _check_choice("collapse.action", col.action, COLLAPSE_ACTIONS)
-    for key in ("warn_zero_std_fraction", "warn_distinct_below", "warn_instruction_echo"):
+    for key in (
+        "warn_zero_std_fraction",
+        "warn_distinct_below",
+        "warn_instruction_echo",
+        "warn_distinct_across_puzzles",
+    ):
         value = getattr(col, key)
         if value is not None and not 0 <= value <= 1:
             raise ConfigError(f"collapse.{key} is a fraction in [0, 1] (or null: off), got {value}")

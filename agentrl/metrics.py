@@ -48,6 +48,7 @@ def rollout_metrics(
         f"{prefix}/reward_std_in_group": float(stats["std"].mean()) if len(stats["std"]) else 0.0,
         f"{prefix}/zero_adv_group_fraction": float(stats["zero_std_group_fraction"]),
         f"{prefix}/distinct_replies_per_group": distinct_reply_fraction(trajectories),
+        f"{prefix}/distinct_replies_across_puzzles": distinct_across_puzzles(trajectories),
         f"{prefix}/truncated_reply_rate": _mean([float(t.finish_reason == "length") for t in turns]),
         f"behaviour/{prefix}_reflection_per_response": _mean([b["reflection"] for b in behaviour]),
         f"behaviour/{prefix}_step_words_per_response": _mean([b["step"] for b in behaviour]),
@@ -89,6 +90,16 @@ def distinct_reply_fraction(trajectories: Sequence[Trajectory]) -> float:
     for traj in trajectories:
         by_group[traj.group].append(traj.turns[0].reply if traj.turns else "")
     return _mean([len(set(r)) / len(r) for r in by_group.values()])
+
+
+def distinct_across_puzzles(trajectories: Sequence[Trajectory]) -> float:
+    """Distinct first replies / distinct puzzles (env seeds), one episode per puzzle: 1 = every puzzle
+    got its own reply; 1/N = one reply for all N, a policy that ignores its input (greedy copies of a
+    memorised answer, RAGEN's Echo Trap across prompts)."""
+    first: dict[int, str] = {}
+    for traj in trajectories:
+        first.setdefault(traj.seed, traj.turns[0].reply if traj.turns else "")
+    return len(set(first.values())) / len(first) if first else 0.0
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

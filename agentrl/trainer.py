@@ -321,7 +321,12 @@ def _collapse_guard(
 ) -> bool:
     """Watch this step's collapse signals; log ``collapse/warning``; act. True: stop the run now."""
     col = cfg.collapse
-    watched = signals(col.warn_zero_std_fraction, col.warn_distinct_below, col.warn_instruction_echo)
+    watched = signals(
+        col.warn_zero_std_fraction,
+        col.warn_distinct_below,
+        col.warn_instruction_echo,
+        col.warn_distinct_across_puzzles,
+    )
     loop.guard_history.append({s.metric: metrics[s.metric] for s in watched if s.metric in metrics})
     loop.guard_history = loop.guard_history[-col.patience :]
     fired = detect(loop.guard_history, watched, col.patience)

@@ -174,3 +174,30 @@ def test_forced_collapse_with_stop_ends_the_run_early_with_a_checkpoint(tmp_path
     assert len(loop["guard_history"]) == 2
     out = capsys.readouterr().out
     assert "collapse at step 2" in out and "agentrl sft" in out and "stopped after step 2" in out
+
+
+def test_distinct_replies_across_puzzles_counts_one_episode_per_puzzle():
+    from agentrl.metrics import distinct_across_puzzles
+    from agentrl.trajectory import Trajectory, Turn
+
+    def traj(seed: int, group: int, reply: str) -> Trajectory:
+        return Trajectory(env="e", seed=seed, group=group, turns=[Turn(observation="o", reply=reply)])
+
+    # 4 puzzles x 2 episodes; the first episode of puzzles 1-3 says "Down", puzzle 4 "Up":
+    # 2 distinct replies over 4 puzzles. Second episodes (all different) do not count.
+    batch = [traj(s, s, r) for s, r in [(1, "Down"), (2, "Down"), (3, "Down"), (4, "Up")]]
+    batch += [traj(s, s, f"other {s}") for s in (1, 2, 3, 4)]
+    assert distinct_across_puzzles(batch) == 2 / 4
+    assert distinct_across_puzzles(batch[:3]) == 1 / 3  # one reply for every puzzle
+    assert distinct_across_puzzles([]) == 0.0
+
+
+def test_one_reply_for_every_puzzle_is_a_collapse_signal():
+    across = "train/distinct_replies_across_puzzles"
+    watched = signals(None, None, None, 0.3)
+    assert [s.metric for s in watched] == [across]
+    assert detect([{across: 0.25}] * 3, watched, 3) == [f"{across}=0.25 (< 0.3)"]
+    assert detect([{across: 0.5}] * 3, watched, 3) == []
+    assert load_config(env="sokoban").collapse.warn_distinct_across_puzzles == 0.3
+    with pytest.raises(ConfigError, match="warn_distinct_across_puzzles"):
+        load_config(env="sokoban", overrides=["collapse.warn_distinct_across_puzzles=2"])
