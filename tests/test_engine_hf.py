@@ -155,3 +155,20 @@ def test_restores_training_mode(engine):
     engine.model.train()
     engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=1))
     assert engine.model.training
+
+
+def test_shared_prefill_gives_the_same_samples_as_prefilling_every_row(tiny_model, tokenizer):
+    """Two groups of 3 identical prompts and a lone one of another length, per-row seeds and a stop
+    token: copying a prompt's KV cache to its rows changes nothing but the time."""
+    a, b, c = [5, 6, 7, 8, 9], [11, 12, 13], [21, 22, 23, 24, 25, 26, 27]
+    prompts = [a, a, a, b, b, b, c]
+    sampling = SamplingParams(
+        max_new_tokens=12, temperature=1.0, row_seeds=[3, 4, 5, 6, 7, 8, 9], stop_token_ids=[200, 300, 400]
+    )
+    shared = HFEngine(tiny_model, tokenizer.pad_token_id).generate(prompts, sampling)
+    each = HFEngine(tiny_model, tokenizer.pad_token_id, share_prompts=False).generate(prompts, sampling)
+    assert [g.token_ids for g in shared] == [g.token_ids for g in each]
+    assert [g.finish_reason for g in shared] == [g.finish_reason for g in each]
+    for x, y in zip(shared, each):
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), rtol=0, atol=1e-5)
+    assert shared[0].token_ids != shared[1].token_ids  # rows of a group still sample independently

@@ -39,10 +39,21 @@ class HFEngine:
         pad_token_id: token used for left padding (never attended to).
         max_batch_size: prompts per forward pass; larger batches are split (memory bound).
         seed: seed of the engine's generator, used when a call gives no seed.
+        share_prompts: prefill each distinct prompt of a batch once and copy its KV cache to the rows
+            that share it (a GRPO group's first turn); ``False`` prefills every row (the baseline of
+            ``scripts/bench_hf_engine.py``).
     """
 
-    def __init__(self, model: PreTrainedModel, pad_token_id: int, max_batch_size: int = 64, seed: int = 0):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        pad_token_id: int,
+        max_batch_size: int = 64,
+        seed: int = 0,
+        share_prompts: bool = True,
+    ):
         self.model = model
+        self.share_prompts = share_prompts
         self.pad_token_id = pad_token_id
         self.max_batch_size = max_batch_size
         self._generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -80,13 +91,21 @@ class HFEngine:
     ) -> list[Generation]:
         device = self.device
         batch = len(prompts)
-        width = max(len(p) for p in prompts)
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
+        # The episodes of a GRPO group start from one prompt: prefill each distinct prompt once, then
+        # give every row a copy of its prompt's KV cache (the rows then sample independently).
+        distinct: dict[tuple[int, ...], int] = {}
+        if self.share_prompts:
+            row_prompt = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+            unique = [list(p) for p in distinct]
+        else:
+            row_prompt, unique = list(range(batch)), prompts
+        width = max(len(p) for p in unique)
         # Left padding keeps the next-token position at column -1 for every row.
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for i, p in enumerate(prompts):
+        input_ids = torch.full((len(unique), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(unique), width), dtype=torch.long)
+        for i, p in enumerate(unique):
             input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             attention[i, width - len(p) :] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
@@ -108,10 +127,16 @@ class HFEngine:
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,
         )
+        last_logits = out.logits[:, -1, :]  # (unique, V)
+        if len(unique) < batch:
+            expand = torch.tensor(row_prompt, device=device)
+            cache.batch_select_indices(expand)
+            last_logits, attention, positions = last_logits[expand], attention[expand], positions[expand]
         next_pos = positions[:, -1:] + 1
         for _ in range(sampling.max_new_tokens):
-            scaled = out.logits[:, -1, :].float() / temperature  # (b, V)
+            scaled = last_logits.float() / temperature  # (b, V)
             logp = torch.log_softmax(scaled, dim=-1)
             if greedy:
                 chosen = scaled.argmax(-1)
@@ -147,6 +172,7 @@ class HFEngine:
                 past_key_values=cache,
                 use_cache=True,
             )
+            last_logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         return [Generation(tokens[i], logprobs[i], reasons[i]) for i in range(batch)]
 
