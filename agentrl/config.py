@@ -72,8 +72,8 @@ class EngineConfig:
     vllm: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for ``VLLMEngine`` (gpu_memory_utilization, max_model_len...)."""
     sync_check_tokens: int = 256
-    """After each weight push to an engine with its own weights (vllm), this many tokens of the
-    step's samples are re-scored by engine and trainer (per rank); 0 turns the check off."""
+    """After each weight push to an engine with its own weights (vllm), the first this-many tokens of
+    the step's first sample (on each rank) are re-scored by engine and trainer; 0 turns the check off."""
     sync_tolerance: float = 0.1
     """Largest mean |log-prob gap| (nats per token) accepted after a weight push; above it the run
     stops (bf16 kernels differ by ~0.01; weights that did not arrive differ by far more)."""

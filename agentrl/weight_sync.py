@@ -40,18 +40,16 @@ def policy_weights(model: torch.nn.Module, zero_stage: int) -> Iterator[tuple[st
 
 
 def probe_prompts(trajectories: Sequence[Trajectory], max_tokens: int) -> list[list[int]]:
-    """Token sequences for the check: this step's own samples, cut to ``max_tokens`` in all."""
-    prompts: list[list[int]] = []
-    budget = max_tokens
+    """The token sequence for the check: this step's first sample, cut to ``max_tokens``.
+
+    Always exactly one sequence per rank: under ZeRO-3 the trainer's forward is a collective, so
+    every rank must run the same number of them.
+    """
     for traj in trajectories:
         for sample in traj.samples:
-            if budget < 2:
-                return prompts
-            ids = list(sample.token_ids[:budget])
-            if len(ids) >= 2:
-                prompts.append(ids)
-                budget -= len(ids)
-    return prompts
+            if len(sample.token_ids) >= 2:
+                return [list(sample.token_ids[: max(2, max_tokens)])]
+    return [[0, 0]]  # no sample at all (cannot happen in training): still one forward
 
 
 @torch.no_grad()
