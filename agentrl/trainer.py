@@ -228,6 +228,13 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> i
         raise ConfigError(
             f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or --name NEW for a new run"
         )
+    if (run_dir / "config.yaml").is_file():
+        # A run started here (it may still be running, or died before its first checkpoint): two
+        # runs writing one folder would interleave their metrics.
+        raise ConfigError(
+            f"{run_dir} already holds a run (config.yaml, no checkpoint yet): pass --name NEW for a new "
+            "run, or delete the folder if that run is over and you want its name back"
+        )
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())

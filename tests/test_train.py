@@ -140,6 +140,19 @@ def test_a_second_run_with_the_same_name_is_refused(tmp_path):
     assert (tmp_path / "taken" / "checkpoints" / "step_000001").is_dir()
 
 
+def test_a_run_folder_without_checkpoints_is_not_reused(tmp_path, capsys):
+    """A run still going (or dead before its first checkpoint) keeps its folder: a second run with
+    the same name would interleave their metrics."""
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.yaml").write_text("env: {name: test_letters}\n")
+    (started / "metrics.jsonl").write_text('{"step": 0}\n')
+    args = _tiny_args(tmp_path, "started", "train.steps=1", "eval.every=0")
+    assert main(["train", "--env", "test_letters", *args]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (started / "metrics.jsonl").read_text() == '{"step": 0}\n'  # untouched
+
+
 def test_the_documented_custom_env_trains(tmp_path, monkeypatch):
     """docs/custom_env.md's example, registered as its entry point would, trains through the CLI."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples" / "guess_number"))
