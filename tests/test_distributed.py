@@ -137,7 +137,7 @@ def test_a_dead_rank_fails_the_job_quickly_and_resume_continues(tmp_path):
     assert result.returncode != 0
     assert time.monotonic() - start < 300  # failed, not hung
     assert "rank: 1" in result.stderr or "rank 1" in result.stderr, result.stderr[-2000:]
-    assert (run / "checkpoints" / "step_000001" / "trainer_state.json").is_file()
+    assert (run / "checkpoints" / "step_000001" / "trainer_state.json").is_file(), result.stderr[-4000:]
 
     env = subprocess_env()
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
