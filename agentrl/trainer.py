@@ -235,6 +235,9 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> i
             f"{run_dir} already holds a run (config.yaml, no checkpoint yet): pass --name NEW for a new "
             "run, or delete the folder if that run is over and you want its name back"
         )
+    # Every rank has checked the folder before rank 0 writes into it (else the others would find
+    # this very run's config.yaml and refuse).
+    meet(world, "the run folder check")
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
