@@ -341,9 +341,6 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         if last:
             node[part] = value
             continue
-        if isinstance(node.get(part), str):  # an earlier override gave the whole list or section
-            loaded = yaml.safe_load(node[part])
-            node[part] = loaded if isinstance(loaded, (dict, list)) else node[part]
         node = node.setdefault(part, {})
 
 
@@ -407,9 +404,8 @@ def load_config(
         _set_dotted(tree, "run.init", init)
     for i, text in enumerate(overrides or [], start=1):
         key, value = parse_override(text)
-        if _untyped(key):
-            # Inside a free-form mapping (env.kwargs, engine.vllm) no field type converts the text:
-            # read it as YAML, so `env.kwargs.describe_positions=false` is a bool, `...=[6, 6]` a list.
+        if _parsed_as_yaml(key):
+            # `env.kwargs.describe_positions=false` is a bool, `curriculum.stages=[...]` a list.
             value = _yaml_value(key, value)
         _set_dotted(tree, key, value)
         steps_source = i if key == "train.steps" else steps_source
@@ -425,17 +421,28 @@ def load_config(
     return cfg
 
 
-def _untyped(dotted: str) -> bool:
-    """Whether ``dotted`` names a value no dataclass field types (a key inside a ``dict[str, Any]``)."""
-    cls: Any = Config
+def _parsed_as_yaml(dotted: str) -> bool:
+    """Whether a command-line value for ``dotted`` is YAML rather than text for a typed scalar field:
+    true for sections, lists and mappings (``curriculum.stages=[...]``) and for anything inside a
+    free-form mapping (``env.kwargs.x=false``), where no field type would convert the text."""
+    tp: Any = Config
     for part in dotted.split("."):
-        if not dataclasses.is_dataclass(cls):
+        if typing.get_origin(tp) is list and part.isdigit():
+            tp = (typing.get_args(tp) or (Any,))[0]  # an element: curriculum.stages.1.lr
+            continue
+        if not dataclasses.is_dataclass(tp):
             return True  # below a mapping field
-        types_ = _field_types(cls)
+        types_ = _field_types(tp)
         if part not in types_:
             return False  # an unknown key: _build reports it with the closest valid one
-        cls = types_[part]
-    return cls is Any
+        tp = types_[part]
+    return not _is_scalar(tp)
+
+
+def _is_scalar(tp: Any) -> bool:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return all(_is_scalar(a) for a in typing.get_args(tp) if a is not type(None))
+    return tp in (str, int, float, bool)
 
 
 def _yaml_value(key: str, text: str) -> Any:

@@ -108,51 +108,50 @@ def default_model_dir() -> Path:
 
 def tiny_model_dir(hidden_size: int = 64, num_layers: int = 2) -> Path:
     """A tiny random Llama with the default model's real tokenizer and chat template (seeded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    def build(out: Path) -> None:
-        import torch
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-        tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=True,
-        )
-        torch.manual_seed(0)
-        LlamaForCausalLM(config).save_pretrained(out)
-        tokenizer.save_pretrained(out)
-
-    return _atomic_folder(cache_dir() / "models" / f"tiny-random-llama-h{hidden_size}-l{num_layers}", build)
+    shape = dict(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
+    name = f"tiny-random-llama-h{hidden_size}-l{num_layers}"
+    return _random_model(name, LlamaConfig, LlamaForCausalLM, shape, dtype=None)
 
 
 def random_model_dir(name: str) -> Path:
     """A Qwen2-architecture model of the shape ``RANDOM_SHAPES[name]``, random weights (seeded), bf16."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(RANDOM_SHAPES[name], max_position_embeddings=32768)
+    return _random_model(name, Qwen2Config, Qwen2ForCausalLM, shape, dtype="bfloat16")
+
+
+def _random_model(name: str, config_cls, model_cls, shape: dict[str, int], dtype: str | None) -> Path:
+    """``cache/models/name``: ``model_cls`` of ``shape`` with seeded random weights (in ``dtype``, or
+    the default float32), the default model's tokenizer and its vocabulary; built once."""
 
     def build(out: Path) -> None:
         import torch
-        from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+        from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
-        config = Qwen2Config(
-            **RANDOM_SHAPES[name],
+        config = config_cls(
+            **shape,
             vocab_size=len(tokenizer),
-            max_position_embeddings=32768,
-            tie_word_embeddings=True,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=True,
         )
         torch.manual_seed(0)
-        Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+        model = model_cls(config)
+        if dtype is not None:
+            model = model.to(getattr(torch, dtype))
+        model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
     return _atomic_folder(cache_dir() / "models" / name, build)

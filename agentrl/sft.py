@@ -79,17 +79,11 @@ def _as_targets(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
 def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     """Fine-tune on demonstrations; log, evaluate and checkpoint like ``train``. Returns the run dir."""
     from agentrl import checkpoint as ckpt
-    from agentrl.distributed import init_distributed
     from agentrl.logger import RunLogger
-    from agentrl.policy import build_engine, build_policy, device_for, quiet_libraries, seed_everything
-    from agentrl.trainer import evaluate_and_log, prepare_run_dir, save
+    from agentrl.policy import build_engine, build_policy, seed_everything
+    from agentrl.trainer import evaluate_and_log, prepare_run_dir, save, set_up_process
     from agentrl.update import update
 
-    quiet_libraries()
-    if cfg.train.num_threads:
-        import torch
-
-        torch.set_num_threads(cfg.train.num_threads)
     # SFT is the trainer's update with the NLL loss: REINFORCE, advantage 1, no KL, every token counts.
     algo = replace(
         cfg.algo,
@@ -100,8 +94,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
         mini_batches=1,
     )
     cfg = replace(cfg, algo=algo, rollout=replace(cfg.rollout, temperature=1.0))
-    device = device_for(cfg)
-    world = init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
+    device, world = set_up_process(cfg)
     run_dir = Path(cfg.run.root) / cfg.run.name
     prepare_run_dir(run_dir, cfg, resume=False, world=world)
     seed_everything(cfg.train.seed)
@@ -130,7 +123,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
         step = 0
         order = random.Random(cfg.train.seed)
         for _epoch in range(cfg.sft.epochs):
-            # A fresh order each epoch (seeded): no update sees the same mix of episodes twice.
+            # A fresh order each epoch (seeded), so epochs do not repeat the same batches.
             shuffled = order.sample(data, len(data))
             for start in range(0, len(shuffled), cfg.sft.batch_episodes):
                 batch = shuffled[start : start + cfg.sft.batch_episodes]

@@ -81,11 +81,7 @@ class LoopState:
 def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) training as configured; return the run directory."""
     # ---- set-up -------------------------------------------------------------------------------
-    quiet_libraries()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device = device_for(cfg)
-    world = init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
+    device, world = set_up_process(cfg)
     if cfg.train.n_groups % world.size:
         raise ConfigError(
             f"train.n_groups={cfg.train.n_groups} must be divisible by the {world.size} ranks: each rank plays "
@@ -211,6 +207,15 @@ def train(cfg: Config, resume: bool = False) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
+def set_up_process(cfg: Config) -> tuple[torch.device, World]:
+    """This process's part of any run (train, sft): quiet libraries, threads, device, process group."""
+    quiet_libraries()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = device_for(cfg)
+    return device, init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
+
+
 def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> int:
     """Create (or check, on resume) the run directory; refuse to overwrite a run."""
     if resume:
@@ -262,11 +267,14 @@ def _fixed_stage(cfg: Config, step: int) -> int:
 
 def _stage(cfg: Config, loop: LoopState, step: int) -> Stage:
     """The stage that ``step`` plays: by the step counts, or (adaptive) where the run has moved to."""
-    stages = cfg.curriculum.stages
-    if not stages:
+    if not cfg.curriculum.stages:
         return Stage(0, None, None, cfg.rollout.temperature)
-    index = loop.curriculum.stage if cfg.curriculum.adaptive else _fixed_stage(cfg, step)
-    stage = stages[index]
+    return _stage_settings(cfg, loop.curriculum.stage if cfg.curriculum.adaptive else _fixed_stage(cfg, step))
+
+
+def _stage_settings(cfg: Config, index: int) -> Stage:
+    """Stage ``index`` of the curriculum with the config's defaults filled in."""
+    stage = cfg.curriculum.stages[index]
     return Stage(
         index=index,
         env_options=dict(stage.env_options) or None,
@@ -312,11 +320,10 @@ def _next_curriculum(
         nxt, move = CurriculumState(stage=_fixed_stage(cfg, step + 1)), None
         reason = "schedule"
     if nxt.stage != current.stage and step < cfg.train.steps:
-        stage = cur.stages[nxt.stage]
+        stage = _stage_settings(cfg, nxt.stage)
         log.info(
             f"agentrl: curriculum stage {nxt.stage + 1}/{len(cur.stages)} from step {step + 1} ({reason}): "
-            f"env options {stage.env_options or '{}'}, lr {stage.lr or cfg.train.lr:g}, "
-            f"temperature {cfg.rollout.temperature if stage.temperature is None else stage.temperature:g}"
+            f"env options {stage.env_options or '{}'}, lr {stage.lr:g}, temperature {stage.temperature:g}"
         )
     return nxt
 

@@ -64,3 +64,24 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     drop = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     return {**env, "PYTHONPATH": os.path.dirname(os.path.abspath(__file__)), "OMP_NUM_THREADS": "1", **extra}
+
+
+#: A one-turn, raw-answer run of the tiny model, small enough for a test (later --set values win).
+TINY_RUN = (
+    "train.n_groups=2",
+    "rollout.group_size=2",
+    "rollout.max_turns=1",
+    "rollout.max_new_tokens=8",
+    "rollout.max_context_tokens=1024",
+    "rollout.answer_format=raw",
+    "train.micro_batch_tokens=2048",
+    "eval.every=0",
+    "run.progress=false",
+)
+
+
+def tiny_run_args(env: str, name: str, root, *sets: str) -> list[str]:
+    """`agentrl train` arguments after the subcommand: ``env`` with the tiny model under
+    ``root/name``, :data:`TINY_RUN`, then ``sets`` (which override it)."""
+    args = ["--env", env, "--model", "tiny-random", "--name", name]
+    return args + [a for s in (f"run.root={root}", *TINY_RUN, *sets) for a in ("--set", s)]

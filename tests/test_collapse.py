@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from envs_for_tests import tiny_run_args  # also registers test_constant
 
 from agentrl.cli import main
 from agentrl.collapse import detect, signals
@@ -141,28 +142,9 @@ def test_collapse_config_mistakes_are_named(override, message):
     )
 
 
-import envs_for_tests  # noqa: E402,F401  (registers test_constant)
-
-
 def test_forced_collapse_with_stop_ends_the_run_early_with_a_checkpoint(tmp_path, capsys):
-    sets = [
-        f"run.root={tmp_path}",
-        "train.steps=6",
-        "train.n_groups=2",
-        "rollout.group_size=2",
-        "rollout.max_new_tokens=8",
-        "rollout.max_turns=1",
-        "rollout.answer_format=raw",
-        "rollout.max_context_tokens=1024",
-        "train.micro_batch_tokens=2048",
-        "eval.every=0",
-        "run.save_every=0",
-        "run.progress=false",
-        "collapse.action=stop",
-        "collapse.patience=2",
-    ]
-    args = ["--env", "test_constant", "--model", "tiny-random", "--name", "flat"]
-    assert main(["train", *args, *[a for s in sets for a in ("--set", s)]]) == 0
+    sets = ["train.steps=6", "run.save_every=0", "collapse.action=stop", "collapse.patience=2"]
+    assert main(["train", *tiny_run_args("test_constant", "flat", tmp_path, *sets)]) == 0
     run = tmp_path / "flat"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]

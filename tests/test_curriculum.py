@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import agentrl  # isort: skip  (registers the built-in envs before anything imports them)
+from envs_for_tests import tiny_run_args
+
 from agentrl.cli import main
 from agentrl.config import ConfigError, configs_dir, from_dict, load_config
 from agentrl.curriculum import CurriculumState, advance, decide, stage_at
@@ -143,27 +145,15 @@ agentrl.register("test_options", OptionsEnv, override=True)
 
 def _args(root: Path, name: str, stages: str, *extra: str) -> list[str]:
     sets = [
-        f"run.root={root}",
-        "train.n_groups=2",
-        "rollout.group_size=2",
-        "rollout.max_new_tokens=8",
-        "rollout.max_turns=1",
-        "rollout.answer_format=raw",
-        "rollout.max_context_tokens=1024",
-        "train.micro_batch_tokens=2048",
         "eval.episodes=2",
-        "eval.every=0",
         "eval.at_start=false",
         "run.save_every=1",
         "run.keep_checkpoints=0",
-        "run.progress=false",
         "algo.kl.coef=0.01",
         f"curriculum.stages={stages}",
         *extra,
     ]
-    return ["--env", "test_options", "--model", "tiny-random", "--name", name] + [
-        a for s in sets for a in ("--set", s)
-    ]
+    return tiny_run_args("test_options", name, root, *sets)
 
 
 def _rows(run: Path) -> list[dict]:

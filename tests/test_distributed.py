@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import agentrl  # noqa: F401  isort: skip
-from envs_for_tests import subprocess_env  # also registers test_letters
+from envs_for_tests import subprocess_env, tiny_run_args  # also registers test_letters
 
 from agentrl.engines.hf import HFEngine
 from agentrl.models import load_model, load_tokenizer
@@ -54,24 +54,8 @@ def _train(
     extra_sets: tuple[str, ...] = (),
 ):
     """Run `agentrl train` in fresh processes (a launcher for nproc > 1); return the finished process."""
-    sets = [
-        f"run.root={tmp_path}",
-        "train.steps=2",
-        "train.n_groups=2",
-        "rollout.group_size=2",
-        "rollout.max_turns=1",
-        "rollout.max_new_tokens=8",
-        "rollout.max_context_tokens=1024",
-        "rollout.answer_format=raw",
-        "train.micro_batch_tokens=2048",
-        "train.lr=1e-3",
-        "eval.every=0",
-        "run.save_every=1",
-        "run.progress=false",
-        *extra_sets,
-    ]
-    args = ["train", "--env", f"envs_for_tests:{env_name}", "--model", "tiny-random", "--name", name]
-    args += [a for s in sets for a in ("--set", s)]
+    sets = ("train.steps=2", "train.lr=1e-3", "run.save_every=1", *extra_sets)
+    args = ["train", *tiny_run_args(f"envs_for_tests:{env_name}", name, tmp_path, *sets)]
     env = subprocess_env(**(extra_env or {}))
     if nproc == 1:
         cmd = [sys.executable, "-m", "agentrl", *args]

@@ -394,18 +394,13 @@ def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, 
     """
     import json
 
-    import envs_for_tests  # noqa: F401  registers test_letters
+    from envs_for_tests import tiny_run_args  # also registers test_letters
 
     from agentrl.cli import main
 
-    sets = [
-        f"run.root={tmp_path}", "engine.name=vllm", "train.steps=2", "train.n_groups=1",
-        "rollout.group_size=2", "rollout.max_turns=1", "rollout.max_new_tokens=6",
-        "rollout.answer_format=raw", "rollout.max_context_tokens=1024", "train.lr=1e-3",
-        "eval.every=0", "run.progress=false", "run.save_every=1", f"train.zero_stage={zero_stage}",
-    ]  # fmt: skip
-    args = ["--env", "test_letters", "--model", "tiny-random", "--name", "v"]
-    args += [a for s in sets for a in ("--set", s)]
+    sets = ["engine.name=vllm", "train.steps=2", "train.n_groups=1", "rollout.max_new_tokens=6",
+            "train.lr=1e-3", "run.save_every=1", f"train.zero_stage={zero_stage}"]  # fmt: skip
+    args = tiny_run_args("test_letters", "v", tmp_path, *sets)
     assert main(["train", *args]) == 0
     rows = [json.loads(x) for x in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
     assert [r["engine/sync_logprob_gap"] < 1e-4 for r in rows] == [True, True]
