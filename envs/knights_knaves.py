@@ -328,10 +328,16 @@ def check_assignment(statements: Sequence[Statement], names: Sequence[str], knig
     'Suppose Mia is a knight and Noah is a knave. Mia says Noah is a knave: true, which fits a knight. Noah says Mia is a knave: false, which fits a knave.'
     """
     roles = [f"{name} is a {_role(k)}" for name, k in zip(names, knights)]
-    parts = [f"Suppose {', '.join(roles[:-1])} and {roles[-1]}." if len(roles) > 1 else f"Suppose {roles[0]}."]
+    parts = [
+        f"Suppose {', '.join(roles[:-1])} and {roles[-1]}." if len(roles) > 1 else f"Suppose {roles[0]}."
+    ]
     for i, statement in enumerate(statements):
         truth = evaluate(statement, knights)
-        fits = f"which fits a {_role(knights[i])}" if truth == knights[i] else f"which a {_role(knights[i])} cannot say"
+        fits = (
+            f"which fits a {_role(knights[i])}"
+            if truth == knights[i]
+            else f"which a {_role(knights[i])} cannot say"
+        )
         claim = render_statement(statement, names, speaker=None)
         parts.append(f"{names[i]} says {claim}: {'true' if truth else 'false'}, {fits}.")
     return " ".join(parts)
