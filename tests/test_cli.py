@@ -140,8 +140,11 @@ INPROCESS_ERROR_CASES = {
 def error_runs(tmp_path_factory):
     """Run the subprocess error cases, two at a time: {case: (proc, cwd)}."""
 
+    # mktemp is not thread-safe: make every folder first, then run the cases in threads.
+    folders = {case: tmp_path_factory.mktemp(case) for case in ERROR_CASES}
+
     def run(case):
-        cwd = tmp_path_factory.mktemp(case)
+        cwd = folders[case]
         return case, (agentrl_cli(*ERROR_CASES[case][0], cwd=cwd, timeout=60), cwd)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
