@@ -9,7 +9,7 @@ at most ``max_tokens`` tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -66,6 +66,8 @@ class MicroBatch:
     advantages: torch.Tensor
     sample_index: list[int]
     """Index of each row in the list given to :func:`pack_micro_batches`."""
+    samples: list[Sample] = field(default_factory=list)
+    """The sample of each row."""
 
     @property
     def num_tokens(self) -> int:
@@ -77,6 +79,7 @@ class MicroBatch:
             self.old_logprobs.to(device),
             self.advantages.to(device),
             self.sample_index,
+            self.samples,
         )
 
 
@@ -95,7 +98,7 @@ def _collate(samples: Sequence[Sample], index: list[int], pad_id: int) -> MicroB
         mask[i, :k] = torch.tensor(s.loss_mask, dtype=torch.float32)
         logp[i, :k] = torch.tensor(s.logprobs, dtype=torch.float32)
         adv[i, :k] = torch.tensor(s.advantages or [0.0] * k, dtype=torch.float32)
-    return MicroBatch(ids, attn, ids[:, 1:], mask[:, 1:], logp[:, 1:], adv[:, 1:], index)
+    return MicroBatch(ids, attn, ids[:, 1:], mask[:, 1:], logp[:, 1:], adv[:, 1:], index, list(samples))
 
 
 def pack_micro_batches(samples: Sequence[Sample], max_tokens: int, pad_id: int) -> list[MicroBatch]:

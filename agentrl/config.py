@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import os
 import time
@@ -23,7 +24,8 @@ import yaml
 
 from agentrl.advantages import ADVANTAGE_ESTIMATORS, AdvantageParams
 from agentrl.collapse import COLLAPSE_ACTIONS
-from agentrl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, KLParams, PolicyLossParams
+from agentrl.engines import ENGINE_CHOICES
+from agentrl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, KLParams, PolicyLossParams, TISParams
 from agentrl.rewards import ShapingParams
 from agentrl.rollout import RolloutConfig
 
@@ -65,18 +67,23 @@ class ModelConfig:
 
 @dataclass
 class EngineConfig:
-    name: str = "hf"
-    """``hf`` (in-process transformers, shares the weights) or ``vllm`` (GPU, optional extra)."""
+    name: str = "auto"
+    """``auto`` (vLLM where it is installed and starts, else ``hf``; the run's first lines say which
+    and why), ``vllm`` (its own copy of the weights, pushed after every update) or ``hf``
+    (in-process transformers, sampling from the trainer's own module)."""
     max_batch_size: int = 64
     """Prompts per forward pass in the ``hf`` engine."""
     vllm: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for ``VLLMEngine`` (gpu_memory_utilization, max_model_len...)."""
+    """Keyword arguments for ``VLLMEngine`` (docs/engines.md): e.g. ``kv_cache_memory_bytes``
+    (default: sized to a step's episodes at ``rollout.max_context_tokens``), ``enforce_eager``,
+    ``generate_timeout_s`` (600), ``start_timeout_s`` (900), ``generate_threads``, ``sleep_level``."""
     sync_check_tokens: int = 256
     """After each weight push to an engine with its own weights (vllm), the first this-many tokens of
     the step's first sample (on each rank) are re-scored by engine and trainer; 0 turns the check off."""
-    sync_tolerance: float = 0.1
+    sync_tolerance: float | None = None
     """Largest mean |log-prob gap| (nats per token) accepted after a weight push; above it the run
-    stops (bf16 kernels differ by ~0.01; weights that did not arrive differ by far more)."""
+    stops. ``None``: 1e-3 in float32 (the kernels agree to ~1e-5, a stale layer shows far above),
+    0.05 in bfloat16 (its kernels alone differ by ~1e-2)."""
 
 
 @dataclass
@@ -84,6 +91,7 @@ class AlgoConfig:
     advantage: AdvantageParams = field(default_factory=AdvantageParams)
     policy_loss: PolicyLossParams = field(default_factory=PolicyLossParams)
     kl: KLParams = field(default_factory=KLParams)
+    tis: TISParams = field(default_factory=TISParams)
     shaping: ShapingParams = field(default_factory=ShapingParams)
     entropy_coef: float = 0.0
     """Entropy bonus weight (RAGEN: 0.001)."""
@@ -564,7 +572,7 @@ def validate(cfg: Config) -> None:
     _check_choice("algo.policy_loss.loss", cfg.algo.policy_loss.loss, POLICY_LOSSES)
     _check_choice("algo.policy_loss.aggregation", cfg.algo.policy_loss.aggregation, AGGREGATIONS)
     _check_choice("algo.kl.estimator", cfg.algo.kl.estimator, KL_ESTIMATORS)
-    _check_choice("engine.name", cfg.engine.name, ["hf", "vllm"])
+    _check_choice("engine.name", cfg.engine.name, ENGINE_CHOICES)
     _check_choice("rollout.context_mode", cfg.rollout.context_mode, ["full", "window", "single"])
     _check_choice("rollout.answer_format", cfg.rollout.answer_format, ["tags", "raw"])
     _check_choice("rollout.context_overflow", cfg.rollout.context_overflow, ["end", "truncate"])
@@ -607,7 +615,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"algo.keep_group_fraction must be in (0, 1], got {cfg.algo.keep_group_fraction}")
     if cfg.train.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {cfg.train.zero_stage}")
-    if cfg.train.zero_stage == 3 and cfg.engine.name == "hf":
+    if cfg.train.zero_stage == 3 and (
+        cfg.engine.name == "hf" or (cfg.engine.name == "auto" and importlib.util.find_spec("vllm") is None)
+    ):
         raise ConfigError(
             "train.zero_stage=3 shards the parameters, and the hf engine samples from the trainer's own "
             "module, which then holds no full weights: use train.zero_stage=2 with engine.name=hf, or "
@@ -618,7 +628,9 @@ def validate(cfg: Config) -> None:
             "model.lora with engine.name=vllm is not supported: the adapters would have to be merged "
             "before each weight push. Use engine.name=hf with LoRA, or full fine-tuning (model.lora.r=0) with vllm"
         )
-    if cfg.engine.sync_check_tokens < 0 or cfg.engine.sync_tolerance <= 0:
+    if cfg.engine.sync_check_tokens < 0 or (
+        cfg.engine.sync_tolerance is not None and cfg.engine.sync_tolerance <= 0
+    ):
         raise ConfigError(
             "engine.sync_check_tokens must be >= 0 (0: off) and engine.sync_tolerance > 0, got "
             f"{cfg.engine.sync_check_tokens} and {cfg.engine.sync_tolerance}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +48,23 @@ def run_eval(
 
 def evaluate(cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:
     """Load the configured model, play ``cfg.eval.episodes`` held-out seeds, return trajectories and metrics."""
-    from agentrl.engines.hf import HFEngine
-    from agentrl.models import load_model, load_tokenizer, resolve_model_path
-    from agentrl.policy import device_for, dtype_for
+    from agentrl.engines import start_engine
+    from agentrl.models import load_tokenizer, resolve_model_path
+    from agentrl.policy import device_for, engine_options, engine_setup
 
     path = resolve_model_path(cfg.model.path)
     device = device_for(cfg)
     tokenizer = load_tokenizer(path)
-    model = load_model(path, dtype=dtype_for(cfg, device), device=str(device))
-    engine = HFEngine(
-        model, tokenizer.pad_token_id, max_batch_size=cfg.engine.max_batch_size, seed=cfg.train.seed
+    engine, note = start_engine(
+        cfg.engine.name, engine_setup(cfg, path, tokenizer.pad_token_id, device), engine_options(cfg)
     )
+    print(f"agentrl eval: {note}", file=sys.stderr)
     rollout = RolloutManager(engine, tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
     try:
         trajectories = run_eval(cfg, rollout, step=-1)
     finally:
         rollout.close()
+        engine.close()
     return trajectories, eval_metrics(trajectories, "eval")
 
 

@@ -109,6 +109,58 @@ class KLParams:
 KL_SCHEDULES = ("constant", "cosine")
 
 
+@dataclass
+class TISParams:
+    """Truncated importance sampling against the rollout engine (config section ``algo.tis``).
+
+    The engine that sampled (the behaviour policy) and the trainer compute slightly different
+    log-probs for the same weights (other kernels, bf16). The update then treats the trainer's own
+    log-probs before the update as the PPO "old" policy and weights each token's loss by
+    ``min(pi_trainer_old / pi_engine, cap)``, so the gradient is that of the trainer's policy even
+    though the engine drew the samples (Yao et al. 2025, "off-policy RL in disguise")."""
+
+    mode: str = "auto"
+    """``auto`` (on when the engine's numerics differ from the trainer's: vLLM; off for the ``hf``
+    engine, which samples with the trainer's own module), ``on`` or ``off``."""
+    cap: float = 2.0
+    """The largest importance weight; tokens the engine made far likelier than the trainer would
+    are kept, with a bounded weight (truncation, not masking)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "on", "off"):
+            raise ValueError(f"algo.tis.mode must be auto, on or off, got {self.mode!r}")
+        if not self.cap >= 1.0:
+            raise ValueError(f"algo.tis.cap must be >= 1 (1 keeps only down-weighting), got {self.cap}")
+
+    def enabled(self, same_numerics: bool) -> bool:
+        """Whether to correct, given whether the engine shares the trainer's numerics."""
+        return self.mode == "on" or (self.mode == "auto" and not same_numerics)
+
+
+def truncated_is_weights(
+    proximal_logp: Tensor, behaviour_logp: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token weights ``min(exp(proximal - behaviour), cap)`` (B, L), detached; 0 off the mask.
+
+    ``proximal_logp``: the trainer's log-probs before the update; ``behaviour_logp``: the engine's.
+    Metrics (masked): ``is_weight_mean``, ``is_weight_max``, ``is_truncated_fraction`` (share of
+    tokens at the cap), ``logprob_mismatch_mean`` / ``logprob_mismatch_max`` (|proximal - behaviour|).
+    """
+    with torch.no_grad():
+        log_w = (proximal_logp - behaviour_logp).detach()
+        weights = torch.exp(log_w.clamp(max=math.log(cap))) * mask
+        on = mask.bool()
+        gap = log_w.abs()
+        metrics = {
+            "is_weight_mean": masked_mean(weights, mask),
+            "is_weight_max": weights[on].max() if on.any() else weights.new_zeros(()),
+            "is_truncated_fraction": masked_mean((log_w >= math.log(cap)).to(weights.dtype), mask),
+            "logprob_mismatch_mean": masked_mean(gap, mask),
+            "logprob_mismatch_max": gap[on].max() if on.any() else gap.new_zeros(()),
+        }
+    return weights, metrics
+
+
 def kl_coef_at(params: KLParams, step: int, total_steps: int) -> float:
     """The KL coefficient at ``step`` (0-based) of ``total_steps``.
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from agentrl.config import Config, ConfigError, configs_dir
-from agentrl.engines.base import Engine
+from agentrl.engines import Engine, EngineSetup, start_engine
 from agentrl.models import load_model, load_tokenizer, resolve_model_path
 
 
@@ -134,19 +134,35 @@ def _deepspeed_config(cfg: Config, dtype: str) -> dict[str, Any]:
     return ds
 
 
-def build_engine(cfg: Config, policy: Policy) -> Engine:
-    if cfg.engine.name == "hf":
-        from agentrl.engines.hf import HFEngine
-
-        return HFEngine(
-            policy.model,
-            policy.tokenizer.pad_token_id,
-            max_batch_size=cfg.engine.max_batch_size,
-            seed=cfg.train.seed,
-        )
-    from agentrl.engines.vllm import VLLMEngine
-
-    engine = VLLMEngine(
-        resolve_model_path(cfg.run.init or cfg.model.path), seed=cfg.train.seed, **cfg.engine.vllm
+def engine_setup(
+    cfg: Config,
+    model_path: str,
+    pad_token_id: int,
+    device: torch.device,
+    model: torch.nn.Module | None = None,
+) -> EngineSetup:
+    """What the configured engine needs to start for this run (see :class:`EngineSetup`)."""
+    return EngineSetup(
+        model_path=model_path,
+        pad_token_id=pad_token_id,
+        dtype=dtype_for(cfg, device),
+        seed=cfg.train.seed,
+        max_context_tokens=cfg.rollout.max_context_tokens,
+        # A step's episodes and an evaluation's are generated together (one turn of all at once).
+        max_sequences=max(cfg.episodes_per_step, cfg.eval.episodes * cfg.eval.samples_per_seed),
+        model=model,
+        device=str(device),
+        lora=cfg.model.lora.r > 0,
     )
-    return engine
+
+
+def engine_options(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Each engine's keyword arguments from the config (``engine.name`` picks which one is used)."""
+    return {"hf": {"max_batch_size": cfg.engine.max_batch_size}, "vllm": dict(cfg.engine.vllm)}
+
+
+def build_engine(cfg: Config, policy: Policy) -> tuple[Engine, str]:
+    """The rollout engine of a run, by ``engine.name``; with a line saying which one and why."""
+    path = resolve_model_path(cfg.run.init or cfg.model.path)
+    setup = engine_setup(cfg, path, policy.tokenizer.pad_token_id, policy.device, model=policy.model)
+    return start_engine(cfg.engine.name, setup, engine_options(cfg))

@@ -83,6 +83,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     from agentrl.policy import build_engine, build_policy, seed_everything
     from agentrl.trainer import evaluate_and_log, prepare_run_dir, save, set_up_process
     from agentrl.update import update
+    from agentrl.weight_sync import policy_weights
 
     # SFT is the trainer's update with the NLL loss: REINFORCE, advantage 1, no KL, every token counts.
     algo = replace(
@@ -99,7 +100,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     prepare_run_dir(run_dir, cfg, resume=False, world=world)
     seed_everything(cfg.train.seed)
     policy = build_policy(cfg, device)
-    engine = build_engine(cfg, policy)
+    engine, engine_note = build_engine(cfg, policy)
     rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
 
     t0 = time.perf_counter()
@@ -117,6 +118,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     log.info(
         f"agentrl sft: {len(data)} demonstrations ({time.perf_counter() - t0:.0f} s to build), {total} updates"
     )
+    log.info(f"agentrl sft: evaluation on {engine_note}")
     try:
         if cfg.eval.every and cfg.eval.at_start:
             log.log(0, evaluate_and_log(cfg, rollout, run_dir, 0, log, world))
@@ -133,15 +135,19 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
                 metrics = update(cfg, policy, batch[world.rank :: world.size], step, world, temperature=1.0)
                 metrics["timing/update_s"] = time.perf_counter() - t0
                 metrics["sft/nll"] = metrics.pop("train/policy_loss", 0.0)
-                metrics.pop("train/logprob_drift", None)  # demonstrations have no rollout log-probs
+                for key in ("train/logprob_mismatch_mean", "train/logprob_mismatch_max"):
+                    metrics.pop(key, None)  # demonstrations have no rollout log-probs
                 if world.is_main and step == 1:
                     write_jsonl(run_dir / "trajectories" / step_filename(step), batch)
                 if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):
+                    if engine.capabilities.own_weights:  # the engine evaluates the weights just trained
+                        engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
                     metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world))
                 log.log(step, metrics)
                 log.advance(step)
         save(cfg, run_dir, ckpt.TrainerState(step=step), policy, world)
     finally:
         rollout.close()
+        engine.close()
         log.close()
     return run_dir

@@ -42,6 +42,7 @@ from agentrl.policy import (
     build_engine,
     build_policy,
     device_for,
+    dtype_for,
     quiet_libraries,
     seed_everything,
 )
@@ -49,7 +50,7 @@ from agentrl.rewards import shaping_bonus
 from agentrl.rollout import RolloutManager
 from agentrl.trajectory import Trajectory, step_filename, write_jsonl
 from agentrl.update import update
-from agentrl.weight_sync import WeightSyncError, has_own_weights, logprob_gap, policy_weights, probe_prompts
+from agentrl.weight_sync import WeightSyncError, logprob_gap, policy_weights, probe_prompts, sync_tolerance
 
 
 @dataclass
@@ -98,8 +99,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
         state = ckpt.load_checkpoint(latest, policy.ds_engine)
         loop = _load_loop_state(state, cfg)
         start_step = state.step + 1
-    engine = build_engine(cfg, policy)
-    if resume and has_own_weights(engine):
+    engine, engine_note = build_engine(cfg, policy)
+    if resume and engine.capabilities.own_weights:
         # The engine loaded the starting model from disk; the checkpoint's weights are newer.
         engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
     rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
@@ -107,6 +108,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
     log.info(
         f"agentrl: run {run_dir} | env {cfg.env.name} | {cfg.episodes_per_step} episodes/step | device {device}"
     )
+    log.info(f"agentrl: {engine_note}")
+    # The engine's log-probs are the behaviour policy's; correct for its numerics where they differ.
+    tis = cfg.algo.tis.enabled(engine.capabilities.same_numerics)
     stop = _GracefulStop(log)
 
     try:
@@ -145,7 +149,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
             # ---- 3. policy update ---------------------------------------------------------------
             t0 = time.perf_counter()
-            metrics.update(update(cfg, policy, selected, step, world, stage.temperature))
+            metrics.update(update(cfg, policy, selected, step, world, stage.temperature, behaviour_is=tis))
             metrics["timing/update_s"] = time.perf_counter() - t0
             metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
                 metrics["timing/update_s"], 1e-9
@@ -198,6 +202,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     finally:
         stop.restore()
         rollout.close()
+        engine.close()
         log.close()
     return run_dir
 
@@ -514,22 +519,26 @@ def sync_weights(
     cfg: Config, engine: Engine, policy: Policy, trajectories: list[Trajectory], world: World
 ) -> dict[str, float]:
     """Push the updated weights into an engine with its own copy, then check a few log-probs."""
-    if not has_own_weights(engine):
+    if not engine.capabilities.own_weights:
         return {}  # the hf engine samples from the trainer's module itself
+    t0 = time.perf_counter()
     engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
+    metrics = {"timing/sync_s": time.perf_counter() - t0}
     if not cfg.engine.sync_check_tokens:
-        return {}
+        return metrics
     prompts = probe_prompts(trajectories, cfg.engine.sync_check_tokens)
     # Every rank scores (a ZeRO-3 forward is a collective); the worst rank decides.
     gap = all_reduce_max(logprob_gap(engine, policy.ds_engine, prompts, policy.device), world)
-    if gap > cfg.engine.sync_tolerance:
+    tolerance = sync_tolerance(cfg.engine.sync_tolerance, dtype_for(cfg, policy.device))
+    if gap > tolerance:
         raise WeightSyncError(
-            f"after the weight push the engine's log-probs differ from the trainer's by {gap:.3f} nats per "
-            f"token (engine.sync_tolerance={cfg.engine.sync_tolerance}): the engine is not sampling from the "
+            f"after the weight push the engine's log-probs differ from the trainer's by {gap:.2e} nats per "
+            f"token (tolerance {tolerance:g}, engine.sync_tolerance): the engine is not sampling from the "
             "trained weights. Check that the model's parameter names are the Hugging Face ones the engine "
             "loads, and the engine's dtype; raise engine.sync_tolerance only for a known kernel difference"
         )
-    return {"engine/sync_logprob_gap": gap}
+    metrics["engine/sync_logprob_gap"] = gap
+    return metrics
 
 
 def _render_sample(traj: Trajectory) -> str:

@@ -7,6 +7,7 @@ mini-batch on every rank, so micro-batch and rank losses add up to exactly the m
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,27 +24,62 @@ from agentrl.losses import (
     kl_penalty,
     masked_mean,
     token_logprobs,
+    truncated_is_weights,
 )
 from agentrl.policy import Policy
 from agentrl.trajectory import Trajectory
 
 
+@dataclass
+class _LossTerms:
+    """What every micro-batch of one update shares: the loss functions and their settings."""
+
+    loss_fn: object
+    aggregate: object
+    kl_coef: float
+    temperature: float
+    """The rollout's sampling temperature (greedy: 1), at which the trainer's log-probs are taken."""
+    tis: bool
+    """Correct for the engine's numerics with truncated importance sampling (``algo.tis``)."""
+    proximal: dict[int, torch.Tensor] | None = None
+    """Trainer log-probs before the update, by ``id(sample)`` (only when several passes need them)."""
+
+
 def update(
-    cfg: Config, policy: Policy, trajectories: list[Trajectory], step: int, world: World, temperature: float
+    cfg: Config,
+    policy: Policy,
+    trajectories: list[Trajectory],
+    step: int,
+    world: World,
+    temperature: float,
+    behaviour_is: bool = False,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over this rank's trajectories;
-    log-probs at the rollout's sampling ``temperature`` (ratios against the rollout's are exact)."""
+    log-probs at the rollout's sampling ``temperature``.
+
+    ``behaviour_is``: the stored log-probs come from an engine whose numerics differ from the
+    trainer's; the PPO ratio is then taken against the trainer's own log-probs before the update
+    and each token's loss weighted by the truncated importance weight (``algo.tis``)."""
     algo = cfg.algo
-    loss_fn = get_policy_loss(algo.policy_loss.loss)
-    aggregate = get_aggregation(algo.policy_loss.aggregation)
-    kl_coef = kl_coef_at(algo.kl, step, cfg.train.steps) if algo.kl.enabled else 0.0
+    terms = _LossTerms(
+        loss_fn=get_policy_loss(algo.policy_loss.loss),
+        aggregate=get_aggregation(algo.policy_loss.aggregation),
+        kl_coef=kl_coef_at(algo.kl, step, cfg.train.steps) if algo.kl.enabled else 0.0,
+        temperature=temperature if temperature > 0 else 1.0,
+        tis=behaviour_is,
+    )
     needs_all = algo.kl.enabled or algo.entropy_coef != 0 or not algo.skip_zero_advantage
     max_tokens = cfg.rollout.max_new_tokens * cfg.rollout.max_turns
     rng = random.Random(cfg.train.seed * 7919 + step)
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
+    maxes: dict[str, float] = {}
     trained_tokens = 0
     grad_norms: list[float] = []
+    if behaviour_is and (algo.ppo_epochs > 1 or algo.mini_batches > 1):
+        # After the first optimizer step the trainer's log-probs are no longer the pre-update ones:
+        # take them for every sample now (one forward pass, no gradient).
+        terms.proximal = _proximal_logprobs(cfg, policy, trajectories, terms.temperature)
     policy.ds_engine.train()
 
     for epoch in range(algo.ppo_epochs):
@@ -68,16 +104,16 @@ def update(
             for i in range(n_micro):
                 batch = micro[i] if i < len(micro) else None
                 policy.ds_engine.set_gradient_accumulation_boundary(i == n_micro - 1)
-                loss, m = _micro_step(
-                    cfg, policy, batch, totals, loss_fn, aggregate, kl_coef, world, temperature
-                )
+                first_pass = epoch == 0 and mb == 0
+                loss, m = _micro_step(cfg, policy, batch, totals, terms, world, first_pass)
                 policy.ds_engine.backward(loss)
                 if batch is None:
                     continue
                 trained_tokens += batch.num_tokens
                 for k, v in m.items():
-                    if k == "drift" and (epoch or mb):
-                        continue  # drift is rollout vs trainer before any update: first mini-batch only
+                    if k.endswith("_max"):
+                        maxes[k] = max(maxes.get(k, v), v)
+                        continue
                     sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
                     counts[k] = counts.get(k, 0.0) + batch.num_tokens
             # ZeRO-2/3 compute the norm over their gradient partitions inside step(); below stage 2
@@ -90,11 +126,11 @@ def update(
 
     sums, counts, trained_tokens = _sum_over_ranks(sums, counts, trained_tokens, world)
     out = {f"train/{k}": sums[k] / counts[k] for k in sums if counts.get(k)}
-    if "train/drift" in out:
-        out["train/logprob_drift"] = out.pop("train/drift")
+    for k in sorted(maxes):  # the same keys on every rank: each logs a max once it has tokens
+        out[f"train/{k}"] = all_reduce_max(maxes[k], world)
     out["train/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
     out["train/lr"] = float(policy.ds_engine.get_lr()[0])
-    out["train/kl_coef"] = kl_coef
+    out["train/kl_coef"] = terms.kl_coef
     out["train/trained_tokens"] = float(trained_tokens)
     out.setdefault("train/kl", 0.0)
     out.setdefault("train/clip_fraction", 0.0)
@@ -131,27 +167,43 @@ def _micro_step(
     policy: Policy,
     batch: MicroBatch | None,
     totals: LossTotals,
-    loss_fn,
-    aggregate,
-    kl_coef: float,
+    terms: _LossTerms,
     world: World,
-    sampling_temperature: float,
+    first_pass: bool,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one micro-batch (already divided by the mini-batch totals) and its metrics."""
+    """Loss of one micro-batch (already divided by the mini-batch totals) and its metrics.
+
+    ``first_pass``: no optimizer step has happened yet in this update, so the trainer's log-probs
+    here are the pre-update ones (what the engine's are compared with)."""
     if batch is None:
         # A rank with less data still joins the collective backward, with a zero loss.
         zero = sum(p.sum() * 0.0 for p in policy.model.parameters() if p.requires_grad)
         return zero, {}
     b = batch.to(policy.device)
-    temperature = sampling_temperature if sampling_temperature > 0 else 1.0  # greedy: plain log-probs
+    temperature = terms.temperature
     logits = policy.ds_engine(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
     logits = logits[:, :-1]  # (B, L-1, V): position t predicts token t+1
     logp = token_logprobs(logits, b.targets, temperature)  # (B, L-1)
-    loss, metrics = loss_fn(logp, b.old_logprobs, b.advantages, b.mask, totals, cfg.algo.policy_loss)
-    out = {k: float(v) for k, v in metrics.items()}
+
+    # ---- behaviour (engine) vs trainer: the PPO "old" log-probs and the importance weights ----
+    proximal = _proximal_rows(terms.proximal, b) if terms.proximal is not None else None
+    if proximal is None and first_pass:
+        proximal = logp.detach()
+    out: dict[str, float] = {}
+    old, advantages = b.old_logprobs, b.advantages
+    if proximal is not None:
+        weights, tis_metrics = truncated_is_weights(proximal, b.old_logprobs, b.mask, cfg.algo.tis.cap)
+        keep = tis_metrics if terms.tis else {k: v for k, v in tis_metrics.items() if "mismatch" in k}
+        out.update({k: float(v) for k, v in keep.items()})
+        if terms.tis:
+            # ppo_clip/reinforce are linear in the advantage per token: weighting it weights the loss.
+            old, advantages = proximal, b.advantages * weights
+
+    loss, metrics = terms.loss_fn(logp, old, advantages, b.mask, totals, cfg.algo.policy_loss)
+    out.update({k: float(v) for k, v in metrics.items()})
     if cfg.algo.entropy_coef != 0:
         entropy = entropy_from_logits(logits.float() / temperature)  # (B, L-1)
-        loss = loss - cfg.algo.entropy_coef * aggregate(entropy, b.mask, totals)
+        loss = loss - cfg.algo.entropy_coef * terms.aggregate(entropy, b.mask, totals)
         out["entropy"] = float(masked_mean(entropy.detach(), b.mask))
     else:
         # Metric only: on the trained positions alone, without copying the whole logits tensor.
@@ -161,13 +213,40 @@ def _micro_step(
             out["entropy"] = float(entropy_from_logits(picked).mean()) if picked.numel() else 0.0
     if cfg.algo.kl.enabled:
         ref_logp = _reference_logprobs(policy, b, temperature)
-        kl_loss, kl_m = kl_penalty(logp, ref_logp, b.mask, totals, cfg.algo.kl, kl_coef)
+        kl_loss, kl_m = kl_penalty(logp, ref_logp, b.mask, totals, cfg.algo.kl, terms.kl_coef)
         loss = loss + kl_loss
         out["kl"] = float(kl_m["kl"])
-    out["drift"] = float(masked_mean((logp.detach() - b.old_logprobs).abs(), b.mask))
     out["policy_loss"] = float(loss.detach()) * totals.tokens / max(1, b.num_tokens)
     # DeepSpeed averages gradients over ranks; the totals are global, so undo the average.
     return loss * world.size, out
+
+
+@torch.no_grad()
+def _proximal_logprobs(
+    cfg: Config, policy: Policy, trajectories: list[Trajectory], temperature: float
+) -> dict[int, torch.Tensor]:
+    """The trainer's log-probs (T = ``temperature``) of every sample's tokens before the update,
+    by ``id(sample)``: row ``t`` holds token ``t+1``, as in a micro-batch."""
+    samples = [s for t in trajectories for s in t.samples if sum(s.loss_mask)]
+    out: dict[int, torch.Tensor] = {}
+    for micro in pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id):
+        b = micro.to(policy.device)
+        logits = policy.ds_engine(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
+        ).logits
+        logp = token_logprobs(logits[:, :-1], b.targets, temperature).float().cpu()
+        for row, index in enumerate(micro.sample_index):
+            out[id(samples[index])] = logp[row, : len(samples[index].token_ids) - 1]
+    return out
+
+
+def _proximal_rows(proximal: dict[int, torch.Tensor], b: MicroBatch) -> torch.Tensor:
+    """The pre-update log-probs of micro-batch ``b``'s samples as a (B, L-1) tensor like ``b.mask``."""
+    rows = torch.zeros_like(b.old_logprobs)
+    for row, sample in enumerate(b.samples):
+        values = proximal[id(sample)]
+        rows[row, : values.numel()] = values.to(rows.device)
+    return rows
 
 
 @torch.no_grad()

@@ -179,7 +179,7 @@ def test_fixed_stages_set_options_lr_and_temperature_and_resume_in_stage(tmp_pat
     assert all(o == {"level": 2} for o in _options(run, 3))
     assert all(o == {"level": 2} for o in _options(run, 4, "eval"))  # eval plays the stage's options
     # Stage 2 samples at temperature 0.5 and the trainer's log-probs follow: no drift before the update.
-    assert rows[2]["train/logprob_drift"] < 1e-4 and rows[2]["train/trained_tokens"] > 0
+    assert rows[2]["train/logprob_mismatch_mean"] < 1e-4 and rows[2]["train/trained_tokens"] > 0
     state = json.loads((run / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     assert (state["step"], state["stage"]) == (2, 1)  # the stage the next step plays
 

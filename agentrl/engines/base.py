@@ -1,7 +1,9 @@
 """The ``Engine`` protocol: token ids in, token ids and log-probs out.
 
 An engine never sees text. The rollout manager templates and tokenizes; the engine samples.
-A third engine is one file implementing this protocol plus one line in ``ENGINES``.
+A third engine is one file implementing this protocol plus one line in ``ENGINES``
+(:mod:`agentrl.engines`); callers read what an engine can do from its :class:`EngineCapabilities`,
+never by probing for methods.
 """
 
 from __future__ import annotations
@@ -46,9 +48,25 @@ class Generation:
     """``stop`` (sampled a stop token, which is included) or ``length`` (hit ``max_new_tokens``)."""
 
 
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine can do, declared by the engine class; the trainer and the checks read it."""
+
+    own_weights: bool
+    """The engine keeps its own copy of the weights: the trainer pushes them after every update
+    (``update_weights``) and can check the push by re-scoring tokens (``prompt_logprobs``)."""
+    same_numerics: bool
+    """The engine samples with the trainer's own module and kernels, so its log-probs are the
+    trainer's: no behaviour/trainer mismatch to correct (truncated importance sampling stays off)."""
+    sleep: bool
+    """``sleep``/``wake`` really free and restore memory (otherwise they are no-ops)."""
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What the rollout manager and the trainer need from an inference engine."""
+
+    capabilities: EngineCapabilities
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
         """Sample one reply per prompt, in order."""
@@ -64,4 +82,13 @@ class Engine(Protocol):
 
     def wake(self) -> None:
         """Undo :meth:`sleep` before the next generation."""
+        ...
+
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
+        """Log-prob (``T = 1``) of every token after the first of each prompt, under the engine's
+        current weights. Engines with ``own_weights`` must implement it (the post-sync check)."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's resources (threads, memory); the engine is unusable afterwards."""
         ...

@@ -9,11 +9,15 @@ call's sampling with its own ``torch.Generator`` so a rollout is reproducible.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from agentrl.engines.base import Generation, SamplingParams
+from agentrl.engines.base import EngineCapabilities, Generation, SamplingParams
+
+if TYPE_CHECKING:
+    from agentrl.engines import EngineSetup
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -44,6 +48,8 @@ class HFEngine:
             ``scripts/bench_hf_engine.py``).
     """
 
+    capabilities = EngineCapabilities(own_weights=False, same_numerics=True, sleep=False)
+
     def __init__(
         self,
         model: PreTrainedModel,
@@ -57,6 +63,17 @@ class HFEngine:
         self.pad_token_id = pad_token_id
         self.max_batch_size = max_batch_size
         self._generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    @classmethod
+    def from_setup(cls, setup: EngineSetup, options: dict[str, Any]) -> HFEngine:
+        """Sample from the trainer's module (``setup.model``), or load ``setup.model_path`` when
+        there is no trainer (``agentrl eval``). ``options``: ``max_batch_size``, ``share_prompts``."""
+        model = setup.model
+        if model is None:
+            from agentrl.models import load_model
+
+            model = load_model(setup.model_path, dtype=setup.dtype, device=setup.device)
+        return cls(model, setup.pad_token_id, seed=setup.seed, **options)
 
     @property
     def device(self) -> torch.device:
@@ -184,3 +201,16 @@ class HFEngine:
 
     def wake(self) -> None:
         """See :meth:`sleep`."""
+
+    @torch.no_grad()
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
+        """Log-prob (``T = 1``) of every token after the first of each prompt (one forward each)."""
+        out = []
+        for ids in prompts:
+            x = torch.tensor([ids], device=self.device)
+            logp = self.model(input_ids=x, use_cache=False).logits[0, :-1].float().log_softmax(-1)
+            out.append(logp.gather(-1, x[0, 1:, None])[:, 0].tolist())
+        return out
+
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the caller."""

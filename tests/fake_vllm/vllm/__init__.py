@@ -5,7 +5,8 @@ recent vLLM releases (``SamplingParams.top_k`` defaults to 0 = disabled, ``logpr
 sampled token's log-prob). It records every call in ``LLM.calls`` so tests can check what the
 adapter sent and in which order, and it emulates sleep-mode bookkeeping strictly: generating with
 the KV cache asleep, loading weights while they are asleep, or sleeping twice raises, as the real
-allocator would misbehave there. It says nothing about whether real vLLM samples correctly.
+allocator would misbehave there. It says nothing about whether real vLLM samples correctly. It reports a CUDA platform
+(``vllm.platforms.current_platform``), so the sleep-mode paths that only run on a GPU can be tested.
 
 When ``model`` is a local Hugging Face folder, the stand-in also loads that model on CPU: weight
 loads (``apply_model`` -> ``load_weights``) copy into it by HF name, and ``prompt_logprobs`` are
@@ -78,6 +79,9 @@ class RequestOutput:
 @dataclass
 class FakeModel:
     """What ``apply_model`` hands to the callable: records each ``load_weights`` batch."""
+
+    def modules(self) -> list[Any]:
+        return []
 
     loaded: list[list[str]] = field(default_factory=list)
     hf: Any = None
@@ -192,3 +196,14 @@ class LLM:
         if "weights" in self.asleep:
             raise RuntimeError("apply_model while the weights are asleep")
         return [func(self.model)]
+
+    def collective_rpc(self, method: str, args: tuple = (), kwargs: dict[str, Any] | None = None) -> list[Any]:
+        """Only ``reload_weights(weights_iterator=..., is_checkpoint_format=True)`` (what agentrl calls)."""
+        kwargs = kwargs or {}
+        self.calls.append(("collective_rpc", method))
+        if method != "reload_weights" or not kwargs.get("is_checkpoint_format", True):
+            raise NotImplementedError(f"the stand-in has no collective_rpc {method!r}")
+        if "weights" in self.asleep:
+            raise RuntimeError("reload_weights while the weights are asleep")
+        self.model.load_weights(kwargs["weights_iterator"])
+        return [None]

