@@ -82,7 +82,8 @@ class EngineConfig:
     the step's first sample (on each rank) are re-scored by engine and trainer; 0 turns the check off."""
     sync_tolerance: float | None = None
     """Largest mean |log-prob gap| (nats per token) accepted after a weight push; above it the run
-    stops. ``None``: 1e-3 in float32 (the kernels agree to ~1e-5, a stale layer shows far above),
+    stops. ``None``: 1e-4 in float32 (the kernels agree to ~1e-5; one stale layer after a 1e-3
+    relative weight change shows 4e-4 or more),
     0.05 in bfloat16 (its kernels alone differ by ~1e-2)."""
 
 

@@ -124,10 +124,9 @@ def update(
                 norm = float(policy.ds_engine.get_global_grad_norm() or 0.0)
             grad_norms.append(norm)
 
-    sums, counts, trained_tokens = _sum_over_ranks(sums, counts, trained_tokens, world)
+    sums, counts, maxes, trained_tokens = _combine_ranks(sums, counts, maxes, trained_tokens, world)
     out = {f"train/{k}": sums[k] / counts[k] for k in sums if counts.get(k)}
-    for k in sorted(maxes):  # the same keys on every rank: each logs a max once it has tokens
-        out[f"train/{k}"] = all_reduce_max(maxes[k], world)
+    out.update({f"train/{k}": v for k, v in maxes.items()})
     out["train/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
     out["train/lr"] = float(policy.ds_engine.get_lr()[0])
     out["train/kl_coef"] = terms.kl_coef
@@ -138,22 +137,28 @@ def update(
     return out
 
 
-def _sum_over_ranks(
-    sums: dict[str, float], counts: dict[str, float], tokens: int, world: World
-) -> tuple[dict[str, float], dict[str, float], int]:
-    """Token-weighted metric sums of every rank added up, so the means are over all ranks' tokens
-    (not an average of per-rank averages)."""
+def _combine_ranks(
+    sums: dict[str, float], counts: dict[str, float], maxes: dict[str, float], tokens: int, world: World
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], int]:
+    """Every rank's metrics combined: token-weighted sums and counts added up (so the means are over
+    all ranks' tokens, not an average of per-rank averages), maxima maxed. A rank may lack a key
+    (it had no tokens), so they travel as one gathered object rather than per-key collectives."""
     if world.size == 1:
-        return sums, counts, tokens
+        return sums, counts, maxes, tokens
     total_sums: dict[str, float] = {}
     total_counts: dict[str, float] = {}
+    total_maxes: dict[str, float] = {}
     total_tokens = 0
-    for part_sums, part_counts, part_tokens in gather_objects((sums, counts, tokens), world):
+    for part_sums, part_counts, part_maxes, part_tokens in gather_objects(
+        (sums, counts, maxes, tokens), world
+    ):
         for k, v in part_sums.items():
             total_sums[k] = total_sums.get(k, 0.0) + v
             total_counts[k] = total_counts.get(k, 0.0) + part_counts[k]
+        for k, v in part_maxes.items():
+            total_maxes[k] = max(total_maxes.get(k, v), v)
         total_tokens += part_tokens
-    return total_sums, total_counts, total_tokens
+    return total_sums, total_counts, total_maxes, total_tokens
 
 
 def _grad_norm(policy: Policy) -> float:

@@ -1,35 +1,38 @@
-"""Rollout-manager overhead: the same generation workload through the raw engine and through the manager.
+"""Rollout throughput: raw vLLM, agentrl's rollout manager over vLLM, and over the HF engine.
 
-The manager plays real envs (templating, parsing, env steps, trajectory bookkeeping) around the
-engine's ``generate`` calls. To measure what that costs, the script
+One command measures, on the same workload (``--groups x --group-size`` episodes of ``--env``,
+``--turns`` turns, ``--new-tokens`` per reply, a fixed sampling seed), for each engine and dtype:
 
-1. runs the manager (``--groups x --group-size`` episodes of ``--env``, ``--turns`` turns,
-   ``--new-tokens`` per reply, a fixed sampling seed) with a recording wrapper around the engine that
-   keeps every ``generate`` call's prompts and sampling params;
-2. replays exactly those calls on the bare engine (same prompts, same params, same seeds, so the same
-   tokens are sampled: the script checks the token counts match);
-3. repeats both ``--repeats`` times, alternating, and reports the best time of each as generated
-   tokens per second and their ratio (manager / raw; 1.0 means no overhead).
+* **manager**: the rollout manager playing the real env (templating, parsing, env steps, trajectory
+  bookkeeping) around the engine's ``generate`` calls, which a wrapper records;
+* **adapter**: exactly those calls replayed on agentrl's engine (same prompts, params and seeds);
+* **raw vLLM** (vLLM only): the same requests straight into ``vllm.LLM.generate``, with the request
+  objects built before the clock starts.
+
+Each (engine, dtype) runs in a child process of this command (vLLM holds process-wide state) one
+after the other, and the parent prints generated tokens per second and the ratios: manager over
+vLLM / raw vLLM (agentrl's overhead) and vLLM / HF at the same dtype. vLLM runs a warm-up manager
+pass first (first-call kernel set-up), HF needs none. Also printed: vLLM's start-up time.
 
 Usage::
 
-    python scripts/bench_rollout.py                     # the default model (SmolLM2-135M-Instruct), CPU
-    python scripts/bench_rollout.py --model tiny-random --groups 2 --group-size 2
-    python scripts/bench_rollout.py --profile           # cProfile of one manager run (top functions)
+    python scripts/bench_rollout.py                          # hf and vllm, float32 and bfloat16
+    python scripts/bench_rollout.py --engines vllm --dtypes float32 --groups 4
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import cProfile
-import pstats
+import json
+import subprocess
+import sys
 import time
 
 import torch
 
-from agentrl.engines.hf import HFEngine
-from agentrl.models import load_model, load_tokenizer, resolve_model_path
+from agentrl.engines import EngineSetup, start_engine
+from agentrl.models import load_tokenizer, resolve_model_path
 from agentrl.rollout import RolloutConfig, RolloutManager
 
 
@@ -38,6 +41,7 @@ class Recorder:
 
     def __init__(self, inner):
         self.inner = inner
+        self.capabilities = inner.capabilities
         self.calls = []
         self.gen_time = 0.0
 
@@ -68,7 +72,6 @@ def run_manager(engine, tokenizer, args):
         max_new_tokens=args.new_tokens,
         max_context_tokens=args.max_context,
         temperature=args.temperature,
-        env_workers=args.env_workers,
     )
     start = time.perf_counter()
     mgr = RolloutManager(rec, tokenizer, args.env, cfg)
@@ -76,83 +79,121 @@ def run_manager(engine, tokenizer, args):
     mgr.close()
     elapsed = time.perf_counter() - start
     tokens = sum(t.num_sampled_tokens for t in trajs)
-    assert tokens == sum(c[2] for c in rec.calls)
-    return elapsed, tokens, rec, trajs
+    return elapsed, tokens, rec
 
 
-def run_raw(engine, calls):
+def run_adapter(engine, calls) -> tuple[float, int]:
+    start = time.perf_counter()
+    tokens = sum(
+        len(g.token_ids) for prompts, sampling, _ in calls for g in engine.generate(prompts, sampling)
+    )
+    return time.perf_counter() - start, tokens
+
+
+def run_raw_vllm(engine, calls) -> tuple[float, int]:
+    """The same requests straight into ``vllm.LLM.generate`` (request objects built beforehand)."""
+    from vllm.inputs import TokensPrompt
+
+    requests = []
+    for prompts, sampling, _ in calls:
+        reqs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        params = [engine._sampling_params(sampling, i) for i in range(len(prompts))]
+        requests.append((reqs, params))
     start = time.perf_counter()
     tokens = 0
-    for prompts, sampling, _ in calls:
-        tokens += sum(len(g.token_ids) for g in engine.generate(prompts, sampling))
+    for reqs, params in requests:
+        outs = engine.llm.generate(reqs, params, use_tqdm=False)
+        tokens += sum(len(o.outputs[0].token_ids) for o in outs)
     return time.perf_counter() - start, tokens
+
+
+def child(args) -> dict:
+    """Measure one engine at one dtype; return the figures."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(path)
+    setup = EngineSetup(
+        model_path=path,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=args.dtype,
+        seed=args.seed,
+        max_context_tokens=args.max_context,
+        max_sequences=args.groups * args.group_size,
+    )
+    t0 = time.perf_counter()
+    engine, note = start_engine(args.engine, setup, {"hf": {}, "vllm": {}})
+    result = {"engine": args.engine, "dtype": args.dtype, "start_s": time.perf_counter() - t0, "note": note}
+    if args.engine == "vllm":
+        result["warmup_s"] = run_manager(engine, tokenizer, args)[0]
+    t, tokens, rec = run_manager(engine, tokenizer, args)
+    result.update(manager_s=t, tokens=tokens, manager_generate_s=rec.gen_time, calls=len(rec.calls))
+    t, adapter_tokens = run_adapter(engine, rec.calls)
+    result.update(adapter_s=t, adapter_tokens=adapter_tokens)
+    if args.engine == "vllm":
+        t, raw_tokens = run_raw_vllm(engine, rec.calls)
+        result.update(raw_s=t, raw_tokens=raw_tokens)
+    engine.close()
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model name or path (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--env", default="sokoban")
-    ap.add_argument("--groups", type=int, default=4)
+    ap.add_argument("--groups", type=int, default=16)
     ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--turns", type=int, default=2)
-    ap.add_argument("--new-tokens", type=int, default=48)
-    ap.add_argument("--max-context", type=int, default=4096)
+    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=96)
+    ap.add_argument("--max-context", type=int, default=2048)
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--env-workers", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", action="store_true", help="also cProfile one manager run")
+    ap.add_argument("--engines", default="vllm,hf")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--engine", help=argparse.SUPPRESS)  # child mode: one engine
+    ap.add_argument("--dtype", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    path = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(path)
-    model = load_model(path)
-    engine = HFEngine(model, pad_token_id=tokenizer.pad_token_id)
+    if args.engine:
+        print("RESULT " + json.dumps(child(args)), flush=True)
+        return
+
     print(
-        f"model {path}\nenv {args.env}: {args.groups} groups x {args.group_size}, {args.turns} turns, "
-        f"{args.new_tokens} new tokens, T={args.temperature}; torch threads {torch.get_num_threads()}"
+        f"env {args.env}: {args.groups} groups x {args.group_size}, {args.turns} turns, {args.new_tokens} "
+        f"new tokens, T={args.temperature}; machine: {torch.get_num_threads()} torch threads",
+        flush=True,
     )
+    passthrough = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if v is not None and k not in ("engines", "dtypes", "engine", "dtype")
+    ]
+    results = {}
+    for dtype in args.dtypes.split(","):
+        for engine in args.engines.split(","):
+            cmd = [sys.executable, __file__, *passthrough, "--engine", engine, "--dtype", dtype]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{engine} {dtype}: failed\n{done.stderr[-2000:]}", flush=True)
+                continue
+            r = json.loads(line[7:])
+            results[(engine, dtype)] = r
+            text = f"{engine:5s} {dtype:9s} manager {r['tokens'] / r['manager_s']:7.1f} tok/s"
+            text += f" | adapter {r['adapter_tokens'] / r['adapter_s']:7.1f} tok/s"
+            if "raw_s" in r:
+                text += f" | raw vLLM {r['raw_tokens'] / r['raw_s']:7.1f} tok/s | start {r['start_s']:.0f} s"
+            print(text + f" ({r['tokens']} tokens, {r['calls']} calls)", flush=True)
 
-    # Warm-up (first-call costs) and the workload to replay.
-    t, _, rec, _ = run_manager(engine, tokenizer, args)
-    print(f"warm-up manager run: {t:.1f} s", flush=True)
-    calls = rec.calls
-    prompt_tokens = sum(len(p) for c in calls for p in c[0])
-    print(f"workload: {len(calls)} generate calls, {prompt_tokens} prompt tokens")
-
-    best_mgr = best_raw = float("inf")
-    mgr_tokens = raw_tokens = 0
-    mgr_gen_time = 0.0
-    for r in range(args.repeats):
-        t, mgr_tokens, rec, _ = run_manager(engine, tokenizer, args)
-        if t < best_mgr:
-            best_mgr, mgr_gen_time = t, rec.gen_time
-        t, raw_tokens = run_raw(engine, calls)
-        best_raw = min(best_raw, t)
-        print(
-            f"  repeat {r}: manager {mgr_tokens / best_mgr:.1f} tok/s (best so far), raw {raw_tokens / t:.1f} tok/s"
-        )
-    if mgr_tokens != raw_tokens:
-        print(
-            f"WARNING: token counts differ (manager {mgr_tokens}, raw {raw_tokens}): sampling is not reproducible"
-        )
-
-    raw_tps, mgr_tps = raw_tokens / best_raw, mgr_tokens / best_mgr
-    print(f"generated tokens: {mgr_tokens} (manager) / {raw_tokens} (raw)")
-    print(f"raw engine   : {best_raw:8.2f} s  {raw_tps:8.1f} tok/s")
-    print(f"manager      : {best_mgr:8.2f} s  {mgr_tps:8.1f} tok/s  (of which generate {mgr_gen_time:.2f} s)")
-    print(f"ratio manager/raw: {mgr_tps / raw_tps:.3f}")
-
-    if args.profile:
-        prof = cProfile.Profile()
-        prof.enable()
-        run_manager(engine, tokenizer, args)
-        prof.disable()
-        stats = pstats.Stats(prof).sort_stats("cumulative")
-        stats.print_stats(r"agentrl|envs|tokeniz", 25)
+    for dtype in args.dtypes.split(","):
+        v, h = results.get(("vllm", dtype)), results.get(("hf", dtype))
+        if v:
+            ratio = (v["tokens"] / v["manager_s"]) / (v["raw_tokens"] / v["raw_s"])
+            print(f"ratio manager over vLLM / raw vLLM ({dtype}): {ratio:.3f}")
+        if v and h:
+            ratio = (v["tokens"] / v["manager_s"]) / (h["tokens"] / h["manager_s"])
+            print(f"ratio vLLM / HF engine, rollout manager ({dtype}): {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def test_overrides_are_typed():
         ("rollout.think=maybe", "rollout.think must be true or false"),
         ("algo.advantage.estimator=grop", "Did you mean 'grpo'?"),
         ("algo.mini_batches=3", "must divide the 16 episodes per step"),
-        ("train.zero_stage=3", "use train.zero_stage=2"),
+        (("engine.name=hf", "train.zero_stage=3"), "use train.zero_stage=2"),
+        ("engine.name=vlm", "Did you mean 'vllm'?"),
         ("rollout.group_size=1", "group_size must be at least 2"),
         ("eval.episodes=20000", "overlap the training seeds"),
         ("rollout.max_new_tokens=5000", "exceeds rollout.max_context_tokens"),
@@ -53,7 +54,7 @@ def test_overrides_are_typed():
 )
 def test_mistakes_name_the_key_and_the_fix(override, message):
     with pytest.raises(ConfigError, match=None) as info:
-        load_config(env="sokoban", overrides=[override])
+        load_config(env="sokoban", overrides=[override] if isinstance(override, str) else list(override))
     assert message in str(info.value)
 
 
@@ -83,7 +84,10 @@ def test_deepspeed_json_sets_the_zero_stage_and_its_checks_apply(tmp_path):
     assert cfg.train.zero_stage == 2
     # ZeRO-3 in a user's JSON is refused with the hf engine like train.zero_stage=3 is.
     with pytest.raises(ConfigError, match="zero_stage=3"):
-        load_config(env="countdown", overrides=[f"train.deepspeed_config={_ds_json(tmp_path, 3)}"])
+        load_config(
+            env="countdown",
+            overrides=["engine.name=hf", f"train.deepspeed_config={_ds_json(tmp_path, 3)}"],
+        )
     with pytest.raises(ConfigError, match="sets ZeRO stage 2"):
         load_config(
             env="countdown",

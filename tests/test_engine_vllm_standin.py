@@ -407,9 +407,7 @@ def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, 
     assert resumed is not llm
     first_push = next(i for i, c in enumerate(resumed.calls) if c[0] == "collective_rpc")
     warm_up = [{"prompt_token_ids": [0, 1]}]
-    first_generate = next(
-        i for i, c in enumerate(resumed.calls) if c[0] == "generate" and c[1][0] != warm_up
-    )
+    first_generate = next(i for i, c in enumerate(resumed.calls) if c[0] == "generate" and c[1][0] != warm_up)
     assert first_push < first_generate
 
 

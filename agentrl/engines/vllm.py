@@ -346,8 +346,19 @@ class VLLMEngine:
         try:
             with deadline(self.generate_timeout_s, what):
                 return self.llm.generate(requests, params, use_tqdm=False)
+        except BaseException:
+            # Requests left in the scheduler would finish inside the next call and be returned
+            # with its outputs: drop them.
+            self._abort_unfinished()
+            raise
         finally:
             torch.set_num_threads(threads)
+
+    def _abort_unfinished(self) -> None:
+        engine = getattr(self.llm, "llm_engine", None)
+        states = getattr(getattr(engine, "output_processor", None), "request_states", None)
+        if states:
+            engine.abort_request(list(states), internal=True)
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
         """Sample one reply per prompt (token ids), in order; see the class docstring."""

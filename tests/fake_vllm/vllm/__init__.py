@@ -197,7 +197,9 @@ class LLM:
             raise RuntimeError("apply_model while the weights are asleep")
         return [func(self.model)]
 
-    def collective_rpc(self, method: str, args: tuple = (), kwargs: dict[str, Any] | None = None) -> list[Any]:
+    def collective_rpc(
+        self, method: str, args: tuple = (), kwargs: dict[str, Any] | None = None
+    ) -> list[Any]:
         """Only ``reload_weights(weights_iterator=..., is_checkpoint_format=True)`` (what agentrl calls)."""
         kwargs = kwargs or {}
         self.calls.append(("collective_rpc", method))
