@@ -226,5 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
-#: Exceptions whose message is for the user: bad config, unknown env, missing model, unusable template.
-USER_ERRORS = ("ConfigError", "UnknownEnvError", "ModelNotFoundError", "TemplateError")
+#: Exceptions whose message is for the user: bad config, unknown env, missing model, unusable template,
+#: no run directory to replay.
+USER_ERRORS = ("ConfigError", "UnknownEnvError", "ModelNotFoundError", "TemplateError", "RunNotFoundError")
