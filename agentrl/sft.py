@@ -88,7 +88,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     from agentrl import checkpoint as ckpt
     from agentrl.logger import RunLogger
     from agentrl.policy import build_engine, build_policy, seed_everything
-    from agentrl.trainer import evaluate_and_log, prepare_run_dir, save, set_up_process
+    from agentrl.trainer import check_model, evaluate_and_log, prepare_run_dir, save, set_up_process
     from agentrl.update import update
 
     # SFT is the trainer's update with the NLL loss: REINFORCE, advantage 1, no KL, every token counts.
@@ -101,6 +101,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
         mini_batches=1,
     )
     cfg = replace(cfg, algo=algo, rollout=replace(cfg.rollout, temperature=1.0))
+    check_model(cfg)
     device, world = set_up_process(cfg)
     run_dir = Path(cfg.run.root) / cfg.run.name
     prepare_run_dir(run_dir, cfg, resume=False, world=world)
