@@ -160,7 +160,7 @@ class Trajectory:
 
 
 class RecordError(ValueError):
-    """A record that does not follow the trajectory schema; ``field`` says where (``None``: the whole line)."""
+    """A record that does not follow the schema; ``field`` says where (``None``: the line as a whole)."""
 
     def __init__(self, reason: str, field: str | None = None) -> None:
         super().__init__(reason, field)
