@@ -7,8 +7,9 @@ so ``agentrl envs list`` and ``agentrl play`` start instantly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -162,18 +163,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not args.config and saved.is_file():
         # Resume with the run's own resolved config; command-line overrides still apply on top.
         cfg = build(str(saved))
-    train(cfg, resume=args.resume)
+    with _no_folder_left_on_failed_start(Path(cfg.run.root) / cfg.run.name, args.resume):
+        train(cfg, resume=args.resume)
     return 0
 
 
+@contextlib.contextmanager
+def _no_folder_left_on_failed_start(run_dir, resume: bool) -> Iterator[None]:
+    """If the command fails before its first step, remove the run folder it created (the name stays free)."""
+    import os
+
+    fresh = not resume and not run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        # Rank 0 wrote the folder; the other ranks leave it to it.
+        if fresh and os.environ.get("RANK", "0") == "0":
+            from agentrl.trainer import discard_failed_start
+
+            discard_failed_start(run_dir)
+        raise
+
+
 def _cmd_sft(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from agentrl.config import load_config
     from agentrl.sft import sft
 
     cfg = load_config(
         config_file=args.config, env=args.env, model=args.model, overrides=args.overrides, name=args.name
     )
-    sft(cfg, sources=args.sources)
+    with _no_folder_left_on_failed_start(Path(cfg.run.root) / cfg.run.name, resume=False):
+        sft(cfg, sources=args.sources)
     return 0
 
 
@@ -226,5 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
-#: Exceptions whose message is for the user: bad config, unknown env, missing model, unusable template.
-USER_ERRORS = ("ConfigError", "UnknownEnvError", "ModelNotFoundError", "TemplateError")
+#: Exceptions whose message is for the user: bad config, unknown env, missing or unusable model,
+#: unusable template, no run directory to replay.
+USER_ERRORS = (
+    "ConfigError",
+    "UnknownEnvError",
+    "ModelNotFoundError",
+    "UnusableModelError",
+    "TemplateError",
+    "RunNotFoundError",
+)

@@ -8,8 +8,10 @@ that folder in about 2 s. Nothing here touches the network unless the user names
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,6 +45,10 @@ RANDOM_SHAPES: dict[str, dict[str, int]] = {
 
 class ModelNotFoundError(FileNotFoundError):
     """The model asked for is not there; the message says what to pass or install instead."""
+
+
+class UnusableModelError(ValueError):
+    """The model is there but agentrl cannot use it (e.g. no chat template); the message says why."""
 
 
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -165,7 +171,13 @@ def resolve_model_path(name_or_path: str | None) -> str:
     - ``random-qwen2.5-0.5b`` (and the other ``RANDOM_SHAPES``): random weights of a real shape;
     - a run directory (``runs/NAME``): its latest checkpoint's ``hf/`` folder;
     - a checkpoint folder holding ``hf/``; any HF model folder;
-    - anything else is passed on as a hub id (needs network).
+    - a hub id (``org/name``): returned as it is if it is in the Hugging Face cache or the hub
+      answers for it (one metadata request; the download is ``from_pretrained``'s).
+
+    Anything else raises :class:`ModelNotFoundError` with one line saying what to pass instead: a
+    path that does not exist, a name close to a built-in one (did you mean ``tiny-random``?), a hub
+    id that is neither cached nor reachable (no network: pass a local folder). Callers check this
+    before writing anything, so a mistyped ``--model`` costs nothing.
     """
     if name_or_path in (None, "", DEFAULT_MODEL):
         return str(default_model_dir())
@@ -186,9 +198,79 @@ def resolve_model_path(name_or_path: str | None) -> str:
             f"{path} is a folder but holds no model (no config.json, hf/ or checkpoints/step_*/hf/): "
             "pass an HF model folder, a run directory with checkpoints, or a hub id"
         )
-    if path.suffix or name_or_path.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"model path {name_or_path} does not exist")
-    return name_or_path
+    guess = _did_you_mean(name_or_path)
+    if not _HUB_ID.fullmatch(name_or_path) or ".." in name_or_path:
+        raise ModelNotFoundError(f"model path {name_or_path} does not exist{guess}")
+    return _hub_model(name_or_path, guess)
+
+
+#: ``name`` or ``org/name`` as the Hugging Face hub spells repositories; anything else is a path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+#: Hub ids already found on the hub in this process (resolve is called again by each builder).
+_ON_HUB: set[str] = set()
+
+
+def _did_you_mean(name: str) -> str:
+    """``": did you mean 'tiny-random'? ..."`` when ``name`` is close to a built-in name, else ``""``."""
+    builtin = [DEFAULT_MODEL, TINY_MODEL, *RANDOM_SHAPES]
+    close = difflib.get_close_matches(name.lower(), builtin, n=1, cutoff=0.75)
+    if not close:
+        return ""
+    return f": did you mean {close[0]!r}? (built-in models: {', '.join(builtin)})"
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(k, "").strip().upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def _hub_model(repo_id: str, guess: str) -> str:
+    """``repo_id`` if it is in the local cache or on the hub; else one line saying what to pass."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+
+    if repo_id in _ON_HUB:
+        return repo_id
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
+            return repo_id  # cached: from_pretrained loads it with or without network
+    except HFValidationError:
+        raise ModelNotFoundError(f"model {repo_id!r} is neither a local folder nor a hub id{guess}") from None
+    if guess and "/" not in repo_id:
+        # A bare name a letter away from a built-in one is a typo, not a hub id from before orgs.
+        raise ModelNotFoundError(f"no model named {repo_id!r}{guess}")
+    local = (
+        f"pass a local model folder with --model PATH (e.g. one made with `hf download {repo_id} "
+        "--local-dir DIR` where there is network)"
+    )
+    if _offline():
+        raise ModelNotFoundError(
+            f"model {repo_id!r} is not a local folder or in the Hugging Face cache, and there is no network "
+            f"access to the hub (HF_HUB_OFFLINE is set): {local}"
+        )
+    try:
+        huggingface_hub.model_info(repo_id, timeout=10)
+    except RepositoryNotFoundError:  # also private and gated repositories without a token
+        raise ModelNotFoundError(
+            f"no model {repo_id!r} on the Hugging Face hub (or it is private or gated: `hf auth login`) and "
+            f"no local folder of that name{guess}"
+        ) from None
+    except HfHubHTTPError as exc:  # reached, but the hub refused (rate limit, outage): not a network problem
+        status = getattr(getattr(exc, "response", None), "status_code", "no status")
+        raise ModelNotFoundError(
+            f"the Hugging Face hub did not serve {repo_id!r} (HTTP {status}): try again later, or {local}"
+        ) from None
+    except HFValidationError:
+        raise ModelNotFoundError(f"model {repo_id!r} is neither a local folder nor a hub id{guess}") from None
+    except Exception as exc:  # noqa: BLE001 - the HTTP client's connection errors have no common base
+        raise ModelNotFoundError(
+            f"model {repo_id!r} is not a local folder or in the Hugging Face cache, and there is no network "
+            f"access to the hub ({type(exc).__name__}): {local}"
+        ) from None
+    _ON_HUB.add(repo_id)
+    return repo_id
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
@@ -196,7 +278,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
-        raise ValueError(
+        raise UnusableModelError(
             f"the tokenizer of {path} has no chat template; agentrl needs a chat model "
             "(or set tokenizer.chat_template and save it)"
         )

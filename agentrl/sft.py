@@ -50,8 +50,12 @@ def oracle_demonstrations(cfg: Config, rollout: RolloutManager, episodes: int) -
     return demos
 
 
-def successful_episodes(run_dirs: Sequence[str]) -> list[Trajectory]:
-    """Successful episodes of earlier runs (training and eval files), without duplicates."""
+def successful_episodes(run_dirs: Sequence[str], skipped: list[str] | None = None) -> list[Trajectory]:
+    """Successful episodes of earlier runs (training and eval files), without duplicates.
+
+    Files are read with ``read_jsonl``: malformed records are left out, and their warnings
+    (``DIR/step_000001.jsonl:LINE: skipped a malformed record: FIELD: REASON``) appended to ``skipped``.
+    """
     seen: set[tuple] = set()
     out: list[Trajectory] = []
     for run in run_dirs:
@@ -59,7 +63,10 @@ def successful_episodes(run_dirs: Sequence[str]) -> list[Trajectory]:
         if not files:
             raise ConfigError(f"--from {run}: no trajectory files (trajectories/*.jsonl, eval/*.jsonl) found")
         for path in files:
-            for traj in read_jsonl(path)[0]:
+            trajectories, warnings = read_jsonl(path)
+            if skipped is not None:
+                skipped += [f"{path.parent}/{w}" for w in warnings]
+            for traj in trajectories:
                 key = tuple(tuple(s.token_ids) for s in traj.samples)
                 if traj.success and key not in seen:
                     seen.add(key)
@@ -81,7 +88,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     from agentrl import checkpoint as ckpt
     from agentrl.logger import RunLogger
     from agentrl.policy import build_engine, build_policy, seed_everything
-    from agentrl.trainer import evaluate_and_log, prepare_run_dir, save, set_up_process
+    from agentrl.trainer import check_model, evaluate_and_log, prepare_run_dir, save, set_up_process
     from agentrl.update import update
     from agentrl.weight_sync import policy_weights
 
@@ -95,6 +102,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
         mini_batches=1,
     )
     cfg = replace(cfg, algo=algo, rollout=replace(cfg.rollout, temperature=1.0))
+    check_model(cfg)
     device, world = set_up_process(cfg)
     run_dir = Path(cfg.run.root) / cfg.run.name
     prepare_run_dir(run_dir, cfg, resume=False, world=world)
@@ -104,7 +112,12 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
     rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
 
     t0 = time.perf_counter()
-    data = successful_episodes(sources) if sources else oracle_demonstrations(cfg, rollout, cfg.sft.episodes)
+    skipped: list[str] = []
+    data = (
+        successful_episodes(sources, skipped)
+        if sources
+        else oracle_demonstrations(cfg, rollout, cfg.sft.episodes)
+    )
     if not data:
         raise ConfigError("no successful episodes to learn from: check --from, or the env's oracle")
     data = _as_targets(data)
@@ -119,6 +132,10 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
         f"agentrl sft: {len(data)} demonstrations ({time.perf_counter() - t0:.0f} s to build), {total} updates"
     )
     log.info(f"agentrl sft: evaluation on {engine_note}")
+    for warning in skipped[:20]:
+        log.info(f"agentrl sft: --from: {warning}")
+    if len(skipped) > 20:
+        log.info(f"agentrl sft: --from: ... and {len(skipped) - 20} more malformed records skipped")
     try:
         if cfg.eval.every and cfg.eval.at_start:
             log.log(0, evaluate_and_log(cfg, rollout, run_dir, 0, log, world))

@@ -82,6 +82,7 @@ class LoopState:
 def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) training as configured; return the run directory."""
     # ---- set-up -------------------------------------------------------------------------------
+    check_model(cfg)
     device, world = set_up_process(cfg)
     if cfg.train.n_groups % world.size:
         raise ConfigError(
@@ -221,6 +222,14 @@ def set_up_process(cfg: Config) -> tuple[torch.device, World]:
     return device, init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
 
 
+def check_model(cfg: Config) -> None:
+    """Fail before anything is written if the model to start from cannot be found (``--model``,
+    ``--init``): a typo or an offline hub id then leaves no run folder and the run name stays free."""
+    from agentrl.models import resolve_model_path
+
+    resolve_model_path(cfg.run.init or cfg.model.path)
+
+
 def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> int:
     """Create (or check, on resume) the run directory; refuse to overwrite a run."""
     if resume:
@@ -252,6 +261,41 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> i
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
     return 1
+
+
+#: What a start writes before its first step; a folder holding nothing more has no results to keep.
+_SET_UP_FILES = {
+    "config.yaml",
+    "tb",
+    "metrics.jsonl",
+    "sft_data.jsonl",
+    "trajectories",
+    "eval",
+    "checkpoints",
+}
+
+
+def discard_failed_start(run_dir: Path) -> bool:
+    """Remove ``run_dir`` after a start that failed before its first step; return whether it did.
+
+    Removed only if it holds nothing but set-up output: ``config.yaml``, ``tb/``, an empty
+    ``metrics.jsonl``, ``sft_data.jsonl``, and no file under ``trajectories/``, ``eval/`` or
+    ``checkpoints/``. Call it only for a folder this start created (it did not exist before), so no
+    other run's folder is ever touched; then the same run name can be used again.
+    """
+    import shutil
+
+    if not run_dir.is_dir():
+        return False
+    for entry in run_dir.iterdir():
+        if entry.name not in _SET_UP_FILES:
+            return False
+        if entry.name in ("trajectories", "eval", "checkpoints") and any(entry.rglob("*")):
+            return False
+        if entry.name == "metrics.jsonl" and entry.stat().st_size > 0:
+            return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def _truncate_metrics(run_dir: Path, step: int) -> None:

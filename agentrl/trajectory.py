@@ -8,19 +8,34 @@ log-probs), and the templated observation tokens of later turns (mask 0). In the
 
 On disk: one JSON object per line (``Trajectory.to_dict``), one file per training step
 (``trajectories/step_000123.jsonl``), readable with nothing but ``json``. See docs/trajectories.md.
+
+Reading goes through one validating path, :func:`parse_record` (``read_jsonl`` and
+``Trajectory.from_dict`` use it): msgspec decodes a line straight into these dataclasses, checking
+the type of every field, then :func:`check_trajectory` checks what types cannot say (spans inside
+their sample, one mask value and one log-prob per token). Whoever reads a run (the viewer, the
+export, ``agentrl sft --from``, scripts) gets records it can use without further checks, and a line
+that is not one is skipped with a warning naming the file, the line and the field.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 FORMAT_VERSION = 1
+#: How deep the free-form values (``info``, ``reset_info``) of a record may nest. Env infos are a few
+#: levels deep; the cap keeps every later consumer (the viewer's JSON encoder, a browser) far from
+#: any recursion limit.
+MAX_DEPTH = 100
 
 
 @dataclass
@@ -133,14 +148,145 @@ class Trajectory:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Trajectory:
-        d = {k: v for k, v in d.items() if k not in ("format_version", "reward")}
-        turns = [
-            Turn(**{**t, "prompt_span": tuple(t["prompt_span"]), "response_span": tuple(t["response_span"])})
-            for t in d.pop("turns", [])
-        ]
-        samples = [Sample(**s) for s in d.pop("samples", [])]
-        return cls(turns=turns, samples=samples, **d)
+    def from_dict(cls, d: Any) -> Trajectory:
+        """Build a trajectory from one record as ``to_dict`` writes it, checked like a file's line.
+
+        Raises :class:`RecordError` (a ``ValueError``) naming the field when ``d`` does not follow
+        docs/trajectories.md; ``format_version``, ``reward`` and unknown keys are ignored.
+        """
+        traj = _convert(d)
+        check_trajectory(traj)
+        return traj
+
+
+class RecordError(ValueError):
+    """A record that does not follow the schema; ``field`` says where (``None``: the line as a whole)."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason, field)
+        self.reason = reason
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+_MSGSPEC_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_MSGSPEC_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]*)`$")
+
+
+def _record_error(exc: msgspec.ValidationError) -> RecordError:
+    """msgspec's "Expected `float`, got `str` - at `$.turns[0].reward`" as field and reason."""
+    m = _MSGSPEC_AT.match(str(exc))
+    msg, path = (m.group("msg"), (m.group("path") or "").lstrip(".")) if m else (str(exc), "")
+    missing = _MSGSPEC_MISSING.match(msg)
+    if missing:
+        name = missing.group("name")
+        return RecordError("missing (required)", f"{path}.{name}" if path else name)
+    return RecordError(_sentence_case(msg.replace("`", "")), path or None)
+
+
+def _sentence_case(text: str) -> str:
+    """``"Expected int"`` -> ``"expected int"``, leaving ``"JSON is..."`` alone (for mid-sentence use)."""
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` deep (iterative: no recursion to exhaust)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((x, depth + 1) for x in v if isinstance(x, (dict, list)))
+    return False
+
+
+def check_trajectory(traj: Trajectory) -> None:
+    """Check what the field types cannot: raise :class:`RecordError` naming the first bad field.
+
+    Every sample has exactly one ``loss_mask`` value (0 or 1) and one ``logprobs`` value per token,
+    and as many ``advantages`` and ``token_text`` entries when those are present; every turn points
+    at an existing sample and its spans lie inside that sample's tokens; ``info`` and ``reset_info``
+    nest at most ``MAX_DEPTH`` deep. Types are msgspec's job (see :func:`parse_record`).
+    """
+    for k, s in enumerate(traj.samples):
+        n = len(s.token_ids)
+        for name in ("loss_mask", "logprobs", "advantages", "token_text"):
+            values = getattr(s, name)
+            if values is not None and len(values) != n:
+                raise RecordError(f"{len(values)} values for {n} token_ids", f"samples[{k}].{name}")
+        # list.count runs in C: a Python loop over every token would double the reading time.
+        if s.loss_mask.count(0) + s.loss_mask.count(1) != n:
+            raise RecordError("holds values other than 0 and 1", f"samples[{k}].loss_mask")
+    for k, t in enumerate(traj.turns):
+        if not 0 <= t.sample < len(traj.samples):
+            raise RecordError(
+                f"no sample {t.sample} (the record has {len(traj.samples)})", f"turns[{k}].sample"
+            )
+        n = len(traj.samples[t.sample].token_ids)
+        for name in ("prompt_span", "response_span"):
+            a, b = getattr(t, name)
+            if not 0 <= a <= b <= n:
+                raise RecordError(f"[{a}, {b}) is not inside the sample's {n} tokens", f"turns[{k}].{name}")
+        if _too_deep(t.info, MAX_DEPTH):
+            raise RecordError(f"nested deeper than {MAX_DEPTH} levels", f"turns[{k}].info")
+    if _too_deep(traj.reset_info, MAX_DEPTH):
+        raise RecordError(f"nested deeper than {MAX_DEPTH} levels", "reset_info")
+
+
+_DECODER = msgspec.json.Decoder(Trajectory)
+
+
+def _convert(obj: Any) -> Trajectory:
+    """Python values (``json.loads`` output) to a ``Trajectory``, types checked, nothing else."""
+    try:
+        return msgspec.convert(obj, Trajectory)
+    except msgspec.ValidationError as exc:
+        raise _record_error(exc) from None
+    except RecursionError:
+        raise RecordError("JSON nested too deep to read") from None
+
+
+def parse_record(line: bytes | str) -> Trajectory:
+    """One line of a trajectory file as a checked ``Trajectory``; :class:`RecordError` if it is not one.
+
+    Accepts exactly what ``json.loads`` accepts as JSON (including the ``NaN`` and ``Infinity`` that
+    Python's ``json`` writes for non-finite floats), then requires an object following the schema of
+    docs/trajectories.md: the type of every field, required ``env``, ``seed`` and ``group`` (the
+    others default as in ``Trajectory``), and :func:`check_trajectory`. Never raises anything else
+    for any input, whatever its bytes, length or nesting.
+    """
+    try:
+        traj = _DECODER.decode(line)
+    except msgspec.ValidationError as exc:
+        raise _record_error(exc) from None
+    except msgspec.DecodeError as exc:
+        traj = _parse_lenient(line, exc)
+    except RecursionError:
+        raise RecordError("JSON nested too deep to read") from None
+    check_trajectory(traj)
+    return traj
+
+
+def _parse_lenient(line: bytes | str, exc: msgspec.DecodeError) -> Trajectory:
+    """The slow path for lines msgspec's strict JSON refuses: ``json.loads`` then the same checks."""
+    # msgspec refuses NaN/Infinity and \ud800-style escapes, which json.loads (and so the old reader)
+    # accepted; everything else it refuses is not JSON at all.
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RecordError(f"not valid UTF-8 (byte {err.start})") from None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        raise RecordError(f"not JSON ({_sentence_case(str(exc))})") from None
+    return _convert(obj)
 
 
 def _json_default(obj: Any) -> Any:
@@ -175,20 +321,25 @@ def write_jsonl(path: str | os.PathLike, trajectories: Iterable[Trajectory]) -> 
 def read_jsonl(path: str | os.PathLike) -> tuple[list[Trajectory], list[str]]:
     """Read a trajectory file; return ``(trajectories, warnings)``.
 
-    Malformed or truncated lines (a run killed mid-write) are skipped and reported in ``warnings``.
+    Every line goes through :func:`parse_record`. A line that is not a valid record (cut by a run
+    killed mid-write, hand-edited, not JSON, not UTF-8) is skipped, and ``warnings`` gets one
+    ``"FILE:LINE: skipped a malformed record: FIELD: REASON"`` for it; the valid records of the
+    same file are all returned, in order. Blank lines are ignored. Only ``OSError`` (the file cannot
+    be opened or read) is raised.
     """
     trajectories: list[Trajectory] = []
     problems: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    name = Path(path).name
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, start=1):
+            if lineno == 1 and line.startswith(codecs.BOM_UTF8):  # saved by an editor that adds one
+                line = line[len(codecs.BOM_UTF8) :]
             if not line.strip():
                 continue
             try:
-                trajectories.append(Trajectory.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
-                problems.append(
-                    f"{Path(path).name}:{lineno}: skipped a malformed record ({type(exc).__name__})"
-                )
+                trajectories.append(parse_record(line))
+            except RecordError as exc:
+                problems.append(f"{name}:{lineno}: skipped a malformed record: {exc}")
     return trajectories, problems
 
 

@@ -27,6 +27,11 @@ Usage::
     python scripts/bench_train.py --zero-stage 2
     python scripts/bench_train.py --model tiny-random      # quick check
     python scripts/bench_train.py --profile                # + cProfile of one agentrl update
+    python scripts/bench_train.py --with-vllm              # + the update with a vLLM engine resident
+
+``--with-vllm`` then starts a vLLM engine in the same process (as a run does), generates once, and
+times agentrl's update again: the ratio says whether an idle vLLM slows the trainer (its CPU
+worker pins torch to one thread unless agentrl restores the count).
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="also cProfile one agentrl update")
+    ap.add_argument("--with-vllm", action="store_true", help="also time the update with vLLM resident")
     args = ap.parse_args()
 
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in a log file
@@ -201,6 +207,28 @@ def main() -> None:
     )
     print(f"| bare PyTorch | {t_bare:.2f} s | {input_tokens / t_bare:.1f} | {masked_tokens / t_bare:.1f} |")
     print(f"ratio agentrl/bare (tokens/s): {t_bare / t_ours:.3f}")
+
+    if args.with_vllm:
+        from agentrl.engines import SamplingParams
+        from agentrl.engines.vllm import VLLMEngine
+
+        engine = VLLMEngine(
+            resolve_model_path(cfg.model.path),
+            dtype="float32",
+            max_model_len=2048,
+            kv_cache_memory_bytes=1 << 30,
+        )
+        engine.generate([samples[0].token_ids[:64]], SamplingParams(max_new_tokens=16))
+        resident = []
+        for r in range(args.repeats):
+            resident.append(run_ours(args.repeats + 2 + r))
+            print(f"repeat {r + 1} with vLLM resident: agentrl {resident[-1]:.2f} s")
+        print(
+            f"| agentrl `update`, vLLM resident | {min(resident):.2f} s | {input_tokens / min(resident):.1f} | "
+            f"{masked_tokens / min(resident):.1f} |"
+        )
+        print(f"ratio update with / without vLLM resident (time): {min(resident) / t_ours:.3f}")
+        engine.close()
 
     if args.profile:
         prof = cProfile.Profile()

@@ -1,5 +1,8 @@
 """Print a table of eval figures (success, format-valid, reward) from runs' metrics.jsonl.
 
+Eval episodes are read with agentrl's validating reader: malformed records are skipped and named
+on stderr, and the table counts only the valid ones.
+
 python scripts/eval_table.py runs/demo-rl runs/demo-sft runs/demo-sft-rl
 """
 
@@ -7,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from agentrl.trajectory import Trajectory, read_jsonl, step_filename
 
 
 def eval_rows(run: Path) -> list[dict]:
@@ -16,23 +22,35 @@ def eval_rows(run: Path) -> list[dict]:
     for line in (run / "metrics.jsonl").read_text().splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # a line cut by a killed run, or not JSON at all
             continue
-        seconds += sum(v for k, v in row.items() if k.startswith("timing/") and k.endswith("_s"))
+        if not isinstance(row, dict):
+            continue
+        seconds += sum(
+            v
+            for k, v in row.items()
+            if k.startswith("timing/") and k.endswith("_s") and isinstance(v, (int, float))
+        )
         if "eval/success_rate" in row:
             rows.append({**row, "minutes": seconds / 60})
     return rows
 
 
-def distinct_across(path: Path) -> str:
-    """Distinct first replies / puzzles of an eval file (1/N: one reply for every puzzle)."""
+def read_eval(path: Path) -> list[Trajectory]:
+    """An eval file's valid episodes; each skipped (malformed) record is named on stderr."""
     if not path.is_file():
-        return "-"
+        return []
+    episodes, warnings = read_jsonl(path)
+    for warning in warnings:
+        print(f"eval_table: {path.parent}/{warning}", file=sys.stderr)
+    return episodes
+
+
+def distinct_across(episodes: list[Trajectory]) -> str:
+    """Distinct first replies / puzzles of an eval file (1/N: one reply for every puzzle)."""
     first: dict[int, str] = {}
-    for line in path.read_text().splitlines():
-        episode = json.loads(line)
-        turns = episode.get("turns") or [{}]
-        first.setdefault(episode["seed"], turns[0].get("reply", ""))
+    for episode in episodes:
+        first.setdefault(episode.seed, episode.turns[0].reply if episode.turns else "")
     return f"{len(set(first.values())) / len(first):.2f}" if first else "-"
 
 
@@ -47,12 +65,11 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in args.runs:
         for row in eval_rows(run):
-            path = run / "eval" / f"step_{row['step']:06d}.jsonl"
-            episodes = sum(1 for _ in open(path)) if path.is_file() else 0
+            episodes = read_eval(run / "eval" / step_filename(int(row["step"])))
             print(
                 f"| {run.name} | {row['step']} | {row['eval/success_rate']:.3f} | "
-                f"{row['eval/format_valid_rate']:.3f} | {distinct_across(path)} | {row['eval/reward']:+.2f} | "
-                f"{episodes} | {row['minutes']:.0f} |"
+                f"{row['eval/format_valid_rate']:.3f} | {distinct_across(episodes)} | {row['eval/reward']:+.2f} | "
+                f"{len(episodes)} | {row['minutes']:.0f} |"
             )
 
 

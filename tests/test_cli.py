@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -187,6 +188,100 @@ def test_config_errors_are_clear_and_early(case, capsys, tmp_path, monkeypatch):
     argv, fragments = INPROCESS_ERROR_CASES[case]
     rc, out, err = run_main(argv, capsys)
     _check_error(rc, out, err, fragments, tmp_path)
+
+
+#: A start whose model cannot be found: one line, exit 2, before anything is written (no runs/).
+FAILED_STARTS = {
+    "path_missing": (["train", "--model", "./no/such/model"], ["model path ./no/such/model does not exist"]),
+    "builtin_typo": (["train", "--model", "tiny-randm"], ["'tiny-randm'", "did you mean 'tiny-random'?"]),
+    "init_typo": (["train", "--init", "random-qwen2.5-05b"], ["did you mean 'random-qwen2.5-0.5b'?"]),
+    "hub_offline": (
+        ["train", "--model", "some-org/no-such-model"],
+        ["'some-org/no-such-model'", "no network", "--model PATH"],
+    ),
+    "sft_path_missing": (["sft", "--model", "/no/such/model"], ["model path /no/such/model does not exist"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILED_STARTS))
+def test_a_failed_start_leaves_no_run_folder(case, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no test reaches for the network
+    argv, fragments = FAILED_STARTS[case]
+    rc, out, err = run_main([*argv, "--env", "sokoban", "--name", "x"], capsys)
+    _check_error(rc, out, err, fragments, tmp_path)
+    assert err.count("\n") == 1, err
+
+
+def test_a_hub_that_cannot_be_reached_is_one_line(capsys, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def unreachable(repo_id, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    rc, out, err = run_main(["train", "--env", "sokoban", "--model", "some-org/not-cached"], capsys)
+    _check_error(rc, out, err, ["no network access to the hub (OSError)", "--model PATH"], tmp_path)
+
+
+def test_a_start_that_fails_after_writing_its_folder_removes_it(tmp_path, tiny_model_path):
+    """The model is found, the run folder written, then the model turns out unusable: folder gone."""
+    import shutil
+
+    nochat = tmp_path / "nochat"
+    nochat.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):  # no chat_template.jinja
+        shutil.copy(Path(tiny_model_path) / name, nochat / name)
+    proc = agentrl_cli(
+        "train", "--env", "sokoban", "--model", str(nochat), "--name", "x", cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("agentrl: error: ") and "no chat template" in last and "Traceback" not in proc.stderr
+    )
+    assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_only_a_folder_the_failed_start_wrote_is_removed(tmp_path, capsys, monkeypatch):
+    import agentrl.trainer
+    from agentrl.config import ConfigError
+
+    def failing_train(cfg, resume=False):
+        run = Path(cfg.run.root) / cfg.run.name
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text("x: 1\n")
+        raise ConfigError("failed after writing the folder")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(agentrl.trainer, "train", failing_train)
+    assert run_main(["train", "--env", "sokoban", "--name", "new"], capsys)[0] == 2
+    assert not (tmp_path / "runs" / "new").exists()
+    (tmp_path / "runs" / "mine").mkdir(parents=True)  # made by the user before the start: kept
+    assert run_main(["train", "--env", "sokoban", "--name", "mine"], capsys)[0] == 2
+    assert (tmp_path / "runs" / "mine" / "config.yaml").is_file()
+
+
+def test_a_run_with_results_is_never_discarded(tmp_path):
+    from agentrl.trainer import discard_failed_start
+
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.yaml").write_text("x: 1\n")
+    (run / "trajectories").mkdir()
+    (run / "trajectories" / "step_000001.jsonl").write_text("{}\n")
+    assert not discard_failed_start(run) and run.is_dir()
+    (run / "trajectories" / "step_000001.jsonl").unlink()
+    (run / "metrics.jsonl").write_text('{"step": 0}\n')
+    assert not discard_failed_start(run) and run.is_dir()
+    (run / "metrics.jsonl").write_text("")
+    (run / "notes.txt").write_text("the user's own file\n")
+    assert not discard_failed_start(run) and run.is_dir()
+    (run / "notes.txt").unlink()
+    assert discard_failed_start(run) and not run.exists()
 
 
 def test_argument_errors_use_argparse():

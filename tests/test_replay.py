@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_fixtures import XSS_OBS, XSS_REPLY, make_run  # noqa: E402
@@ -33,6 +35,74 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(run_dir):
     srv = make_server(run_dir)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+#: Lines a crashed or hand-edited run can hold, with what the warning must say about each. They go
+#: into train step 1 of the ``broken`` run after its third record, so line 4 is the first of them.
+BAD_LINES: list[tuple[bytes, str]] = [
+    (b"42", "expected object, got int"),
+    (b"[1, 2]", "expected object, got array"),
+    (b"null", "expected object, got null"),
+    (b'"text"', "expected object, got str"),
+    (b"", ""),  # blank: ignored, no warning
+    (b'{"env": "sokoban", "seed": 1, "group": 0, "reset_info": {"a": ' + b"[" * 100_000, "nested too deep"),
+    (b'{"env": "sok\xffban", "seed": 1, "group": 0}', "not valid UTF-8"),
+    (b'{"env": "sokoban", "seed": 3, "gro', "not JSON"),
+]
+BROKEN_EPISODES = 16 + 1  # the step's own records, and one whose observation holds a lone surrogate
+
+
+def broken_line(record: dict, edit) -> bytes:
+    d = json.loads(json.dumps(record))
+    edit(d)
+    return json.dumps(d).encode()
+
+
+@pytest.fixture(scope="module")
+def broken_run(tmp_path_factory) -> Path:
+    """A run whose train step 1 holds every kind of bad line between its valid records."""
+    run = make_run(tmp_path_factory.mktemp("broken"), name="broken", steps=2, xss=False, truncate_step=None)
+    path = run / "trajectories" / "step_000001.jsonl"
+    lines = path.read_bytes().splitlines()
+    record = json.loads(lines[0])
+    edits = [
+        (lambda d: d["turns"][0].update(reward="1.0"), "turns[0].reward: expected float, got str"),
+        (lambda d: d["turns"][0].update(response_span=[0, 10**6]), "turns[0].response_span: [0, 1000000)"),
+        (lambda d: d["samples"][0]["loss_mask"].pop(), "samples[0].loss_mask: "),
+    ]
+    bad = BAD_LINES + [(broken_line(record, edit), reason) for edit, reason in edits]
+    # Valid, but \ud800 cannot be encoded as UTF-8: the server must not fail on it.
+    surrogate = broken_line(record, lambda d: d["turns"][0].update(observation="lone \ud800 surrogate"))
+    path.write_bytes(b"\n".join(lines[:3] + [line for line, _ in bad] + [surrogate] + lines[3:]) + b"\n")
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write("\n" + "[" * 100_000 + "\n")
+        f.write('{"step": 5, "train/reward": ' + "9" * 5000 + "}\n")
+        f.write('{"step": 6, "train/reward": 1.0, "nested": {"a": [1, 2]}}\n')
+    return run
+
+
+def broken_warnings() -> list[tuple[int, str]]:
+    """(line, reason) of every warning train step 1 of ``broken_run`` must give, in order."""
+    out = []
+    for k, (line, reason) in enumerate(BAD_LINES, start=4):
+        if line:
+            out.append((k, reason))
+    n = 4 + len(BAD_LINES)
+    return out + [
+        (n, "turns[0].reward: expected float, got str"),
+        (n + 1, "turns[0].response_span: [0, 1000000)"),
+        (n + 2, "samples[0].loss_mask: "),
+    ]
+
+
+@pytest.fixture(scope="module")
+def broken_server(broken_run):
+    srv = make_server(broken_run)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -159,6 +229,46 @@ def test_a_run_without_steps_yet(tmp_path):
     assert data.metrics()["rows"] == [] and data.config()["text"] is None
 
 
+def test_a_malformed_step_gives_its_valid_records_and_names_each_bad_line(broken_run):
+    d = RunData(broken_run).step("train", 1)
+    assert len(d["episodes"]) == BROKEN_EPISODES
+    expected = broken_warnings()
+    assert len(d["warnings"]) == len(expected), d["warnings"]
+    for warning, (line, reason) in zip(d["warnings"], expected):
+        assert warning.startswith(f"train step 1: step_000001.jsonl:{line}: skipped a malformed record: ")
+        assert reason in warning, (reason, warning)
+    episodes = RunData(broken_run).episodes("train", 1)
+    assert [e["i"] for e in episodes] == list(range(BROKEN_EPISODES))
+    m = RunData(broken_run).metrics()
+    assert [r["step"] for r in m["rows"]] == [0, 1, 2, 6] and "nested" not in m["rows"][-1]
+    assert len(m["warnings"]) == 4  # the fixture's cut line, the deep line, the huge number, the nested value
+
+
+def test_many_bad_lines_are_counted_not_listed(tmp_path):
+    run = make_run(tmp_path, steps=1, xss=False, truncate_step=None)
+    with open(run / "trajectories" / "step_000001.jsonl", "a") as f:
+        f.write("42\n" * 500)
+    d = RunData(run).step("train", 1)
+    assert (
+        len(d["episodes"]) == 16
+        and len(d["warnings"]) == 21
+        and d["warnings"][-1] == "train step 1: ... and 480 more"
+    )
+
+
+def test_an_unreadable_step_file_is_a_warning(tmp_path, monkeypatch):
+    run = make_run(tmp_path, steps=1, xss=False, truncate_step=None)
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("agentrl.replay.data.read_jsonl", unreadable)
+    d = RunData(run).step("train", 1)
+    assert d["episodes"] == [] and d["warnings"] == [
+        "train step 1: step_000001.jsonl cannot be read: Permission denied"
+    ]
+
+
 def test_missing_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run directory"):
         RunData(tmp_path / "nope")
@@ -180,6 +290,43 @@ def test_routes_serve_page_assets_and_api(server):
     assert len(api(server, "/api/step?split=eval&step=3")["episodes"]) == 8
     assert api(server, "/api/episode?split=train&step=1&i=0")["samples"][0]["token_ids"]
     assert len(api(server, "/api/step?split=train&step=2")["warnings"]) == 1
+
+
+def test_no_route_fails_on_a_malformed_run(broken_server, broken_run):
+    for route in ("index", "metrics", "config"):
+        api(broken_server, f"/api/{route}")
+    for split, steps in api(broken_server, "/api/index")["splits"].items():
+        for step in steps:
+            episodes = api(broken_server, f"/api/step?split={split}&step={step}")["episodes"]
+            for e in episodes:
+                api(broken_server, f"/api/episode?split={split}&step={step}&i={e['i']}")
+    obs = api(broken_server, "/api/episode?split=train&step=1&i=3")["turns"][0]["observation"]
+    assert obs == "lone ? surrogate"
+
+
+#: Anything a line can be: JSON values (objects never carry "env": none is a valid record) or bytes.
+JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+).map(lambda v: json.dumps(v).encode()) | st.binary(max_size=100)
+_fuzz_step = iter(range(100, 10**6))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.lists(JUNK.filter(lambda b: b"\n" not in b and b"env" not in b and b.strip()), max_size=5))
+def test_no_line_makes_the_step_route_fail(broken_server, broken_run, junk):
+    """Fuzzed: whatever lines a step file holds, its routes answer 200 with the valid records."""
+    good = (broken_run / "trajectories" / "step_000002.jsonl").read_bytes().splitlines()[:2]
+    step = next(_fuzz_step)  # a new file each time: nothing cached under an equal (mtime, size)
+    path = broken_run / "trajectories" / f"step_{step:06d}.jsonl"
+    path.write_bytes(b"\n".join([good[0], *junk, good[1]]) + b"\n")
+    try:
+        d = api(broken_server, f"/api/step?split=train&step={step}")
+        assert len(d["episodes"]) == 2 and len(d["warnings"]) == len(junk)
+        api(broken_server, f"/api/episode?split=train&step={step}&i=1")
+    finally:
+        path.unlink()
 
 
 @pytest.mark.parametrize(
@@ -267,6 +414,28 @@ def test_export_respects_the_size_budget(run_dir, tmp_path):
     assert "train:3" in embedded and len(embedded) < 5  # the last training step goes first
     assert all(s["summary"]["episodes"] for s in data["steps"].values())  # summaries always
     assert any("summaries only" in w for w in data["index"]["warnings"])
+
+
+def test_export_of_a_malformed_run_holds_the_valid_records_and_lists_the_skipped(broken_run, tmp_path):
+    out = export_html(broken_run, tmp_path / "broken.html")
+    data = json.loads(re.search(r'id="agentrl-data">(.*?)</script>', out.read_text(), re.S).group(1))
+    assert len(data["steps"]["train:1"]["episodes"]) == BROKEN_EPISODES
+    warnings = data["index"]["warnings"]
+    assert any("leaves out records" in w for w in warnings)
+    for line, reason in broken_warnings():
+        assert any(f"step_000001.jsonl:{line}: skipped" in w and reason in w for w in warnings), line
+
+
+def test_cli_export_of_a_malformed_or_missing_run(broken_run, tmp_path):
+    import subprocess
+
+    cmd = [sys.executable, "-m", "agentrl", "replay", str(broken_run), "--export", str(tmp_path / "b.html")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and (tmp_path / "b.html").is_file()
+    cmd[4] = str(tmp_path / "no-such-run")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("agentrl: error: no run directory at")
+    assert "Traceback" not in proc.stderr
 
 
 def test_cli_export(run_dir, tmp_path, capsys):
@@ -411,6 +580,40 @@ def test_truncated_step_shows_a_warning_and_its_records(server, watched):
     warning = page.locator("#warnings")
     assert warning.is_visible() and "malformed" in warning.inner_text() and "step 2" in warning.inner_text()
     watched.assert_clean()
+
+
+def test_malformed_step_shows_its_bad_lines_in_the_warning_bar(broken_server, watched):
+    page = watched.open(f"{broken_server.url}#train/1/0")
+    page.wait_for_selector(f"#step-stats >> text={BROKEN_EPISODES} episodes")
+    page.wait_for_selector("#slot-A .ep-head")
+    bar = page.locator("#warnings")
+    assert bar.is_visible()
+    text = bar.inner_text()
+    shown = {
+        int(m.group(1)): m.group(2)
+        for m in re.finditer(r"step_000001\.jsonl:(\d+): skipped a malformed record: (.*)", text)
+    }
+    assert [
+        (line, reason) for line, reason in broken_warnings() if reason in shown.get(line, "")
+    ] == broken_warnings()
+    assert "metrics.jsonl:" in text
+    # Every valid record is listed and opens, including the one with the unencodable character.
+    assert page.locator("#episodes .chip").count() == BROKEN_EPISODES
+    page.click("#episodes .chip[data-i='3']")
+    page.wait_for_selector("#slot-A .obs >> text=lone ? surrogate")
+    watched.assert_clean()
+
+
+def test_export_of_a_malformed_run_shows_the_skipped_lines_offline(broken_run, browser, tmp_path):
+    out = export_html(broken_run, tmp_path / "broken.html")
+    w = Watched(browser, offline=True)
+    page = w.open(out.as_uri())
+    page.select_option("#step", "2")  # another step: the list comes from the export's own index
+    page.wait_for_selector("#step-stats >> text=16 episodes")
+    text = page.locator("#warnings").inner_text()
+    assert "leaves out records" in text and "step_000001.jsonl:4: skipped a malformed record" in text
+    w.assert_clean()
+    w.context.close()
 
 
 def test_filters_sort_and_group_view(server, watched):

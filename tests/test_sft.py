@@ -98,9 +98,19 @@ def test_from_runs_keeps_successes_once(manager, tmp_path):
     )
     failed = manager.rollout([10_006], scripted=lambda env: "no answer here")
     assert all(t.success for t in demos) and not failed[0].success
-    write_jsonl(tmp_path / "run" / "trajectories" / "step_000001.jsonl", [*demos, *failed])
+    path = write_jsonl(tmp_path / "run" / "trajectories" / "step_000001.jsonl", [*demos, *failed])
     write_jsonl(tmp_path / "run" / "eval" / "step_000001.jsonl", demos)  # the same episodes again
-    kept = successful_episodes([str(tmp_path / "run")])
+    # A hand-edited copy: a successful episode with a reward that is text, and a line that is no record.
+    bad = demos[0].to_dict()
+    bad["turns"][0]["reward"], bad["seed"] = "10", 10_007
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(bad) + "\n42\n")
+    skipped: list[str] = []
+    kept = successful_episodes([str(tmp_path / "run")], skipped)
     assert sorted(t.seed for t in kept) == [10_004, 10_005]
+    assert skipped == [
+        f"{path.parent}/step_000001.jsonl:4: skipped a malformed record: turns[0].reward: expected float, got str",
+        f"{path.parent}/step_000001.jsonl:5: skipped a malformed record: expected object, got int",
+    ]
     with pytest.raises(ValueError, match="no trajectory files"):
         successful_episodes([str(Path(tmp_path) / "empty")])

@@ -6,6 +6,11 @@ embeds the same dicts, so the page reads both through one code path.
 Only files under the run directory are ever opened: paths are built from validated parameters
 (a split name from a fixed table, an integer step) and checked again after resolving symlinks.
 A run may still be training, so nothing is cached without its (mtime, size) key.
+
+No file content can make a method raise: step files are read by ``agentrl.trajectory.read_jsonl``,
+which returns only records that follow the schema (so every field has the type the page expects)
+and a warning for each line it skipped; metrics and config are read as leniently. What cannot be
+read becomes a warning in the response, shown in the page's warning bar.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ _STEP_FILE = re.compile(r"^step_(\d{1,9})\.jsonl$")
 #: Caps on what one request reads, so a huge or hostile file cannot stall the server.
 _MAX_CONFIG_BYTES = 1_000_000
 _GROUP_OBS_CHARS = 2_000
+#: Skipped lines named per file; a file of garbage would otherwise fill the page with warnings.
+MAX_WARNINGS_PER_FILE = 20
+
+
+class RunNotFoundError(FileNotFoundError):
+    """The run directory does not exist (the CLI prints the message, no traceback)."""
 
 
 class NotFound(LookupError):
@@ -90,6 +101,17 @@ def episode_summary(traj: Trajectory, index: int) -> dict[str, Any]:
     }
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def capped(warnings: list[str], limit: int = MAX_WARNINGS_PER_FILE) -> list[str]:
+    """The first ``limit`` warnings and, if there were more, one line counting the rest."""
+    if len(warnings) <= limit:
+        return warnings
+    return [*warnings[:limit], f"... and {len(warnings) - limit} more"]
+
+
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -100,7 +122,7 @@ class RunData:
     def __init__(self, run_dir: str | os.PathLike, cache_steps: int = 3) -> None:
         path = Path(run_dir).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"no run directory at {path}")
+            raise RunNotFoundError(f"no run directory at {path}")
         self.root = path.resolve()
         self.name = self.root.name
         # Parsed step files, most recently used last; a 256-episode step can be ~100 MB of objects.
@@ -142,11 +164,14 @@ class RunData:
         if not folder.is_dir():
             return []
         found = []
-        with os.scandir(folder) as it:
-            for entry in it:
-                m = _STEP_FILE.match(entry.name)
-                if m and self._inside(Path(entry.path)) is not None:
-                    found.append(int(m.group(1)))
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    m = _STEP_FILE.match(entry.name)
+                    if m and self._inside(Path(entry.path)) is not None:
+                        found.append(int(m.group(1)))
+        except OSError:  # an unreadable folder lists nothing
+            return []
         return sorted(found)
 
     # -- routes ----------------------------------------------------------------------------------
@@ -174,19 +199,28 @@ class RunData:
         real = self._inside(self.root / "metrics.jsonl")
         if real is None:
             return {"rows": rows, "keys": [], "warnings": ["no metrics.jsonl in the run directory"]}
-        with open(real, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    warnings.append(f"metrics.jsonl:{lineno}: skipped a malformed line")
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
-                    rows.append(jsonable(row))
-                else:
-                    warnings.append(f"metrics.jsonl:{lineno}: skipped a line without a numeric 'step'")
+        try:
+            with open(real, encoding="utf-8", errors="replace") as f:
+                lines = list(f)
+        except OSError as exc:
+            return {"rows": rows, "keys": [], "warnings": [f"metrics.jsonl cannot be read: {exc.strerror}"]}
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):  # not JSON, a 5000-digit number, deep nesting
+                warnings.append(f"metrics.jsonl:{lineno}: skipped a malformed line")
+                continue
+            if not isinstance(row, dict) or not _is_number(row.get("step")):
+                warnings.append(f"metrics.jsonl:{lineno}: skipped a line without a numeric 'step'")
+                continue
+            # The logger writes flat rows of numbers; anything nested is not a metric the page draws.
+            flat = {k: v for k, v in row.items() if v is None or isinstance(v, (str, int, float))}
+            if len(flat) < len(row):
+                warnings.append(f"metrics.jsonl:{lineno}: ignored values that are not numbers or text")
+            rows.append(jsonable(flat))
+        warnings = capped(warnings)
         keys = sorted({k for row in rows for k in row if k != "step"})
         return {"rows": rows, "keys": keys, "warnings": warnings}
 
@@ -195,8 +229,11 @@ class RunData:
         real = self._inside(self.root / "config.yaml")
         if real is None:
             return {"text": None, "warnings": ["no config.yaml in the run directory"]}
-        with open(real, encoding="utf-8", errors="replace") as f:
-            text = f.read(_MAX_CONFIG_BYTES + 1)
+        try:
+            with open(real, encoding="utf-8", errors="replace") as f:
+                text = f.read(_MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            return {"text": None, "warnings": [f"config.yaml cannot be read: {exc.strerror}"]}
         warnings = []
         if len(text) > _MAX_CONFIG_BYTES:
             text = text[:_MAX_CONFIG_BYTES]
@@ -204,9 +241,16 @@ class RunData:
         return {"text": text, "warnings": warnings}
 
     def load(self, split: str, step: int) -> tuple[list[Trajectory], list[str]]:
-        """The trajectories of one step file and the reader's warnings (cached by mtime and size)."""
+        """The valid trajectories of one step file and the reader's warnings (cached by mtime and size).
+
+        Never raises for the file's content; a file that vanished is ``NotFound``, one that cannot
+        be read gives no trajectories and a warning.
+        """
         path = self._step_path(split, step)
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError:
+            raise NotFound(f"no {split} trajectories for step {step}") from None
         stamp = (st.st_mtime_ns, st.st_size)
         key = (split, step)
         with self._lock:
@@ -214,8 +258,11 @@ class RunData:
             if hit is not None and hit[0] == stamp:
                 self._cache.move_to_end(key)
                 return hit[1], hit[2]
-        trajectories, warnings = read_jsonl(path)
-        warnings = [f"{split} step {step}: {w}" for w in warnings]
+        try:
+            trajectories, warnings = read_jsonl(path)
+        except OSError as exc:  # unreadable (permissions, I/O error): say so, do not cache
+            return [], [f"{split} step {step}: {path.name} cannot be read: {exc.strerror or exc}"]
+        warnings = [f"{split} step {step}: {w}" for w in capped(warnings)]
         with self._lock:
             self._cache[key] = (stamp, trajectories, warnings)
             self._cache.move_to_end(key)

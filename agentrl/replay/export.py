@@ -10,6 +10,9 @@ per episode). Full episodes (turns and tokens) are embedded step by step until `
 spent, choosing steps spread over the run (last, first, middle, quarters, ...) and alternating
 train and eval, so a long run still exports to a file a browser opens quickly; the page says which
 steps it holds in full.
+
+Records the reader skipped (malformed lines) are left out and listed in the page's warning bar from
+the start, each as ``split step N: FILE:LINE: skipped a malformed record: FIELD: REASON``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agentrl.replay.data import SPLITS, RunData, dumps
+from agentrl.replay.data import MAX_WARNINGS_PER_FILE, SPLITS, RunData, capped, dumps
 from agentrl.replay.server import STATIC_DIR
 
 #: Default budget for full episode data in one export (bytes of JSON).
@@ -93,8 +96,11 @@ def export_html(
     spent = 0
     # One pass in priority order: each step file is read once; its full episodes are kept while
     # they fit the budget (a later, smaller step may still fit after a large one did not).
+    skipped: dict[tuple[str, int], list[str]] = {}
     for key in _priority(index["splits"]):
-        summaries[key] = script_safe_json(data.step(*key))
+        summary = data.step(*key)
+        skipped[key] = summary["warnings"]
+        summaries[key] = script_safe_json(summary)
         # The file's size predicts its JSON's: skip serialising steps that cannot fit.
         if spent + 0.8 * data.file_size(*key) > max_bytes:
             continue
@@ -109,6 +115,14 @@ def export_html(
         "steps": len(all_steps),
         "max_bytes": max_bytes,
     }
+    # Skipped records are named up front, not only when their step is opened: the reader of an
+    # export cannot open the run to find out what is missing from it.
+    problems = [w for split, step in all_steps for w in skipped[(split, step)]]
+    if problems:
+        index["warnings"].append(
+            "this export leaves out records the reader could not use (each step's valid records are in):"
+        )
+        index["warnings"] += capped(problems, 2 * MAX_WARNINGS_PER_FILE)
     if partial:
         shown = ", ".join(partial[:12]) + (" ..." if len(partial) > 12 else "")
         index["warnings"].append(
@@ -149,6 +163,6 @@ def export_html(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
+    tmp.write_text(page, encoding="utf-8", errors="replace")  # lone surrogates in the data: "?"
     os.replace(tmp, out)
     return out

@@ -158,7 +158,10 @@ class ReplayHandler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, ctype, head, cache="no-cache")
 
     def _send_json(self, status: HTTPStatus, payload: Any, head: bool) -> None:
-        self._send(status, dumps(payload).encode("utf-8"), "application/json; charset=utf-8", head)
+        # "replace": a lone surrogate (a hand-written \ud800 escape that json.loads accepted) cannot be
+        # encoded as UTF-8; it becomes "?" instead of failing the whole response.
+        body = dumps(payload).encode("utf-8", errors="replace")
+        self._send(status, body, "application/json; charset=utf-8", head)
 
     def _send(self, status: HTTPStatus, body: bytes, ctype: str, head: bool, cache: str = "no-store") -> None:
         self.send_response(status)
