@@ -253,3 +253,28 @@ def test_lookup_errors() -> None:
         POLICY_LOSSES["ppo_clip"](*_ppo_case(), LossTotals(4, 1, 5), PolicyLossParams(aggregation="tok"))
     with pytest.raises(ValueError, match="dual_clip"):
         PolicyLossParams(dual_clip=0.5)
+
+
+# ---------------------------------------------------------------- truncated importance sampling
+
+
+def test_truncated_is_weights_by_hand():
+    from agentrl.losses import TISParams, truncated_is_weights
+
+    proximal = torch.tensor([[-1.0, -2.0, -0.2, -3.0]])
+    behaviour = torch.tensor([[-1.5, -1.0, -1.2, -0.1]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    weights, m = truncated_is_weights(proximal, behaviour, mask, cap=2.0)
+    # exp(0.5), exp(-1), exp(1) capped at 2, masked out
+    torch.testing.assert_close(weights, torch.tensor([[1.6487213, 0.3678794, 2.0, 0.0]]))
+    assert float(m["is_weight_mean"]) == pytest.approx((1.6487213 + 0.3678794 + 2.0) / 3)
+    assert float(m["is_weight_max"]) == pytest.approx(2.0)
+    assert float(m["is_truncated_fraction"]) == pytest.approx(1 / 3)
+    assert float(m["logprob_mismatch_mean"]) == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert float(m["logprob_mismatch_max"]) == pytest.approx(1.0)  # the masked 2.9 does not count
+    assert TISParams().enabled(same_numerics=False) and not TISParams().enabled(same_numerics=True)
+    assert TISParams(mode="on").enabled(True) and not TISParams(mode="off").enabled(False)
+    with pytest.raises(ValueError, match="cap must be >= 1"):
+        TISParams(cap=0.5)
+    with pytest.raises(ValueError, match="auto, on or off"):
+        TISParams(mode="always")

@@ -1,0 +1,92 @@
+"""The update's behaviour-policy correction (truncated importance sampling), through ``update``.
+
+The rollout log-probs are set to the trainer's own minus a known shift, as an engine with other
+kernels would give: the importance weights must then be ``exp(shift)`` (or the cap) on every token,
+also on the second mini-batch, after an optimizer step has moved the weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from agentrl.config import load_config
+from agentrl.distributed import init_distributed
+from agentrl.losses import token_logprobs
+from agentrl.policy import build_policy
+from agentrl.trajectory import Sample, Trajectory
+from agentrl.update import update
+
+
+def _batch(model: torch.nn.Module, shift: float, n: int = 4, length: int = 40) -> list[Trajectory]:
+    """``n`` one-sample episodes: a 10-token prompt, then sampled tokens whose stored log-probs are
+    the model's own minus ``shift``; advantages +1 / -1 by episode."""
+    rng = random.Random(0)
+    trajectories = []
+    for e in range(n):
+        ids = [rng.randrange(3, 500) for _ in range(length)]
+        mask = [0] * 10 + [1] * (length - 10)
+        with torch.no_grad():
+            x = torch.tensor([ids])
+            own = token_logprobs(model(input_ids=x).logits[:, :-1], x[:, 1:])[0].tolist()
+        logprobs = [0.0] + [(lp - shift) if m else 0.0 for lp, m in zip(own, mask[1:])]
+        adv = [(1.0 if e % 2 else -1.0) * m for m in mask]
+        sample = Sample(token_ids=ids, loss_mask=mask, logprobs=logprobs, advantages=adv)
+        trajectories.append(Trajectory(env="t", seed=e, group=e // 2, samples=[sample]))
+    return trajectories
+
+
+@pytest.fixture(scope="module")
+def world():
+    return init_distributed("cpu")
+
+
+def _policy(*sets: str):
+    cfg = load_config(
+        env="sokoban", model="tiny-random", overrides=["train.lr=1e-2", "engine.name=hf", *sets]
+    )
+    return cfg, build_policy(cfg, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mini_batches", [1, 2])
+def test_weights_are_the_exponentiated_gap_on_every_mini_batch(world, mini_batches):
+    cfg, policy = _policy(f"algo.mini_batches={mini_batches}", "rollout.group_size=2", "train.n_groups=2")
+    out = update(cfg, policy, _batch(policy.model, 0.1), 1, world, 1.0, behaviour_is=True)
+    # The trainer's log-probs before the update exceed the engine's by 0.1 on every sampled token.
+    assert out["train/is_weight_mean"] == pytest.approx(math.exp(0.1), abs=1e-4)
+    assert out["train/is_weight_max"] == pytest.approx(math.exp(0.1), abs=1e-4)
+    assert out["train/logprob_mismatch_mean"] == pytest.approx(0.1, abs=1e-4)
+    assert out["train/logprob_mismatch_max"] == pytest.approx(0.1, abs=1e-4)
+    assert out["train/is_truncated_fraction"] == 0.0
+    # One pass from the pre-update policy: its own ratio is 1, nothing clipped.
+    if mini_batches == 1:
+        assert out["train/clip_fraction"] == 0.0
+
+
+def test_weights_stop_at_the_cap(world):
+    cfg, policy = _policy("algo.tis.cap=1.05")
+    out = update(cfg, policy, _batch(policy.model, 0.1), 1, world, 1.0, behaviour_is=True)
+    assert out["train/is_weight_mean"] == pytest.approx(1.05, abs=1e-6)
+    assert out["train/is_truncated_fraction"] == 1.0
+
+
+def test_without_correction_the_mismatch_is_still_logged(world):
+    cfg, policy = _policy()
+    out = update(cfg, policy, _batch(policy.model, 0.1), 1, world, 1.0, behaviour_is=False)
+    assert out["train/logprob_mismatch_mean"] == pytest.approx(0.1, abs=1e-4)
+    assert "train/is_weight_mean" not in out
+
+
+def test_unit_weights_change_nothing(world):
+    """With the engine's log-probs equal to the trainer's, the corrected update is the plain one."""
+    results = []
+    for correct in (False, True):
+        torch.manual_seed(0)
+        cfg, policy = _policy()
+        update(cfg, policy, _batch(policy.model, 0.0), 1, world, 1.0, behaviour_is=correct)
+        results.append({k: v.detach().clone() for k, v in policy.model.named_parameters()})
+    for name, value in results[0].items():
+        torch.testing.assert_close(results[1][name], value, rtol=0, atol=1e-6)
