@@ -12,9 +12,28 @@ PROGRESS_KEYS = (
     ("train/reward", "reward"),
     ("train/success_rate", "success"),
     ("train/format_valid_rate", "format"),
-    ("eval/success_rate", "eval"),
     ("train/kl", "kl"),
 )
+#: The step's phase times on the progress bar (seconds), with their short labels.
+PHASE_KEYS = (
+    ("timing/rollout_s", "roll"),
+    ("timing/update_s", "upd"),
+    ("timing/sync_s", "sync"),
+    ("timing/eval_s", "eval"),
+)
+
+
+def progress_text(last: dict[str, float], step_phases: dict[str, float]) -> str:
+    """The progress bar's postfix: key numbers, the latest eval success with its 95% interval,
+    and this step's phase times, e.g. ``reward=1.2 success=0.25 eval=0.31[0.14,0.56] | roll 31s upd 40s``."""
+    parts = [f"{label}={last[key]:.3g}" for key, label in PROGRESS_KEYS if key in last]
+    if "eval/success_rate" in last:
+        text = f"eval={last['eval/success_rate']:.2f}"
+        if "eval/success_ci_low" in last:
+            text += f"[{last['eval/success_ci_low']:.2f},{last['eval/success_ci_high']:.2f}]"
+        parts.append(text)
+    phases = " ".join(f"{label} {step_phases[key]:.0f}s" for key, label in PHASE_KEYS if key in step_phases)
+    return " ".join(parts) + (f" | {phases}" if phases else "")
 
 
 class RunLogger:
@@ -31,6 +50,7 @@ class RunLogger:
         self._writer = None
         self._bar = None
         self._last: dict[str, float] = {}
+        self._phases: dict[str, float] = {}
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -53,6 +73,7 @@ class RunLogger:
         self._metrics_file.write(json.dumps({"step": step, **clean}) + "\n")
         self._metrics_file.flush()
         self._last.update(clean)
+        self._phases = {k: v for k, v in clean.items() if k.startswith("timing/")}
 
     def text(self, step: int, tag: str, text: str) -> None:
         if self.enabled:
@@ -63,10 +84,7 @@ class RunLogger:
         """Move the bar to ``step`` and show the latest key numbers on it."""
         if self._bar is None:
             return
-        shown = " ".join(
-            f"{label}={self._last[key]:.3g}" for key, label in PROGRESS_KEYS if key in self._last
-        )
-        self._bar.set_postfix_str(shown, refresh=False)
+        self._bar.set_postfix_str(progress_text(self._last, self._phases), refresh=False)
         self._bar.update(step - self._bar.n)
 
     def info(self, message: str) -> None:

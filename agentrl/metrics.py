@@ -109,9 +109,27 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for a success rate of ``successes`` out of ``n`` (95% at z = 1.96).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n successes:
+    0 of 16 gives (0, 0.194), so "0.00" on 16 rooms is read as "below ~0.2", not "zero"."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def eval_metrics(trajectories: Sequence[Trajectory], prefix: str = "eval") -> dict[str, float]:
-    """Rollout metrics plus pass@k over seeds (k = 1 and the samples per seed)."""
+    """Rollout metrics plus pass@k over seeds (k = 1 and the samples per seed) and the success
+    rate's 95% Wilson interval (``success_ci_low`` / ``success_ci_high``, over ``episodes``)."""
     m = rollout_metrics(trajectories, prefix)
+    wins = sum(bool(t.success) for t in trajectories)
+    m[f"{prefix}/episodes"] = float(len(trajectories))
+    m[f"{prefix}/success_ci_low"], m[f"{prefix}/success_ci_high"] = wilson_interval(wins, len(trajectories))
     by_seed: dict[int, list[bool]] = defaultdict(list)
     for traj in trajectories:
         by_seed[traj.seed].append(traj.success)

@@ -200,6 +200,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
             if stop.requested:
                 log.info(f"agentrl: stopped after step {step}; resume with --resume --name {cfg.run.name}")
                 break
+        summary = summary_line(cfg, run_dir) if world.is_main else None
+        if summary:
+            log.info(summary)
     finally:
         stop.restore()
         rollout.close()
@@ -508,10 +511,32 @@ def evaluate_and_log(
         write_jsonl(run_dir / "eval" / step_filename(step), trajectories)
         log.text(step, "samples/eval", _render_sample(trajectories[0]))
         log.info(
-            f"eval step {step}: success {metrics['eval/success_rate']:.3f}, "
+            f"eval step {step}: success {success_text(metrics)}, "
             f"format-valid {metrics['eval/format_valid_rate']:.3f}, reward {metrics['eval/reward']:.3f}"
         )
     return metrics
+
+
+def success_text(metrics: dict[str, float]) -> str:
+    """``0.312 (5/16, 95% CI 0.14-0.56)`` from an evaluation's metrics."""
+    n = int(metrics["eval/episodes"])
+    rate = metrics["eval/success_rate"]
+    low, high = metrics["eval/success_ci_low"], metrics["eval/success_ci_high"]
+    return f"{rate:.3f} ({round(rate * n)}/{n}, 95% CI {low:.2f}-{high:.2f})"
+
+
+def summary_line(cfg: Config, run_dir: Path) -> str | None:
+    """The run's last line: held-out success at the first and the last evaluation, with intervals,
+    and the command that replays the run (``None`` without two evaluations)."""
+    rows = [r for r in read_metrics(run_dir) if "eval/success_rate" in r and "eval/episodes" in r]
+    if len(rows) < 2:
+        return None
+    first, last = rows[0], rows[-1]
+    start = "warm start" if cfg.run.init else "base"
+    return (
+        f"agentrl: held-out success {start} (step {first['step']}) {success_text(first)} -> "
+        f"step {last['step']} {success_text(last)}. Replay: agentrl replay {run_dir}"
+    )
 
 
 def save(

@@ -1,0 +1,53 @@
+"""Success intervals and the console's progress text, against hand-computed numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentrl.logger import progress_text
+from agentrl.metrics import wilson_interval
+
+
+def test_wilson_interval_by_hand():
+    # 5/16: p = 0.3125, z^2/n = 0.2401; centre (0.3125 + 0.12005) / 1.2401 = 0.34881,
+    # half 1.96 * sqrt(0.3125 * 0.6875 / 16 + 3.8416 / 1024) / 1.2401 = 0.20716
+    assert wilson_interval(5, 16) == pytest.approx((0.14165, 0.55597), abs=1e-4)
+    # 0/16: the upper end is 2 * centre = 2 * (3.8416 / 32) / 1.2401 = 0.19361, not 0
+    assert wilson_interval(0, 16) == pytest.approx((0.0, 0.19361), abs=1e-4)
+    low, high = wilson_interval(16, 16)
+    assert high == 1.0 and low == pytest.approx(1 - 0.19361, abs=1e-4)  # symmetric to 0/16
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # no evidence: anything
+
+
+def test_progress_text_shows_eval_interval_and_phase_times():
+    last = {"train/reward": 1.234, "train/success_rate": 0.25, "eval/success_rate": 0.3125}
+    last.update({"eval/success_ci_low": 0.1416, "eval/success_ci_high": 0.5560})
+    phases = {"timing/rollout_s": 31.2, "timing/update_s": 40.6, "timing/sync_s": 0.4}
+    assert (
+        progress_text(last, phases)
+        == "reward=1.23 success=0.25 eval=0.31[0.14,0.56] | roll 31s upd 41s sync 0s"
+    )
+    assert progress_text({}, {}) == ""
+
+
+def test_summary_line_from_a_runs_metrics(tmp_path):
+    import json
+
+    from agentrl.config import load_config
+    from agentrl.trainer import summary_line
+
+    cfg = load_config(env="sokoban")
+    rows = [
+        {"step": 0, "eval/success_rate": 0.0, "eval/episodes": 16, "eval/success_ci_low": 0.0, "eval/success_ci_high": 0.19},
+        {"step": 1, "train/reward": 1.0},
+        {"step": 2, "eval/success_rate": 0.3125, "eval/episodes": 16, "eval/success_ci_low": 0.14, "eval/success_ci_high": 0.56},
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert summary_line(cfg, tmp_path) == (
+        "agentrl: held-out success base (step 0) 0.000 (0/16, 95% CI 0.00-0.19) -> "
+        f"step 2 0.312 (5/16, 95% CI 0.14-0.56). Replay: agentrl replay {tmp_path}"
+    )
+    cfg.run.init = "runs/warm"
+    assert "held-out success warm start (step 0)" in summary_line(cfg, tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert summary_line(cfg, tmp_path) is None  # one evaluation: nothing to compare
