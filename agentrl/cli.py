@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `agentrl envs list | head`
         sys.stderr.close()
         return 0
-    except (KeyError, ValueError, FileNotFoundError) as exc:
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
         # Errors that say what to fix get one line, no traceback; anything else is a bug and keeps its
         # traceback. Matched by name: importing their modules here would import torch just to print.
         if type(exc).__name__ in USER_ERRORS:
@@ -249,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Exceptions whose message is for the user: bad config, unknown env, missing or unusable model,
-#: unusable template, no run directory to replay.
+#: unusable template, no run directory to replay, an engine that does not start, hangs, or was
+#: not given the trained weights.
 USER_ERRORS = (
     "ConfigError",
     "UnknownEnvError",
@@ -257,4 +258,7 @@ USER_ERRORS = (
     "UnusableModelError",
     "TemplateError",
     "RunNotFoundError",
+    "EngineStartError",
+    "EngineTimeout",
+    "WeightSyncError",
 )

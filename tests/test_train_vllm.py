@@ -17,7 +17,10 @@ import pytest
 import torch
 from envs_for_tests import subprocess_env
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed"),
+]
 
 
 def _gaps(model_dir: Path, trajectories: list[dict], temperature: float) -> torch.Tensor:
@@ -78,3 +81,63 @@ def test_two_sokoban_steps_on_vllm_push_the_weights_that_sample_step_two(tmp_pat
     assert float(after_step1.mean()) < 1e-4, float(after_step1.mean())
     # The base model scores those tokens differently: the engine had really moved on from it.
     assert float(base.mean()) > 5 * float(after_step1.mean()), (float(base.mean()), float(after_step1.mean()))
+
+
+def test_agentrl_eval_runs_on_vllm_and_matches_the_hf_engine(tmp_path):
+    """``agentrl eval`` goes through the same engine registry: under ``auto`` it picks vLLM, and
+    its greedy replies equal the HF engine's on the same held-out rooms."""
+    replies = {}
+    for name in ("auto", "hf"):
+        out = tmp_path / name
+        cmd = [
+            sys.executable,
+            "-m",
+            "agentrl",
+            "eval",
+            "--env",
+            "sokoban",
+            "--episodes",
+            "4",
+            "--out",
+            str(out),
+        ]
+        cmd += [
+            "--set",
+            f"engine.name={name}",
+            "--set",
+            "rollout.max_turns=1",
+            "--set",
+            "rollout.max_new_tokens=24",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=subprocess_env())
+        assert done.returncode == 0, done.stderr[-3000:]
+        expected = "engine vllm (engine.name=auto" if name == "auto" else "engine hf (engine.name=hf)"
+        assert expected in done.stderr
+        rows = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
+        replies[name] = [(r["seed"], [t["reply"] for t in r["turns"]]) for r in rows]
+    assert len(replies["auto"]) == 4
+    assert replies["auto"] == replies["hf"]
+
+
+def test_a_vllm_that_cannot_start_ends_with_the_cause_and_leaves_no_run_folder(tmp_path):
+    """A KV cache larger than the machine: vLLM refuses at start-up; the run ends with one line that
+    names the setting to change, and the run name stays free."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "agentrl",
+        "train",
+        "--env",
+        "sokoban",
+        "--name",
+        "big",
+        "--set",
+        f"run.root={tmp_path}",
+    ]
+    cmd += ["--set", "engine.name=vllm", "--set", "engine.vllm.kv_cache_memory_bytes=100000000000000"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=subprocess_env())
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("agentrl: error: vLLM could not start") and "kv_cache_memory_bytes" in last
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "big").exists()
