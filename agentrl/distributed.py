@@ -47,6 +47,12 @@ def init_distributed(device: str, timeout_s: int = 1800) -> World:
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
         )
     if not torch.distributed.is_initialized():
+        # A process group that existed before was destroyed (vLLM tears down the default group when
+        # its in-process engine goes away): DeepSpeed's cached clone of the old world group would then
+        # be passed to the new one ("Group ... is not registered"). Forget it before re-initialising.
+        from deepspeed.utils import groups
+
+        groups._WORLD_GROUP = None
         backend = "nccl" if device == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
     size = torch.distributed.get_world_size()

@@ -97,6 +97,7 @@ class _HostState:
         self.python = random.getstate()
         self.numpy = np.random.get_state()
         self.torch = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         self.threads = torch.get_num_threads()
         self.set_num_threads = torch.set_num_threads
 
@@ -104,6 +105,8 @@ class _HostState:
         random.setstate(self.python)
         np.random.set_state(self.numpy)
         torch.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
         torch.set_num_threads = self.set_num_threads  # vLLM's CPU worker replaced it with a no-op
         torch.set_num_threads(self.threads)
 
