@@ -31,6 +31,8 @@ class Policy:
     reference: torch.nn.Module | None
     """Frozen reference for the KL term (``None`` when the KL is off or LoRA provides it)."""
     device: torch.device
+    model_path: str
+    """The starting model's folder on disk (what an engine with its own weights loads)."""
 
 
 def quiet_libraries() -> None:
@@ -98,7 +100,14 @@ def build_policy(cfg: Config, device: torch.device) -> Policy:
     if torch.distributed.get_world_size() == 1 and cfg.train.zero_stage == 0:
         # Alone there is nothing to average: skip DeepSpeed's flatten-and-copy of every gradient.
         ds_engine.enable_backward_allreduce = False
-    return Policy(model=model, ds_engine=ds_engine, tokenizer=tokenizer, reference=reference, device=device)
+    return Policy(
+        model=model,
+        ds_engine=ds_engine,
+        tokenizer=tokenizer,
+        reference=reference,
+        device=device,
+        model_path=path,
+    )
 
 
 def _lr_lambda(cfg: Config, total_updates: int):
@@ -163,6 +172,7 @@ def engine_options(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def build_engine(cfg: Config, policy: Policy) -> tuple[Engine, str]:
     """The rollout engine of a run, by ``engine.name``; with a line saying which one and why."""
-    path = resolve_model_path(cfg.run.init or cfg.model.path)
-    setup = engine_setup(cfg, path, policy.tokenizer.pad_token_id, policy.device, model=policy.model)
+    setup = engine_setup(
+        cfg, policy.model_path, policy.tokenizer.pad_token_id, policy.device, model=policy.model
+    )
     return start_engine(cfg.engine.name, setup, engine_options(cfg))

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from agentrl.engines.base import EngineCapabilities, Generation, SamplingParams
+from agentrl.losses import token_logprobs
 
 if TYPE_CHECKING:
     from agentrl.engines import EngineSetup
@@ -208,8 +209,9 @@ class HFEngine:
         out = []
         for ids in prompts:
             x = torch.tensor([ids], device=self.device)
-            logp = self.model(input_ids=x, use_cache=False).logits[0, :-1].float().log_softmax(-1)
-            out.append(logp.gather(-1, x[0, 1:, None])[:, 0].tolist())
+            out.append(
+                token_logprobs(self.model(input_ids=x, use_cache=False).logits[:, :-1], x[:, 1:])[0].tolist()
+            )
         return out
 
     def close(self) -> None:
