@@ -27,7 +27,7 @@ from agentrl.collapse import COLLAPSE_ACTIONS
 from agentrl.engines import ENGINE_CHOICES
 from agentrl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, KLParams, PolicyLossParams, TISParams
 from agentrl.rewards import ShapingParams
-from agentrl.rollout import RolloutConfig
+from agentrl.rollout import PER_CALL_SETTINGS, RolloutConfig
 
 
 class ConfigError(ValueError):
@@ -177,6 +177,49 @@ class RunConfig:
 
 
 @dataclass
+class StageRolloutConfig:
+    """Rollout settings a curriculum stage may change (``None``: the run's own ``rollout.*``).
+
+    The run's ``rollout.*`` values are the ceiling: a stage may lower them, never raise them, since
+    they size the vLLM engine (``max_model_len``, KV cache), check ``train.micro_batch_tokens`` and
+    set Dr.GRPO's constant length normaliser for the whole run. Evaluation plays the run's values.
+    """
+
+    group_size: int | None = None
+    """Episodes per group in this stage (DeepScaleR: 8 at 8K, 16 from 16K on)."""
+    max_turns: int | None = None
+    """Turns per episode at most in this stage."""
+    max_new_tokens: int | None = None
+    """Tokens one reply may sample in this stage (DeepScaleR: 8192 -> 16384 -> 24576)."""
+    max_context_tokens: int | None = None
+    """Longest context a turn may start from plus its reply in this stage."""
+
+    @staticmethod
+    def why_not(prefix: str, name: str) -> str | None:
+        """Why ``name`` cannot be set in a stage's ``rollout`` mapping (``None``: not a rollout setting)."""
+        if name == "temperature":
+            stage = prefix.removesuffix("rollout.")
+            return (
+                f"set the stage's own {stage}temperature instead (the trainer scores the log-probs at the "
+                "same temperature)"
+            )
+        if name in {f.name for f in dataclasses.fields(RolloutConfig)}:
+            return (
+                f"rollout.{name} is fixed for the whole run (it shapes the system prompt, the reply parser, "
+                f"the sampler or the env workers); a stage may set only {', '.join(PER_CALL_SETTINGS)}"
+            )
+        return None
+
+    def overrides(self) -> dict[str, int]:
+        """The settings this stage sets (those not ``None``)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+
+@dataclass
 class StageConfig:
     steps: int = 0
     """Training steps of this stage (adaptive mode: its budget; it moves on once they are spent)."""
@@ -186,6 +229,9 @@ class StageConfig:
     """Learning rate of the stage (``None``: ``train.lr``); warmup/cosine factors still apply."""
     temperature: float | None = None
     """Rollout sampling temperature of the stage (``None``: ``rollout.temperature``)."""
+    rollout: StageRolloutConfig = field(default_factory=StageRolloutConfig)
+    """Rollout limits of the stage, at most the run's own (DeepScaleR's staged context:
+    ``{max_new_tokens: 8192}`` -> ``16384`` -> ``24576``); unset keys keep ``rollout.*``."""
 
 
 @dataclass
@@ -320,6 +366,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for name, value in data.items():
         if name not in types_:
+            reason = cls.why_not(prefix, name) if hasattr(cls, "why_not") else None
+            if reason:
+                raise ConfigError(f"{prefix}{name} cannot be set here: {reason}")
             raise _unknown_key(prefix, name, list(types_))
         kwargs[name] = _coerce(value, types_[name], prefix + name)
     try:
@@ -567,7 +616,6 @@ def validate(cfg: Config) -> None:
             agentrl.spec(cfg.env.name)
         except KeyError as exc:
             raise ConfigError(f"env.name: {exc.args[0]}") from None
-    _validate_curriculum(cfg)
     _validate_collapse(cfg)
     _check_choice("algo.advantage.estimator", cfg.algo.advantage.estimator, ADVANTAGE_ESTIMATORS)
     _check_choice("algo.policy_loss.loss", cfg.algo.policy_loss.loss, POLICY_LOSSES)
@@ -602,11 +650,13 @@ def validate(cfg: Config) -> None:
             f"algo.mini_batches={cfg.algo.mini_batches} must divide the {cfg.episodes_per_step} episodes per step "
             f"(train.n_groups={cfg.train.n_groups} x rollout.group_size={cfg.rollout.group_size})"
         )
-    if cfg.rollout.max_new_tokens > cfg.rollout.max_context_tokens:
-        raise ConfigError(
-            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} exceeds rollout.max_context_tokens="
-            f"{cfg.rollout.max_context_tokens}: raise the context or lower the reply budget"
-        )
+    _check_reply_fits(
+        "rollout.max_new_tokens",
+        cfg.rollout.max_new_tokens,
+        "rollout.max_context_tokens",
+        cfg.rollout.max_context_tokens,
+    )
+    _validate_curriculum(cfg)  # after the run's own rollout limits: the stages' are checked against them
     if cfg.train.micro_batch_tokens < cfg.rollout.max_context_tokens:
         raise ConfigError(
             f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than one full context "
@@ -655,6 +705,54 @@ def validate(cfg: Config) -> None:
         cfg.run.name = f"{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _check_reply_fits(
+    new_key: str, max_new_tokens: int, context_key: str, max_context_tokens: int, where: str = ""
+) -> None:
+    """A full reply budget must leave room for a prompt in the context (the rule for the run's
+    ``rollout.*`` and for every curriculum stage's own limits)."""
+    if max_new_tokens >= max_context_tokens:
+        how = "exceeds" if max_new_tokens > max_context_tokens else "equals"
+        raise ConfigError(
+            f"{new_key}={max_new_tokens} {how} {context_key}={max_context_tokens}{where}, leaving no room for "
+            "the prompt (an episode whose prompt and full reply do not fit ends at once, end reason "
+            "context_limit): raise the context or lower the reply budget"
+        )
+
+
+def _validate_stage_rollout(cfg: Config, key: str, limits: StageRolloutConfig) -> None:
+    """A stage's rollout limits: positive, at most the run's own, a reply that fits the context."""
+    run = cfg.rollout
+    for name, value in limits.overrides().items():
+        if value <= 0:
+            raise ConfigError(f"{key}.rollout.{name} must be positive, got {value}")
+        ceiling = getattr(run, name)
+        if value > ceiling:
+            raise ConfigError(
+                f"{key}.rollout.{name}={value} exceeds rollout.{name}={ceiling}: the run's rollout settings are "
+                "the most any stage may use (they size the engine's context and KV cache, the micro-batches "
+                f"and the loss's length normaliser); set rollout.{name} to the largest stage's value ({value} "
+                "or more) and let the earlier stages lower it"
+            )
+    if limits.max_new_tokens is not None or limits.max_context_tokens is not None:
+        named = [
+            (f"{key}.rollout.{name}", getattr(limits, name))
+            if getattr(limits, name) is not None
+            else (f"rollout.{name}", getattr(run, name))
+            for name in ("max_new_tokens", "max_context_tokens")
+        ]
+        _check_reply_fits(*named[0], *named[1], where=f" in {key}")
+    group_size = limits.group_size or run.group_size
+    if group_size < 2 and cfg.algo.advantage.estimator != "turn":
+        raise ConfigError(
+            f"{key}.rollout.group_size must be at least 2: group-relative advantages of a group of one are always 0"
+        )
+    if (cfg.train.n_groups * group_size) % cfg.algo.mini_batches:
+        raise ConfigError(
+            f"algo.mini_batches={cfg.algo.mini_batches} must divide the {cfg.train.n_groups * group_size} episodes "
+            f"per step of {key} (train.n_groups={cfg.train.n_groups} x {key}.rollout.group_size={group_size})"
+        )
+
+
 def _validate_curriculum(cfg: Config) -> None:
     cur = cfg.curriculum
     for i, stage in enumerate(cur.stages):
@@ -665,6 +763,7 @@ def _validate_curriculum(cfg: Config) -> None:
             raise ConfigError(f"{key}.lr must be positive, got {stage.lr}")
         if stage.temperature is not None and stage.temperature < 0:
             raise ConfigError(f"{key}.temperature must be >= 0 (0: greedy), got {stage.temperature}")
+        _validate_stage_rollout(cfg, key, stage.rollout)
     if cur.stages and cfg.train.steps != sum(s.steps for s in cur.stages):
         raise ConfigError(
             f"train.steps={cfg.train.steps} differs from the sum of the curriculum stages' steps "

@@ -25,10 +25,12 @@ Context modes:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -95,6 +97,13 @@ class RolloutConfig:
     """Threads stepping envs (1: in the calling thread)."""
     show_turn_info: bool = True
     """Tell the model the previous reward and the turns left in each user message."""
+
+
+#: The :class:`RolloutConfig` fields one :meth:`RolloutManager.rollout` call may override
+#: (``settings=``; a curriculum stage's ``rollout`` mapping): they are read afresh on every call.
+#: The others shape what the manager builds once (system prompt, parser, context mode, worker pool)
+#: or how the trainer scores samples (``temperature`` has its own argument and a stage key of its own).
+PER_CALL_SETTINGS = ("group_size", "max_turns", "max_new_tokens", "max_context_tokens")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,13 +310,28 @@ class RolloutManager:
         temperature: float | None = None,
         reset_options: dict[str, Any] | None = None,
         scripted: Callable[[gymnasium.Env], str] | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> list[Trajectory]:
         """Play ``len(seeds) x group_size`` episodes; group ``g`` plays env seed ``seeds[g]``.
 
         ``scripted(env) -> reply text`` replaces the engine (warm-start demonstrations, tests): its
         text, without ``reply_prefix``, is tokenized once and recorded as the "sampled" tokens, so a
         demonstration is templated exactly as the policy's own replies will be.
+
+        ``settings`` overrides :data:`PER_CALL_SETTINGS` of the config for this call only (a
+        curriculum stage's ``max_new_tokens``, say); the manager's own config is left as it is.
         """
+        if settings:
+            return self.with_settings(settings).rollout(
+                seeds,
+                step=step,
+                split=split,
+                sampling_seed=sampling_seed,
+                group_size=group_size,
+                temperature=temperature,
+                reset_options=reset_options,
+                scripted=scripted,
+            )
         self._scripted = scripted
         group_size = group_size or self.config.group_size
         n = len(seeds) * group_size
@@ -329,6 +353,18 @@ class RolloutManager:
                 e.traj.end_reason = "max_turns"
             self._finish_tokens(e)
         return [e.traj for e in episodes]
+
+    def with_settings(self, settings: Mapping[str, Any]) -> RolloutManager:
+        """A view of this manager whose config has ``settings`` (keys of :data:`PER_CALL_SETTINGS`)
+        replaced. It shares the engine, tokenizer, envs and worker pool; closing it is not needed."""
+        unknown = sorted(set(settings) - set(PER_CALL_SETTINGS))
+        if unknown:
+            raise ValueError(
+                f"rollout settings {unknown} cannot change between calls; only {list(PER_CALL_SETTINGS)} can"
+            )
+        view = copy.copy(self)
+        view.config = dataclasses.replace(self.config, **settings)
+        return view
 
     # -- episode life -------------------------------------------------------------------------
     def _map(self, fn, items):

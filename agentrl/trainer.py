@@ -47,7 +47,7 @@ from agentrl.policy import (
     seed_everything,
 )
 from agentrl.rewards import shaping_bonus
-from agentrl.rollout import RolloutManager
+from agentrl.rollout import PER_CALL_SETTINGS, RolloutManager
 from agentrl.trajectory import Trajectory, step_filename, write_jsonl
 from agentrl.update import update
 from agentrl.weight_sync import WeightSyncError, logprob_gap, policy_weights, probe_prompts, sync_tolerance
@@ -64,6 +64,8 @@ class Stage:
     """Learning rate to put on the optimizer (``None``: leave the schedule alone)."""
     temperature: float
     """Rollout sampling temperature; the trainer's log-probs use the same one."""
+    rollout: dict[str, int] = field(default_factory=dict)
+    """Rollout settings the stage sets for its steps (``max_new_tokens``...; empty: the run's own)."""
 
 
 @dataclass
@@ -136,6 +138,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 sampling_seed=_step_seed(cfg, step, world),
                 temperature=stage.temperature,
                 reset_options=stage.env_options,
+                settings=stage.rollout,
             )
             engine.sleep()
             _offset_groups(trajectories, cfg, world)
@@ -174,7 +177,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
                 metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world, stage.env_options))
             if cfg.curriculum.stages:
-                metrics["curriculum/stage"] = float(stage.index)
+                metrics.update(_stage_metrics(cfg, stage))
 
             # ---- 6. collapse guard ------------------------------------------------------------
             collapsed = _collapse_guard(cfg, loop, metrics, step, log)
@@ -332,7 +335,23 @@ def _stage_settings(cfg: Config, index: int) -> Stage:
         env_options=dict(stage.env_options) or None,
         lr=stage.lr if stage.lr is not None else cfg.train.lr,
         temperature=stage.temperature if stage.temperature is not None else cfg.rollout.temperature,
+        rollout=stage.rollout.overrides(),
     )
+
+
+def _stage_limits(cfg: Config, stage: Stage | None) -> dict[str, int]:
+    """The rollout limits a step of ``stage`` plays: the stage's own, else the run's."""
+    own = stage.rollout if stage is not None else {}
+    return {key: own.get(key, getattr(cfg.rollout, key)) for key in PER_CALL_SETTINGS}
+
+
+def _stage_metrics(cfg: Config, stage: Stage) -> dict[str, float]:
+    """``curriculum/stage`` and the limits the step played (``curriculum/max_new_tokens``...)."""
+    limits = _stage_limits(cfg, stage)
+    return {
+        "curriculum/stage": float(stage.index),
+        **{f"curriculum/{k}": float(v) for k, v in limits.items()},
+    }
 
 
 def _set_lr(policy: Policy, lr: float) -> None:
@@ -373,9 +392,10 @@ def _next_curriculum(
         reason = "schedule"
     if nxt.stage != current.stage and step < cfg.train.steps:
         stage = _stage_settings(cfg, nxt.stage)
+        limits = "".join(f", {k} {v}" for k, v in stage.rollout.items())
         log.info(
             f"agentrl: curriculum stage {nxt.stage + 1}/{len(cur.stages)} from step {step + 1} ({reason}): "
-            f"env options {stage.env_options or '{}'}, lr {stage.lr:g}, temperature {stage.temperature:g}"
+            f"env options {stage.env_options or '{}'}, lr {stage.lr:g}, temperature {stage.temperature:g}{limits}"
         )
     return nxt
 
@@ -447,10 +467,11 @@ def _step_seed(cfg: Config, step: int, world: World) -> int:
 
 def _offset_groups(trajectories: list[Trajectory], cfg: Config, world: World) -> None:
     """Make group ids and episode ids global across ranks."""
-    first = _rank_groups(cfg, world).start
+    groups = _rank_groups(cfg, world)
+    group_size = len(trajectories) // max(1, len(groups))  # a curriculum stage may set its own
     for traj in trajectories:
-        traj.group += first
-        traj.episode_id += first * cfg.rollout.group_size
+        traj.group += groups.start
+        traj.episode_id += groups.start * group_size
 
 
 # ------------------------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ def test_overrides_are_typed():
         ("rollout.group_size=1", "group_size must be at least 2"),
         ("eval.episodes=20000", "overlap the training seeds"),
         ("rollout.max_new_tokens=5000", "exceeds rollout.max_context_tokens"),
+        (
+            "rollout.max_new_tokens=1536",
+            "equals rollout.max_context_tokens=1536, leaving no room for the prompt",
+        ),
         ("nonsense", "must look like key=value"),
     ],
 )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -99,12 +100,107 @@ def test_stages_are_typed_and_train_steps_is_their_sum():
         ([STAGES, "curriculum.window=0"], "curriculum.window must be positive"),
         (["curriculum.adaptive=true"], "needs curriculum.stages"),
         ([STAGES, "curriculum.stages.4.lr=1"], "is a list of 2; index it 0..1"),
+        # Rollout limits of a stage (knights_knaves.yaml: group_size 4, 192 new tokens, context 1536).
+        (
+            [STAGES, "curriculum.stages.1.rollout.max_new_tokens=4096"],
+            "[1].rollout.max_new_tokens=4096 exceeds rollout.max_new_tokens=192",
+        ),
+        (
+            [STAGES, "curriculum.stages.1.rollout.group_size=8"],
+            "set rollout.group_size to the largest stage's value",
+        ),
+        (
+            [STAGES, "curriculum.stages.0.rollout.max_new_tokens=0"],
+            "curriculum.stages[0].rollout.max_new_tokens must be positive",
+        ),
+        (
+            [STAGES, "curriculum.stages.0.rollout.max_context_tokens=-5"],
+            "rollout.max_context_tokens must be positive",
+        ),
+        (
+            [STAGES, "curriculum.stages.0.rollout.max_context_tokens=150"],
+            "rollout.max_new_tokens=192 exceeds curriculum.stages[0].rollout.max_context_tokens=150 in curriculum.stages[0]",
+        ),
+        (
+            [STAGES, "curriculum.stages.0.rollout={max_new_tokens: 100, max_context_tokens: 100}"],
+            "leaving no room for the prompt",
+        ),
+        (
+            [STAGES, "curriculum.stages.0.rollout.group_size=1"],
+            "curriculum.stages[0].rollout.group_size must be at least 2",
+        ),
+        (
+            [STAGES, "algo.mini_batches=8", "curriculum.stages.0.rollout.group_size=3"],
+            "must divide the 12 episodes per step of curriculum.stages[0]",
+        ),
+        (
+            [STAGES, "curriculum.stages.0.rollout.max_new_token=64"],
+            "Did you mean curriculum.stages[0].rollout.max_new_tokens?",
+        ),
+        (
+            [STAGES, "curriculum.stages.0.rollout.temperature=0.5"],
+            "set the stage's own curriculum.stages[0].temperature",
+        ),
+        ([STAGES, "curriculum.stages.0.rollout.top_p=0.5"], "rollout.top_p is fixed for the whole run"),
     ],
 )
 def test_curriculum_mistakes_are_named(overrides, message):
     with pytest.raises(ConfigError) as info:
         load_config(env="knights_knaves", overrides=overrides)
     assert message in str(info.value)
+
+
+def test_stages_set_rollout_limits_typed_and_round_trip():
+    staged = "curriculum.stages=[{steps: 2, rollout: {max_new_tokens: 64, group_size: 2}}, {steps: 3}]"
+    cfg = load_config(
+        env="knights_knaves", overrides=[staged, "curriculum.stages.1.rollout.max_context_tokens=1024"]
+    )
+    first, second = cfg.curriculum.stages
+    assert first.rollout.overrides() == {"group_size": 2, "max_new_tokens": 64}
+    assert second.rollout.overrides() == {"max_context_tokens": 1024} and second.rollout.max_turns is None
+    assert from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    from agentrl.config import StageRolloutConfig
+    from agentrl.rollout import PER_CALL_SETTINGS
+
+    # The stage keys are exactly the settings the rollout manager takes per call.
+    assert tuple(f.name for f in dataclasses.fields(StageRolloutConfig)) == PER_CALL_SETTINGS
+
+
+def test_stage_settings_and_metrics_fill_in_the_runs_limits():
+    from agentrl.trainer import _stage_metrics, _stage_settings
+
+    staged = (
+        "curriculum.stages=[{steps: 1, rollout: {max_new_tokens: 64, max_context_tokens: 512}}, {steps: 1}]"
+    )
+    cfg = load_config(env="knights_knaves", overrides=[staged])
+    first, second = _stage_settings(cfg, 0), _stage_settings(cfg, 1)
+    assert first.rollout == {"max_new_tokens": 64, "max_context_tokens": 512} and second.rollout == {}
+    assert _stage_metrics(cfg, first) == {
+        "curriculum/stage": 0.0,
+        "curriculum/group_size": 4.0,
+        "curriculum/max_turns": 1.0,
+        "curriculum/max_new_tokens": 64.0,
+        "curriculum/max_context_tokens": 512.0,
+    }
+    assert _stage_metrics(cfg, second)["curriculum/max_new_tokens"] == 192.0  # the run's own
+
+
+def test_deepscaler_recipes_are_three_context_stages():
+    cfg = load_config(config_file=str(configs_dir() / "deepscaler_math.yaml"))
+    assert cfg.train.steps == 1750 and cfg.train.lr == 1e-6 and cfg.train.n_groups == 128
+    assert [s.rollout.max_new_tokens or cfg.rollout.max_new_tokens for s in cfg.curriculum.stages] == [
+        8192,
+        16384,
+        24576,
+    ]
+    assert [s.rollout.group_size or cfg.rollout.group_size for s in cfg.curriculum.stages] == [8, 16, 16]
+    assert cfg.rollout.temperature == 0.6 and cfg.eval.temperature == 0.6 and not cfg.eval.greedy
+    cpu = load_config(config_file=str(configs_dir() / "deepscaler_math_cpu.yaml"))
+    assert [s.rollout.max_new_tokens or cpu.rollout.max_new_tokens for s in cpu.curriculum.stages] == [
+        64,
+        128,
+        192,
+    ]
 
 
 def test_logic_rl_recipe_is_one_run_of_three_stages():
@@ -207,3 +303,51 @@ def test_adaptive_promotes_on_success_demotes_on_failure_and_persists_the_window
     assert loop["curriculum"] == {"stage": 1, "steps_in_stage": 0, "window": []}  # step 3 succeeded
     state = json.loads((run / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     assert state["stage"] == 0
+
+
+STAGED = (
+    "[{steps: 1, rollout: {group_size: 2, max_new_tokens: 3, max_context_tokens: 600}},"
+    " {steps: 1, rollout: {max_new_tokens: 5}}, {steps: 1}]"
+)
+
+
+def _reply_lengths(run: Path, step: int, split: str = "trajectories") -> list[int]:
+    lines = (run / split / f"step_{step:06d}.jsonl").read_text().splitlines()
+    return [b - a for line in lines for a, b in (t["response_span"] for t in json.loads(line)["turns"])]
+
+
+def test_stages_set_rollout_limits_logged_and_resumed(tmp_path):
+    """DeepScaleR-style staged context through `agentrl train`: each step's replies are cut at its
+    stage's budget (the tiny random model almost never stops early), its groups have the stage's
+    size, the limits are logged (metrics.jsonl, TensorBoard), evaluation plays the run's own limits,
+    and --resume replays the later stages with theirs."""
+    extra = ("rollout.group_size=4", "eval.every=3", "eval.episodes=2", "algo.kl.coef=0")
+    assert main(["train", *_args(tmp_path, "staged", STAGED, *extra)]) == 0
+    run = tmp_path / "staged"
+    rows = _rows(run)
+    assert [r["curriculum/stage"] for r in rows] == [0, 1, 2]
+    assert [r["curriculum/max_new_tokens"] for r in rows] == [3, 5, 8]
+    assert [r["curriculum/max_context_tokens"] for r in rows] == [600, 1024, 1024]
+    assert [r["curriculum/group_size"] for r in rows] == [2, 4, 4]
+    lengths = {step: _reply_lengths(run, step) for step in (1, 2, 3)}
+    assert [len(lengths[s]) for s in (1, 2, 3)] == [
+        2 * 2,
+        2 * 4,
+        2 * 4,
+    ]  # n_groups 2 x the stage's group size
+    assert [max(lengths[s]) for s in (1, 2, 3)] == [3, 5, 8]
+    assert max(_reply_lengths(run, 3, "eval")) == 8  # evaluation: the run's own limits
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    assert {"curriculum/max_new_tokens", "curriculum/max_context_tokens"} <= set(acc.Tags()["scalars"])
+
+    # Resume after step 1 (in stage 0): steps 2 and 3 play stages 1 and 2 with their limits again.
+    for step in (2, 3):
+        shutil.rmtree(run / "checkpoints" / f"step_{step:06d}")
+    assert main(["train", "--resume", *_args(tmp_path, "staged", STAGED, *extra)]) == 0
+    again = _rows(run)
+    assert [r["curriculum/max_new_tokens"] for r in again] == [3, 5, 8]
+    assert [max(_reply_lengths(run, s)) for s in (2, 3)] == [5, 8]
+    assert len(_reply_lengths(run, 2)) == 2 * 4

@@ -716,3 +716,34 @@ def test_collapse_warnings_from_the_trainer_show_on_the_page(run_dir, browser, t
     page.wait_for_selector("#warnings:not([hidden])")
     assert f"Collapse warning at step {rows[1]['step']}" in page.locator("#warnings").inner_text()
     w.context.close()
+
+
+def test_curriculum_stage_limits_show_on_the_page(run_dir, browser, tmp_path):
+    """A staged-context run logs its stage's limits; the page draws the reply budget over the response
+    length and adds a chart of the limits (a run without them keeps its four charts)."""
+    import json
+    import shutil
+
+    run = tmp_path / "staged"
+    shutil.copytree(run_dir, run)
+    rows = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the fixture's deliberately cut line
+    for i, row in enumerate(rows):
+        row["curriculum/max_new_tokens"] = 64.0 if i < len(rows) // 2 else 128.0
+        row["curriculum/max_context_tokens"] = 512.0 if i < len(rows) // 2 else 768.0
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = export_html(run, tmp_path / "staged.html")
+    w = Watched(browser, offline=True)
+    page = w.open(out.as_uri())
+    page.wait_for_selector("#charts figure.chart >> nth=4")
+    captions = page.locator("#charts figcaption").all_inner_texts()
+    assert captions[-1] == "Curriculum stage limits (tokens)" and len(captions) == 5
+    length = page.locator("#charts figure.chart").nth(2)
+    assert length.locator("polyline.line.limit").count() == 1  # the reply budget over the response length
+    assert "stage limit" in length.locator(".legend").inner_text()
+    assert page.locator("#charts figure.chart").nth(4).locator("polyline").count() == 2
+    w.context.close()

@@ -526,6 +526,27 @@ def test_rollout_group_size_and_step_override(tokenizer):
     mgr.close()
 
 
+def test_per_call_settings_apply_to_that_call_only(tokenizer):
+    """A curriculum stage's limits (``settings=``) bound one call; the manager's config is unchanged."""
+    long_reply = "<think>" + "thinking " * 30 + "</think><answer>x</answer>"
+    engine = ScriptedEngine(tokenizer, long_reply)
+    cfg = RolloutConfig(group_size=4, max_turns=3, max_new_tokens=40, env_workers=1)
+    mgr = RolloutManager(engine, tokenizer, "test-counter", cfg)
+    trajs = mgr.rollout([5], settings={"max_new_tokens": 6, "group_size": 2, "max_turns": 1})
+    assert len(trajs) == 2 and all(len(t.turns) == 1 for t in trajs)
+    assert engine.calls[-1][1].max_new_tokens == 6
+    assert all(t.turns[0].response_span[1] - t.turns[0].response_span[0] == 6 for t in trajs)
+    assert mgr.config.max_new_tokens == 40 and mgr.config.group_size == 4  # untouched
+    trajs = mgr.rollout([5])
+    assert len(trajs) == 4 and engine.calls[-1][1].max_new_tokens == 40
+    # The context limit of the call: a prompt that cannot hold a full reply ends the episode at once.
+    trajs = mgr.rollout([5], settings={"max_context_tokens": 20})
+    assert all(t.end_reason == "context_limit" and t.turns == [] for t in trajs)
+    with pytest.raises(ValueError, match="cannot change between calls"):
+        mgr.rollout([5], settings={"think": False})
+    mgr.close()
+
+
 @pytest.mark.parametrize("mode", ["window", "single"])
 def test_windowed_modes(tokenizer, mode):
     script = [[reply(f"a{k}")] * 2 for k in range(3)]

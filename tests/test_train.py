@@ -261,5 +261,13 @@ def test_every_recipe_runs_a_step(tmp_path, recipe):
 
     stages = (yaml.safe_load(Path(config).read_text()).get("curriculum") or {}).get("stages") or []
     steps = [a for i in range(len(stages)) for a in ("--set", f"curriculum.stages.{i}.steps=1")]
+    # A stage's own rollout limits may not exceed the (cut-down) run's: give such stages a smaller
+    # reply budget instead, which still plays the stage's limits.
+    shrink_stages = [
+        f"curriculum.stages.{i}.rollout={{max_new_tokens: 4}}"
+        for i, s in enumerate(stages)
+        if s.get("rollout")
+    ]
+    steps += [a for s in shrink_stages for a in ("--set", s)]
     steps = steps or ["--set", "train.steps=1"]
     assert main(["train", "--config", config, *args, *steps, "--set", "rollout.max_turns=1"]) == 0

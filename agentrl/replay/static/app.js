@@ -104,23 +104,32 @@
   function status(text) { $('status').textContent = text; }
 
   // ---------------------------------------------------------------- overview: charts + config
+  // A series is [metric, label, kind]; kind (default: the label) styles it: train, eval or limit.
+  // Curriculum runs log their stage's rollout limits (curriculum/max_new_tokens, ...): the reply
+  // budget is drawn over the response length, and the limits get a chart of their own.
   const CHARTS = [
     { title: 'Reward', series: [['train/reward', 'train'], ['eval/reward', 'eval']] },
     { title: 'Success rate', series: [['train/success_rate', 'train'], ['eval/success_rate', 'eval']], range: [0, 1] },
-    { title: 'Response length (tokens)', series: [['train/response_length', 'train'], ['eval/response_length', 'eval']] },
+    { title: 'Response length (tokens)', series: [['train/response_length', 'train'], ['eval/response_length', 'eval'],
+      ['curriculum/max_new_tokens', 'stage limit', 'limit']] },
     { title: 'Format-valid rate', series: [['train/format_valid_rate', 'train'], ['eval/format_valid_rate', 'eval']], range: [0, 1] },
+    { title: 'Curriculum stage limits (tokens)', optional: true, series: [['curriculum/max_context_tokens', 'context', 'limit'],
+      ['curriculum/max_new_tokens', 'reply', 'train']] },
   ];
 
   function renderCharts(metrics) {
     const box = clear($('charts'));
     const rows = (metrics && metrics.rows) || [];
-    for (const def of CHARTS) box.appendChild(chart(def, rows));
+    for (const def of CHARTS) {
+      if (def.optional && !rows.some((r) => def.series.some(([key]) => typeof r[key] === 'number'))) continue;
+      box.appendChild(chart(def, rows));
+    }
   }
 
   function chart(def, rows) {
     const W = 320, H = 150, L = 44, R = 10, T = 10, B = 22;
-    const series = def.series.map(([key, label]) => ({
-      key, label, eval: label === 'eval',
+    const series = def.series.map(([key, label, kind]) => ({
+      key, label, kind: kind || label, eval: (kind || label) === 'eval',
       pts: rows.filter((r) => typeof r[key] === 'number').map((r) => [r.step, r[key]]),
     })).filter((se) => se.pts.length);
     const fig = h('figure', { class: 'chart', data: { metric: def.series[0][0] } }, h('figcaption', { text: def.title }));
@@ -143,7 +152,8 @@
     svg.appendChild(s('text', { x: W - R, y: H - 6, class: 'xlab end' }, x1));
     for (const se of series) {
       const pts = se.pts.map((p) => X(p[0]).toFixed(1) + ',' + Y(p[1]).toFixed(1)).join(' ');
-      svg.appendChild(s('polyline', { points: pts, class: 'line ' + (se.eval ? 'eval' : 'train') }));
+      svg.appendChild(s('polyline', { points: pts, class: 'line ' + se.kind }));
+      if (se.kind === 'limit') continue;
       if (se.eval || se.pts.length < 40) {
         for (const p of se.pts) svg.appendChild(s('circle', { cx: X(p[0]), cy: Y(p[1]), r: 2.2, class: 'dot ' + (se.eval ? 'eval' : 'train') }));
       }
@@ -177,7 +187,7 @@
       }
     });
     fig.appendChild(svg);
-    fig.appendChild(h('div', { class: 'legend' }, series.map((se) => h('span', { class: 'key ' + (se.eval ? 'eval' : 'train'), text: se.label }))));
+    fig.appendChild(h('div', { class: 'legend' }, series.map((se) => h('span', { class: 'key ' + se.kind, text: se.label }))));
     return fig;
   }
 
