@@ -3,8 +3,10 @@
 - ``repetition_penalty``: share of repeated n-grams times a (negative) max penalty (demystify-long-cot).
 - ``length_penalty``: Kimi k1.5's within-group length reward (shorter is better among correct replies;
   among wrong ones only the longer are penalised).
+- ``cosine_length_reward``: demystify-long-cot's cosine length-scaling reward (correct replies prefer
+  short, wrong ones long, an episode at the length limit gets the exceed penalty).
 - ``reasoning_behaviour_counts``: reflection and step words, a diagnostic logged in R1 reproductions.
-- ``shaping_bonus``: the two penalties combined per episode, as configured by ``ShapingParams``.
+- ``shaping_bonus``: the terms switched on in ``ShapingParams`` (config ``algo.shaping``), summed per episode.
 
 The trainer adds ``shaping_bonus`` to each episode's last-turn reward
 (``TurnBatch.add_to_last_turn``) before computing advantages. Formulas: docs/algorithms.md.
@@ -12,6 +14,7 @@ The trainer adds ``shaping_bonus`` to each episode's last-turn reward
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +38,24 @@ class ShapingParams:
     repeated n-grams. 0 turns it off; the literature uses -1 or less."""
     length_weight: float = 0.0
     """Weight of the Kimi k1.5 length penalty within each group (>= 0; 0 turns it off)."""
+    cosine: bool = False
+    """Add demystify-long-cot's cosine length reward (Yeo et al. 2025) to each episode's return: a
+    bonus on top of the env's reward, like the other terms (the paper uses it as the whole reward;
+    set the env's own rewards to 0 to get exactly that, as ``configs/cosine_math.yaml`` does)."""
+    cosine_max_tokens: int | None = None
+    """``L_max`` of the cosine reward, in sampled tokens of the episode (> 0). ``None``: the most an
+    episode may sample in the step, ``max_new_tokens x max_turns`` (a curriculum stage's own limits
+    when it sets them), so that an episode cut at the reply budget gets the exceed penalty."""
+    cosine_correct_start: float = 2.0
+    """Cosine reward of a correct episode of length 0 (the paper's ``r_0^c``)."""
+    cosine_correct_end: float = 1.0
+    """Cosine reward of a correct episode as its length nears ``L_max`` (``r_L^c``)."""
+    cosine_wrong_start: float = -10.0
+    """Cosine reward of a wrong episode of length 0 (``r_0^w``)."""
+    cosine_wrong_end: float = 0.0
+    """Cosine reward of a wrong episode as its length nears ``L_max`` (``r_L^w``)."""
+    cosine_exceed_penalty: float = -10.0
+    """Cosine reward of an episode whose length reaches ``L_max`` (``r_e``), correct or not."""
 
     def __post_init__(self) -> None:
         if self.repetition_ngram < 1:
@@ -45,11 +66,25 @@ class ShapingParams:
             )
         if self.length_weight < 0:
             raise ValueError(f"shaping.length_weight must be >= 0, got {self.length_weight}")
+        if self.cosine_max_tokens is not None and self.cosine_max_tokens <= 0:
+            raise ValueError(
+                f"shaping.cosine_max_tokens (L_max) must be a positive number of tokens, got "
+                f"{self.cosine_max_tokens}; leave it out (null) to use the step's reply budget"
+            )
+        lowest_correct = min(self.cosine_correct_start, self.cosine_correct_end)
+        highest_wrong = max(self.cosine_wrong_start, self.cosine_wrong_end)
+        if lowest_correct <= highest_wrong:
+            raise ValueError(
+                "shaping.cosine_correct_start/_end must both be above shaping.cosine_wrong_start/_end (a correct "
+                f"episode must outscore a wrong one at any length), got correct {self.cosine_correct_start} -> "
+                f"{self.cosine_correct_end}, wrong {self.cosine_wrong_start} -> {self.cosine_wrong_end} "
+                "(the paper: correct 2 -> 1, wrong -10 -> 0)"
+            )
 
     @property
     def enabled(self) -> bool:
         """Whether ``shaping_bonus`` can be non-zero."""
-        return self.repetition_max_penalty != 0 or self.length_weight != 0
+        return self.repetition_max_penalty != 0 or self.length_weight != 0 or self.cosine
 
 
 def repetition_penalty(text: str, ngram: int = 3, max_penalty: float = -1.0) -> float:
@@ -93,6 +128,49 @@ def length_penalty(lengths: Tensor, correct: Tensor, weight: float) -> Tensor:
         return torch.zeros_like(x)
     lam = 0.5 - (x - lo) / (hi - lo)
     return weight * torch.where(correct.bool(), lam, lam.clamp(max=0.0))
+
+
+def cosine_length_reward(
+    lengths: Tensor,
+    correct: Tensor,
+    max_length: float,
+    correct_start: float = 2.0,
+    correct_end: float = 1.0,
+    wrong_start: float = -10.0,
+    wrong_end: float = 0.0,
+    exceed_penalty: float = -10.0,
+) -> Tensor:
+    """demystify-long-cot's cosine length-scaling reward (Yeo et al. 2025, "Demystifying Long
+    Chain-of-Thought Reasoning in LLMs").
+
+    For a length ``L < L_max``: ``end + 0.5 * (start - end) * (1 + cos(pi * L / L_max))``, i.e. the
+    paper's ``CosFn(L, L_max, eta_min=end, eta_max=start)``: ``start`` at ``L = 0``, the mean of the
+    two at ``L_max / 2``, ``end`` as ``L`` nears ``L_max``; ``(start, end)`` is ``(correct_start,
+    correct_end)`` for correct episodes (paper: 2 -> 1, short is better) and ``(wrong_start,
+    wrong_end)`` for wrong ones (-10 -> 0, long is better). ``L >= L_max``: ``exceed_penalty`` (-10).
+
+    Args:
+        lengths: (B,) lengths in tokens.
+        correct: (B,) bool.
+        max_length: ``L_max`` (> 0).
+
+    Returns:
+        (B,) float32.
+    """
+    if lengths.shape != correct.shape or lengths.dim() != 1:
+        raise ValueError(
+            f"lengths and correct must both be (B,), got {tuple(lengths.shape)}, {tuple(correct.shape)}"
+        )
+    if not max_length > 0:
+        raise ValueError(f"max_length (L_max) must be positive, got {max_length}")
+    x = lengths.to(torch.float64)
+    ok = correct.bool()
+    start = torch.where(
+        ok, torch.tensor(correct_start, dtype=x.dtype), torch.tensor(wrong_start, dtype=x.dtype)
+    )
+    end = torch.where(ok, torch.tensor(correct_end, dtype=x.dtype), torch.tensor(wrong_end, dtype=x.dtype))
+    reward = end + 0.5 * (start - end) * (1.0 + torch.cos(math.pi * x / max_length))
+    return torch.where(x >= max_length, torch.tensor(exceed_penalty, dtype=x.dtype), reward).to(torch.float32)
 
 
 REFLECTION_PATTERNS: tuple[str, ...] = (
@@ -141,8 +219,10 @@ def shaping_bonus(
     correct: Tensor,
     group: Tensor,
     params: ShapingParams,
+    max_tokens: int | None = None,
 ) -> Tensor:
-    """The shaping reward of each of ``B`` episodes: repetition penalty plus within-group length penalty.
+    """The shaping reward of each of ``B`` episodes: the sum of the terms switched on in ``params``
+    (repetition penalty, within-group length penalty, cosine length reward).
 
     Args:
         replies: ``B`` texts, the model's replies of each episode (joined, for multi-turn episodes).
@@ -150,9 +230,11 @@ def shaping_bonus(
         correct: (B,) bool, whether the episode succeeded.
         group: (B,) long group ids; the length penalty compares the episodes of one group.
         params: which terms are on and their sizes.
+        max_tokens: the cosine reward's ``L_max`` when ``params.cosine_max_tokens`` is ``None`` (the
+            trainer passes the step's reply budget).
 
     Returns:
-        (B,) float32; all zeros when both terms are off.
+        (B,) float32; all zeros when every term is off.
     """
     b = len(replies)
     if lengths.shape != (b,) or correct.shape != (b,) or group.shape != (b,):
@@ -167,4 +249,18 @@ def shaping_bonus(
         for g in torch.unique(group):
             rows = (group == g).nonzero(as_tuple=True)[0]
             bonus[rows] += length_penalty(lengths[rows], correct[rows], params.length_weight)
+    if params.cosine:
+        max_length = params.cosine_max_tokens or max_tokens
+        if max_length is None:
+            raise ValueError("shaping.cosine needs L_max: set shaping.cosine_max_tokens or pass max_tokens")
+        bonus += cosine_length_reward(
+            lengths,
+            correct,
+            max_length,
+            params.cosine_correct_start,
+            params.cosine_correct_end,
+            params.cosine_wrong_start,
+            params.cosine_wrong_end,
+            params.cosine_exceed_penalty,
+        )
     return bonus

@@ -148,7 +148,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
             meet(world, f"the end of step {step}'s rollout")
 
             # ---- 2. rewards -> advantages -> tokens ---------------------------------------------
-            selected, adv_metrics = _assign_advantages(cfg, trajectories, loop.keep_group_fraction)
+            selected, adv_metrics = _assign_advantages(cfg, trajectories, loop.keep_group_fraction, stage)
             metrics.update(adv_metrics)
 
             # ---- 3. policy update ---------------------------------------------------------------
@@ -480,19 +480,22 @@ def _offset_groups(trajectories: list[Trajectory], cfg: Config, world: World) ->
 
 
 def _assign_advantages(
-    cfg: Config, trajectories: list[Trajectory], keep_group_fraction: float
+    cfg: Config, trajectories: list[Trajectory], keep_group_fraction: float, stage: Stage | None = None
 ) -> tuple[list[Trajectory], dict[str, float]]:
     """Shape rewards, compute per-turn advantages, write them onto tokens; StarPO-S group filter
-    keeping the top ``keep_group_fraction`` of groups by in-group reward std."""
+    keeping the top ``keep_group_fraction`` of groups by in-group reward std. ``stage``: the step's
+    curriculum stage, whose reply budget is the cosine reward's default ``L_max``."""
     shaping = cfg.algo.shaping
     bonus = None
     if shaping.enabled:
+        limits = _stage_limits(cfg, stage)
         bonus = shaping_bonus(
             ["\n".join(t.reply for t in traj.turns) for traj in trajectories],
             torch.tensor([traj.num_sampled_tokens for traj in trajectories], dtype=torch.float32),
             torch.tensor([traj.success for traj in trajectories]),
             torch.tensor([traj.group for traj in trajectories]),
             shaping,
+            max_tokens=limits["max_new_tokens"] * limits["max_turns"],
         )
     batch = turn_batch(trajectories, bonus)
     advantages = compute_advantages(batch, cfg.algo.advantage)

@@ -53,6 +53,7 @@ def test_overrides_are_typed():
             "rollout.max_new_tokens=1536",
             "equals rollout.max_context_tokens=1536, leaving no room for the prompt",
         ),
+        ("algo.shaping.cosine_max_tokens=0", "cosine_max_tokens (L_max) must be a positive number"),
         ("nonsense", "must look like key=value"),
     ],
 )
