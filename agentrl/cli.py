@@ -144,6 +144,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from agentrl.config import ConfigError, load_config
     from agentrl.trainer import train
+    from agentrl.warm_start import train_with_warm_start
 
     if args.resume and not args.name:
         raise ConfigError("--resume needs --name NAME: the run in runs/NAME to continue")
@@ -163,8 +164,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not args.config and saved.is_file():
         # Resume with the run's own resolved config; command-line overrides still apply on top.
         cfg = build(str(saved))
+    run = train_with_warm_start if cfg.sft.warm_start else train
     with _no_folder_left_on_failed_start(Path(cfg.run.root) / cfg.run.name, args.resume):
-        train(cfg, resume=args.resume)
+        run(cfg, resume=args.resume)
     return 0
 
 

@@ -71,6 +71,10 @@ class EngineConfig:
     """``auto`` (vLLM where it is installed and starts, else ``hf``; the run's first lines say which
     and why), ``vllm`` (its own copy of the weights, pushed after every update) or ``hf``
     (in-process transformers, sampling from the trainer's own module)."""
+    dtype: str = "auto"
+    """The dtype an engine with its own weights (vLLM) samples in: ``auto`` (the trainer's compute
+    dtype: bfloat16 when the model is bfloat16 or ``train.autocast`` runs the update in it, else
+    float32), ``float32`` or ``bfloat16``. The ``hf`` engine samples from the trainer's own module."""
     max_batch_size: int = 64
     """Prompts per forward pass in the ``hf`` engine."""
     vllm: dict[str, Any] = field(default_factory=dict)
@@ -135,6 +139,11 @@ class TrainConfig:
     run with an error naming the collective instead of hanging forever)."""
     num_threads: int = 0
     """CPU threads for torch (0: torch's default). Set 1 per run when running several runs at once."""
+    autocast: str = "auto"
+    """Mixed precision of the trainer's forward and backward passes, over float32 master weights and
+    optimizer state: ``bfloat16`` (``torch.autocast``), ``off``, or ``auto``: bfloat16 for a float32
+    model on a CPU with bf16 instructions (AVX512-BF16 or AMX; about 1.8x faster per token here),
+    off elsewhere (a GPU run already trains a bfloat16 model). Log-probs and losses stay float32."""
 
 
 @dataclass
@@ -154,11 +163,17 @@ class EvalConfig:
 
 @dataclass
 class SFTConfig:
+    warm_start: bool = False
+    """``agentrl train`` first fine-tunes on ``episodes`` oracle demonstrations (the warm start, an SFT
+    run of its own in ``RUN/warm_start/``; its step-0 evaluation is the base model's), then runs RL
+    from it in ``RUN/`` (whose step-0 evaluation is the warm start's)."""
     episodes: int = 256
     """Oracle demonstrations to build (one per training seed; unsolved ones are dropped)."""
     epochs: int = 1
     batch_episodes: int = 16
     """Episodes per optimizer step."""
+    lr: float | None = None
+    """Learning rate of the SFT updates (``None``: ``train.lr``); warmup/cosine factors still apply."""
 
 
 @dataclass
@@ -627,6 +642,8 @@ def validate(cfg: Config) -> None:
     _check_choice("rollout.context_overflow", cfg.rollout.context_overflow, ["end", "truncate"])
     _check_choice("train.lr_schedule", cfg.train.lr_schedule, ["constant", "cosine"])
     _check_choice("model.dtype", cfg.model.dtype, ["auto", "float32", "bfloat16"])
+    _check_choice("train.autocast", cfg.train.autocast, ["auto", "bfloat16", "off"])
+    _check_choice("engine.dtype", cfg.engine.dtype, ["auto", "float32", "bfloat16"])
     _check_choice("train.device", cfg.train.device, ["auto", "cpu", "cuda"])
     positive = {
         "train.steps": cfg.train.steps,
@@ -637,7 +654,12 @@ def validate(cfg: Config) -> None:
         "algo.ppo_epochs": cfg.algo.ppo_epochs,
         "algo.mini_batches": cfg.algo.mini_batches,
         "train.micro_batch_tokens": cfg.train.micro_batch_tokens,
+        "sft.episodes": cfg.sft.episodes,
+        "sft.epochs": cfg.sft.epochs,
+        "sft.batch_episodes": cfg.sft.batch_episodes,
     }
+    if cfg.sft.lr is not None:
+        positive["sft.lr"] = cfg.sft.lr
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")

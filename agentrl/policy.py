@@ -7,6 +7,7 @@ ZeRO recipe from ``configs/deepspeed/``. Shared by ``train`` and ``sft``.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,38 @@ class Policy:
     device: torch.device
     model_path: str
     """The starting model's folder on disk (what an engine with its own weights loads)."""
+    autocast: torch.dtype | None = None
+    """The dtype the trainer's forward and backward passes run in under ``torch.autocast`` (``None``:
+    the model's own dtype); see :func:`autocast_for`."""
+    split: tuple[torch.nn.Module, torch.nn.Module] | None = None
+    """The model's transformer body and output head, where its logits are exactly ``head(body(x))``
+    (:func:`split_lm`): the trainer then computes logits only at the positions it trains on."""
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        """The context of every trainer forward pass: autocast to ``self.autocast``, or nothing."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def logits_at(
+        self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor
+    ):
+        """Logits (N, V) of the positions where ``keep`` (B, L-1) is true, in row-major order;
+        position ``t`` predicts token ``t+1``.
+
+        ``model`` is the DeepSpeed engine, the reference model or the module with its adapters off.
+        Only the kept rows go through the output head: in an agent's episode most positions are
+        prompt and observation tokens, and a (B, L, V) logits tensor is the update's largest.
+        """
+        split = self.split
+        if split is not None and model is self.reference:  # the same architecture: split it alike
+            split = split_lm(model, check=False)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if split is None:
+            return model(**inputs).logits[:, :-1][keep]
+        body, head = split
+        hidden = body(**inputs).last_hidden_state[:, :-1]  # (B, L-1, H)
+        return head(hidden[keep])  # (N, V)
 
 
 def quiet_libraries() -> None:
@@ -58,6 +91,56 @@ def dtype_for(cfg: Config, device: torch.device) -> str:
     if cfg.model.dtype != "auto":
         return cfg.model.dtype
     return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def split_lm(model: torch.nn.Module, check: bool = True) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """A causal LM's body and output head, if its logits are ``head(body(x).last_hidden_state)``.
+
+    With ``check`` the identity is verified on a short probe: a model that scales or soft-caps its
+    logits after the head (Gemma 2's soft-capping, say) gives ``None`` and keeps its own forward.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if not isinstance(body, torch.nn.Module) or not isinstance(head, torch.nn.Module):
+        return None
+    if check:
+        device = next(model.parameters()).device
+        ids = torch.arange(1, 17, device=device)[None]
+        with torch.no_grad():
+            full = model(input_ids=ids, use_cache=False).logits.float()
+            split = head(body(input_ids=ids, use_cache=False).last_hidden_state).float()
+        if full.shape != split.shape or not torch.allclose(full, split, atol=1e-4, rtol=1e-4):
+            return None
+    return body, head
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX tiles)."""
+    cpu = torch.cpu
+    return any(
+        getattr(cpu, probe, lambda: False)()
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+
+
+def autocast_for(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The trainer's autocast dtype (``train.autocast``): ``auto`` is bfloat16 for a float32 model
+    on a CPU with bf16 instructions, where it nearly halves the update's time, and off elsewhere."""
+    if cfg.train.autocast == "off" or dtype_for(cfg, device) != "float32":
+        return None
+    if cfg.train.autocast == "bfloat16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+
+
+def engine_dtype_for(cfg: Config, device: torch.device) -> str:
+    """The dtype an engine with its own weights samples in (``engine.dtype``): ``auto`` follows
+    the trainer's compute dtype, so a bf16 update is fed by bf16 rollouts (about 1.9x faster on
+    vLLM's CPU build here; truncated importance sampling corrects for the kernels' difference)."""
+    if cfg.engine.dtype != "auto":
+        return cfg.engine.dtype
+    return "bfloat16" if autocast_for(cfg, device) is torch.bfloat16 else dtype_for(cfg, device)
 
 
 def seed_everything(seed: int) -> None:
@@ -107,6 +190,8 @@ def build_policy(cfg: Config, device: torch.device) -> Policy:
         reference=reference,
         device=device,
         model_path=path,
+        autocast=autocast_for(cfg, device),
+        split=split_lm(model),
     )
 
 
@@ -154,7 +239,7 @@ def engine_setup(
     return EngineSetup(
         model_path=model_path,
         pad_token_id=pad_token_id,
-        dtype=dtype_for(cfg, device),
+        dtype=engine_dtype_for(cfg, device),
         seed=cfg.train.seed,
         max_context_tokens=cfg.rollout.max_context_tokens,
         # A step's episodes and an evaluation's are generated together (one turn of all at once).

@@ -83,8 +83,11 @@ def _as_targets(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
     return list(trajectories)
 
 
-def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
-    """Fine-tune on demonstrations; log, evaluate and checkpoint like ``train``. Returns the run dir."""
+def sft(cfg: Config, sources: Sequence[str] | None = None, only_base_eval: bool = False) -> Path:
+    """Fine-tune on demonstrations; log, evaluate and checkpoint like ``train``. Returns the run dir.
+
+    ``only_base_eval``: evaluate the starting model (step 0) and nothing after (a warm start: the RL
+    run evaluates the fine-tuned model at its own step 0)."""
     from agentrl import checkpoint as ckpt
     from agentrl.logger import RunLogger
     from agentrl.policy import build_engine, build_policy, seed_everything
@@ -101,7 +104,8 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
         ppo_epochs=1,
         mini_batches=1,
     )
-    cfg = replace(cfg, algo=algo, rollout=replace(cfg.rollout, temperature=1.0))
+    train_cfg = cfg.train if cfg.sft.lr is None else replace(cfg.train, lr=cfg.sft.lr)
+    cfg = replace(cfg, algo=algo, rollout=replace(cfg.rollout, temperature=1.0), train=train_cfg)
     check_model(cfg)
     device, world = set_up_process(cfg)
     run_dir = Path(cfg.run.root) / cfg.run.name
@@ -156,7 +160,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None) -> Path:
                     metrics.pop(key, None)  # demonstrations have no rollout log-probs
                 if world.is_main and step == 1:
                     write_jsonl(run_dir / "trajectories" / step_filename(step), batch)
-                if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):
+                if cfg.eval.every and not only_base_eval and (step % cfg.eval.every == 0 or step == total):
                     if engine.capabilities.own_weights:  # the engine evaluates the weights just trained
                         engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
                     metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world))

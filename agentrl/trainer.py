@@ -42,7 +42,7 @@ from agentrl.policy import (
     build_engine,
     build_policy,
     device_for,
-    dtype_for,
+    engine_dtype_for,
     quiet_libraries,
     seed_everything,
 )
@@ -112,8 +112,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
         f"agentrl: run {run_dir} | env {cfg.env.name} | {cfg.episodes_per_step} episodes/step | device {device}"
     )
     log.info(f"agentrl: {engine_note}")
-    # The engine's log-probs are the behaviour policy's; correct for its numerics where they differ.
-    tis = cfg.algo.tis.enabled(engine.capabilities.same_numerics)
+    # The engine's log-probs are the behaviour policy's; correct for its numerics where they differ
+    # (another engine's kernels, or the trainer's own bf16 autocast against fp32 sampling).
+    tis = cfg.algo.tis.enabled(engine.capabilities.same_numerics and policy.autocast is None)
     stop = _GracefulStop(log)
 
     try:
@@ -249,6 +250,18 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> i
             step = int(latest.name.split("_")[1])
             _truncate_metrics(run_dir, step)
         return 0
+    check_run_dir_free(run_dir)
+    # Every rank has checked the folder before rank 0 writes into it (else the others would find
+    # this very run's config.yaml and refuse).
+    meet(world, "the run folder check")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    return 1
+
+
+def check_run_dir_free(run_dir: Path) -> None:
+    """Refuse a folder that already holds a run (a new run must never write into another's)."""
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         raise ConfigError(
             f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or --name NEW for a new run"
@@ -260,13 +273,6 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> i
             f"{run_dir} already holds a run (config.yaml, no checkpoint yet): pass --name NEW for a new "
             "run, or delete the folder if that run is over and you want its name back"
         )
-    # Every rank has checked the folder before rank 0 writes into it (else the others would find
-    # this very run's config.yaml and refuse).
-    meet(world, "the run folder check")
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    return 1
 
 
 #: What a start writes before its first step; a folder holding nothing more has no results to keep.
@@ -286,21 +292,29 @@ def discard_failed_start(run_dir: Path) -> bool:
 
     Removed only if it holds nothing but set-up output: ``config.yaml``, ``tb/``, an empty
     ``metrics.jsonl``, ``sft_data.jsonl``, and no file under ``trajectories/``, ``eval/`` or
-    ``checkpoints/``. Call it only for a folder this start created (it did not exist before), so no
+    ``checkpoints/``, and a ``warm_start/`` folder that holds no more than that. Call it only for a folder this start created (it did not exist before), so no
     other run's folder is ever touched; then the same run name can be used again.
     """
     import shutil
 
-    if not run_dir.is_dir():
+    if not run_dir.is_dir() or not _holds_only_set_up(run_dir):
         return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
+def _holds_only_set_up(run_dir: Path) -> bool:
     for entry in run_dir.iterdir():
+        if entry.name == "warm_start" and entry.is_dir():  # a warm start's own run folder
+            if not _holds_only_set_up(entry):
+                return False
+            continue
         if entry.name not in _SET_UP_FILES:
             return False
         if entry.name in ("trajectories", "eval", "checkpoints") and any(entry.rglob("*")):
             return False
         if entry.name == "metrics.jsonl" and entry.stat().st_size > 0:
             return False
-    shutil.rmtree(run_dir, ignore_errors=True)
     return True
 
 
@@ -551,16 +565,29 @@ def success_text(metrics: dict[str, float]) -> str:
 
 def summary_line(cfg: Config, run_dir: Path) -> str | None:
     """The run's last line: held-out success at the first and the last evaluation, with intervals,
-    and the command that replays the run (``None`` without two evaluations)."""
-    rows = [r for r in read_metrics(run_dir) if "eval/success_rate" in r and "eval/episodes" in r]
+    and the command that replays the run (``None`` without two evaluations). A run started from
+    another run (``--init``, a warm start) whose own step 0 evaluated the base model shows that
+    too: base -> warm start -> final."""
+    rows = _eval_rows(run_dir)
     if len(rows) < 2:
         return None
     first, last = rows[0], rows[-1]
     start = "warm start" if cfg.run.init else "base"
-    return (
-        f"agentrl: held-out success {start} (step {first['step']}) {success_text(first)} -> "
-        f"step {last['step']} {success_text(last)}. Replay: agentrl replay {run_dir}"
-    )
+    parts = [
+        f"{start} (step {first['step']}) {success_text(first)}",
+        f"step {last['step']} {success_text(last)}",
+    ]
+    replay = f"agentrl replay {run_dir}"
+    init_rows = _eval_rows(Path(cfg.run.init)) if cfg.run.init else []
+    if init_rows and init_rows[0]["step"] == 0:
+        parts.insert(0, f"base {success_text(init_rows[0])}")
+        replay += f" (the warm start: agentrl replay {cfg.run.init})"
+    return f"agentrl: held-out success {' -> '.join(parts)}. Replay: {replay}"
+
+
+def _eval_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The metric rows of a run's evaluations (none for a folder that is not a run)."""
+    return [r for r in read_metrics(run_dir) if "eval/success_rate" in r and "eval/episodes" in r]
 
 
 def save(
@@ -622,7 +649,7 @@ def sync_weights(
     prompts = probe_prompts(trajectories, cfg.engine.sync_check_tokens)
     # Every rank scores (a ZeRO-3 forward is a collective); the worst rank decides.
     gap = all_reduce_max(logprob_gap(engine, policy.ds_engine, prompts, policy.device), world)
-    tolerance = sync_tolerance(cfg.engine.sync_tolerance, dtype_for(cfg, policy.device))
+    tolerance = sync_tolerance(cfg.engine.sync_tolerance, engine_dtype_for(cfg, policy.device))
     if gap > tolerance:
         raise WeightSyncError(
             f"after the weight push the engine's log-probs differ from the trainer's by {gap:.2e} nats per "

@@ -186,9 +186,12 @@ def _micro_step(
         return zero, {}
     b = batch.to(policy.device)
     temperature = terms.temperature
-    logits = policy.ds_engine(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
-    logits = logits[:, :-1]  # (B, L-1, V): position t predicts token t+1
-    logp = token_logprobs(logits, b.targets, temperature)  # (B, L-1)
+    trained = b.mask.bool()  # (B, L-1): the trained positions, the only ones any term below reads
+    with policy.precision():
+        logits = policy.logits_at(policy.ds_engine, b.input_ids, b.attention_mask, trained)  # (N, V)
+    logp = _scatter(
+        token_logprobs(logits[None], b.targets[trained][None], temperature)[0], trained
+    )  # (B, L-1)
 
     # ---- behaviour (engine) vs trainer: the PPO "old" log-probs and the importance weights ----
     proximal = _proximal_rows(terms.proximal, b) if terms.proximal is not None else None
@@ -207,14 +210,13 @@ def _micro_step(
     loss, metrics = terms.loss_fn(logp, old, advantages, b.mask, totals, cfg.algo.policy_loss)
     out.update({k: float(v) for k, v in metrics.items()})
     if cfg.algo.entropy_coef != 0:
-        entropy = entropy_from_logits(logits.float() / temperature)  # (B, L-1)
+        entropy = _scatter(entropy_from_logits(logits.float() / temperature), trained)  # (B, L-1)
         loss = loss - cfg.algo.entropy_coef * terms.aggregate(entropy, b.mask, totals)
         out["entropy"] = float(masked_mean(entropy.detach(), b.mask))
     else:
-        # Metric only: on the trained positions alone, without copying the whole logits tensor.
-        with torch.no_grad():
-            picked = logits.detach()[b.mask.bool()]  # (N_trained, V)
-            picked = picked.float() / temperature if temperature != 1.0 else picked.float()
+        with torch.no_grad():  # metric only
+            picked = logits.detach().float()
+            picked = picked / temperature if temperature != 1.0 else picked
             out["entropy"] = float(entropy_from_logits(picked).mean()) if picked.numel() else 0.0
     if cfg.algo.kl.enabled:
         ref_logp = _reference_logprobs(policy, b, temperature)
@@ -236,10 +238,12 @@ def _proximal_logprobs(
     out: dict[int, torch.Tensor] = {}
     for micro in pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id):
         b = micro.to(policy.device)
-        logits = policy.ds_engine(
-            input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
-        ).logits
-        logp = token_logprobs(logits[:, :-1], b.targets, temperature).float().cpu()
+        keep = b.mask.bool()
+        with policy.precision():
+            logits = policy.logits_at(policy.ds_engine, b.input_ids, b.attention_mask, keep)
+        logp = (
+            _scatter(token_logprobs(logits[None], b.targets[keep][None], temperature)[0], keep).float().cpu()
+        )
         for row, index in enumerate(micro.sample_index):
             out[id(samples[index])] = logp[row, : len(samples[index].token_ids) - 1]
     return out
@@ -256,13 +260,19 @@ def _proximal_rows(proximal: dict[int, torch.Tensor], b: MicroBatch) -> torch.Te
 
 @torch.no_grad()
 def _reference_logprobs(policy: Policy, b: MicroBatch, temperature: float) -> torch.Tensor:
-    if policy.reference is not None:
-        logits = policy.reference(
-            input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
-        ).logits
-    else:  # LoRA: the base model is the policy with its adapters switched off
-        with policy.model.disable_adapter():
-            logits = policy.model(
-                input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
-            ).logits
-    return token_logprobs(logits[:, :-1], b.targets, temperature)
+    """The frozen reference's log-probs (B, L-1) at the trained positions (0 elsewhere)."""
+    keep = b.mask.bool()
+    with policy.precision():
+        if policy.reference is not None:
+            logits = policy.logits_at(policy.reference, b.input_ids, b.attention_mask, keep)
+        else:  # LoRA: the base model is the policy with its adapters switched off
+            with policy.model.disable_adapter():
+                logits = policy.logits_at(policy.model, b.input_ids, b.attention_mask, keep)
+    return _scatter(token_logprobs(logits[None], b.targets[keep][None], temperature)[0], keep)
+
+
+def _scatter(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Values (N,) of the kept positions laid out as ``keep`` (B, L-1), zero elsewhere."""
+    out = values.new_zeros(keep.shape)
+    out[keep] = values
+    return out

@@ -296,6 +296,28 @@ def _relative(cell: Cell, of: Cell) -> str:
     return vertical or horizontal or "at"
 
 
+def _offset(cell: Cell, of: Cell) -> str:
+    """How far ``cell`` lies from ``of`` in rows and columns: ``"1 row up and 2 columns left"``."""
+    rows, cols = cell[0] - of[0], cell[1] - of[1]
+    parts = []
+    if rows:
+        parts.append(f"{abs(rows)} row{'s' if abs(rows) != 1 else ''} {'up' if rows < 0 else 'down'}")
+    if cols:
+        parts.append(f"{abs(cols)} column{'s' if abs(cols) != 1 else ''} {'left' if cols < 0 else 'right'}")
+    return " and ".join(parts) or "0 rows"
+
+
+def _first_push(plan: Sequence[str], player: Cell, box: Cell) -> tuple[str, Cell] | None:
+    """The first move of ``plan`` that pushes the (only) box, and where the player stands for it."""
+    for move in plan:
+        dr, dc = DELTAS[ACTIONS.index(move)]
+        nxt = (player[0] + dr, player[1] + dc)
+        if nxt == box:
+            return move, player
+        player = nxt
+    return None
+
+
 class SokobanEnv(TextEnv):
     """Push every box onto a target in a small grid room (multi-turn; gym-sokoban rooms).
 
@@ -505,14 +527,34 @@ class SokobanEnv(TextEnv):
     # ---- Oracle --------------------------------------------------------------------------------
 
     def oracle_thought(self) -> str:
-        """A short, true description of the state for warm-start demonstrations (rows/columns from 1)."""
-        parts = [self._positions("I am at")]
+        """A short, true account of the next push for warm-start demonstrations (rows/columns from 1).
+
+        With one box off its target it names the positions, where the target lies from the box,
+        the optimal plan's next push and the square to push it from, and where that square lies
+        from the player: each step a small model can copy or look up, so a demonstration teaches
+        the way from the positions to the moves, not just the moves. For example::
+
+            I am at row 2 column 4. Box at row 3 column 3. Target at row 5 column 3. The target is
+            below the box: I push the box Down from row 2 column 3, 1 column left of me. It takes 3 moves.
+
+        (With ``describe_positions`` the observation names the positions already; the thought then
+        starts at "The target is".)
+        """
+        # With the positions under the grid the thought need not copy them; from the bare grid,
+        # reading them off is the first step.
+        parts = [] if self.describe_positions else [self._positions("I am at")]
         boxes = [b for b in self._boxes if b not in self._targets]
         targets = [t for t in self._targets if t not in self._boxes]
-        if len(boxes) == 1 and len(targets) == 1:
-            parts.append(f"The box is {_relative(boxes[0], self._player)} me")
-            parts[-1] += f" and the target is {_relative(targets[0], boxes[0])} the box."
         plan = self.oracle_actions()
+        if len(boxes) == 1 and len(targets) == 1:
+            box = boxes[0]
+            sentence = f"The target is {_relative(targets[0], box)} the box"
+            push = _first_push(plan or [], self._player, box)
+            if push is not None:
+                move, stand = push
+                where = "where I am" if stand == self._player else f"{_offset(stand, self._player)} of me"
+                sentence += f": I push the box {move} from row {stand[0] + 1} column {stand[1] + 1}, {where}"
+            parts.append(sentence + ".")
         if plan:
             parts.append(f"It takes {len(plan)} move{'s' if len(plan) != 1 else ''}.")
         return " ".join(parts)

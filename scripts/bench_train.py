@@ -14,9 +14,14 @@ The script
 3. times a bare PyTorch step on a separate copy of the same weights over the *same* micro-batches
    (``pack_micro_batches`` with the same token budget and padding): forward, ``log_softmax`` gather of
    the targets, loss ``sum(-logp * adv * mask) / n_masked``, backward per micro-batch, then
-   ``clip_grad_norm_(1.0)`` and ``AdamW.step()``;
+   ``clip_grad_norm_(1.0)`` and ``AdamW.step()``; twice: in float32, and under
+   ``torch.autocast(bfloat16)`` over the same float32 weights (what ``train.autocast`` does);
 4. runs one untimed warm-up of each (AdamW allocates its state on the first step), then
-   ``--repeats`` of each, alternating, and reports the best time of each.
+   ``--repeats`` of each, alternating, and reports the best time of each, and the ratios: agentrl
+   against bare PyTorch in agentrl's own precision, and bare bf16 against bare fp32.
+
+agentrl's update runs in the precision ``train.autocast`` picks (``--autocast``, default ``auto``:
+bfloat16 on a CPU with bf16 instructions).
 
 Tokens are counted the same way for both: the non-pad input tokens of the micro-batches (what the
 forward passes process). The masked (trained) token count is printed too.
@@ -101,7 +106,10 @@ def fill_rollout_logprobs(model: torch.nn.Module, trajectories: list[Trajectory]
 class BareStep:
     """Plain PyTorch: the same micro-batches, a simple policy-gradient loss, AdamW."""
 
-    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float):
+    def __init__(
+        self, model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float, bf16: bool = False
+    ):
+        self.bf16 = bf16
         self.model = model.train()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
@@ -111,10 +119,13 @@ class BareStep:
         n_tok = max(1, sum(int(b.mask.sum()) for b in micro))
         self.opt.zero_grad(set_to_none=True)
         for b in micro:
-            logits = self.model(
-                input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
-            ).logits
-            logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, b.targets.unsqueeze(-1)).squeeze(-1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(
+                    input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
+                ).logits
+            logp = (
+                torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, b.targets.unsqueeze(-1)).squeeze(-1)
+            )
             loss = -(logp * b.advantages * b.mask).sum() / n_tok
             loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
@@ -133,6 +144,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="also cProfile one agentrl update")
     ap.add_argument("--with-vllm", action="store_true", help="also time the update with vLLM resident")
+    ap.add_argument(
+        "--autocast", default="auto", choices=["auto", "bfloat16", "off"], help="agentrl's train.autocast"
+    )
     args = ap.parse_args()
 
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in a log file
@@ -149,12 +163,16 @@ def main() -> None:
             f"train.micro_batch_tokens={args.micro_batch_tokens}",
             f"train.seed={args.seed}",
             "train.steps=1000",
+            f"train.autocast={args.autocast}",
         ],
     )
     world = init_distributed("cpu")
     policy = build_policy(cfg, torch.device("cpu"))
     bare_model = load_model(resolve_model_path(cfg.model.path), dtype="float32", device="cpu")
     bare = BareStep(bare_model, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip)
+    bare16_model = load_model(resolve_model_path(cfg.model.path), dtype="float32", device="cpu")
+    bare16 = BareStep(bare16_model, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip, bf16=True)
+    ours_label = "bf16 autocast" if policy.autocast is not None else "fp32"
     pad_id = policy.tokenizer.pad_token_id
 
     trajectories = synthetic_batch(args.trajectories, args.tokens, len(policy.tokenizer), args.seed)
@@ -166,7 +184,8 @@ def main() -> None:
     masked_tokens = sum(b.num_tokens for b in micro)
     n_params = sum(p.numel() for p in bare_model.parameters())
     print(
-        f"model {cfg.model.path or 'SmolLM2-135M-Instruct'} ({n_params / 1e6:.1f}M params, fp32) | "
+        f"model {cfg.model.path or 'SmolLM2-135M-Instruct'} ({n_params / 1e6:.1f}M params, fp32 weights; "
+        f"agentrl in {ours_label}) | "
         f"ZeRO-{args.zero_stage} | torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs"
     )
@@ -185,28 +204,36 @@ def main() -> None:
             )
         return elapsed
 
-    def run_bare() -> float:
+    def run_bare(step: BareStep) -> float:
         start = time.perf_counter()
-        bare(micro)
+        step(micro)
         return time.perf_counter() - start
 
-    warm_ours, warm_bare = run_ours(1), run_bare()
-    print(f"warm-up: agentrl {warm_ours:.2f} s, bare {warm_bare:.2f} s")
-    ours, base = [], []
+    warm = run_ours(1), run_bare(bare), run_bare(bare16)
+    print(f"warm-up: agentrl {warm[0]:.2f} s, bare fp32 {warm[1]:.2f} s, bare bf16 {warm[2]:.2f} s")
+    ours, base, base16 = [], [], []
     for r in range(args.repeats):
         ours.append(run_ours(r + 2))
-        base.append(run_bare())
-        print(f"repeat {r + 1}: agentrl {ours[-1]:.2f} s, bare {base[-1]:.2f} s")
+        base.append(run_bare(bare))
+        base16.append(run_bare(bare16))
+        print(
+            f"repeat {r + 1}: agentrl {ours[-1]:.2f} s, bare fp32 {base[-1]:.2f} s, bare bf16 {base16[-1]:.2f} s"
+        )
 
-    t_ours, t_bare = min(ours), min(base)
+    t_ours, t_bare, t_bare16 = min(ours), min(base), min(base16)
     print()
     print("| | best update time | input tokens/s | masked tokens/s |")
     print("| --- | --- | --- | --- |")
-    print(
-        f"| agentrl `update` | {t_ours:.2f} s | {input_tokens / t_ours:.1f} | {masked_tokens / t_ours:.1f} |"
-    )
-    print(f"| bare PyTorch | {t_bare:.2f} s | {input_tokens / t_bare:.1f} | {masked_tokens / t_bare:.1f} |")
-    print(f"ratio agentrl/bare (tokens/s): {t_bare / t_ours:.3f}")
+    for name, t in (
+        (f"agentrl `update` ({ours_label})", t_ours),
+        ("bare PyTorch fp32", t_bare),
+        ("bare PyTorch bf16 autocast", t_bare16),
+    ):
+        print(f"| {name} | {t:.2f} s | {input_tokens / t:.1f} | {masked_tokens / t:.1f} |")
+    same = t_bare16 if policy.autocast is not None else t_bare
+    print(f"ratio agentrl/bare in the same precision (tokens/s): {same / t_ours:.3f}")
+    print(f"ratio agentrl ({ours_label}) / bare fp32 (tokens/s): {t_bare / t_ours:.3f}")
+    print(f"ratio bare bf16 / bare fp32 (tokens/s): {t_bare / t_bare16:.3f}")
 
     if args.with_vllm:
         from agentrl.engines import SamplingParams

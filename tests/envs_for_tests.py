@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import agentrl
@@ -10,10 +11,15 @@ from agentrl.env import TextEnv
 
 
 class LetterShareEnv(TextEnv):
-    """Single step: reward = share of ASCII letters in the reply (varies across random replies)."""
+    """Single step: reward = share of ASCII letters in the reply (varies across random replies);
+    success when the share exceeds ``success_at``."""
 
     instructions = "Write some English words."
     example_answer = "hello world"
+
+    def __init__(self, success_at: float = 0.5):
+        super().__init__()
+        self.success_at = success_at
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -22,7 +28,7 @@ class LetterShareEnv(TextEnv):
     def step(self, action):
         text = action[:4096]
         share = sum(c.isascii() and c.isalpha() for c in text) / max(1, len(text))
-        return "", float(share), True, False, {"success": share > 0.5, "action_is_valid": True}
+        return "", float(share), True, False, {"success": share > self.success_at, "action_is_valid": True}
 
 
 agentrl.register("test_letters", LetterShareEnv, override=True)
@@ -88,3 +94,23 @@ def tiny_run_args(env: str, name: str, root, *sets: str) -> list[str]:
     ``root/name``, :data:`TINY_RUN`, then ``sets`` (which override it)."""
     args = ["--env", env, "--model", "tiny-random", "--name", name]
     return args + [a for s in (f"run.root={root}", *TINY_RUN, *sets) for a in ("--set", s)]
+
+
+class FavouriteColourEnv(TextEnv):
+    """Single step: name a colour; success and reward 1 when the reply has the word "red". The model
+    is not told which colour wins, so only reinforcement raises the rate (a learning test's task:
+    the default model says it in about 1 reply of 5 at T = 1)."""
+
+    instructions = "Name one colour. Answer with a single word."
+    example_answer = "red"
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return "Which colour?", {"success": False, "action_is_valid": True}
+
+    def step(self, action):
+        hit = re.search(r"\bred\b", action[:4096].lower()) is not None
+        return "", float(hit), True, False, {"success": hit, "action_is_valid": True}
+
+
+agentrl.register("test_red", FavouriteColourEnv, override=True)

@@ -430,3 +430,24 @@ def test_policy_weights_gathers_zero3_shards_into_full_tensors(tiny_model_path):
     pushed = dict(policy_weights(model, zero_stage=3))
     for name, param in reference.named_parameters():
         torch.testing.assert_close(pushed[name], param.detach(), rtol=0, atol=0)
+
+
+def test_kv_cache_is_sized_to_the_rollout_and_capped_by_memory(tiny_model_path):
+    import json
+
+    from agentrl.engines.vllm import kv_cache_bytes
+
+    cfg = json.loads((Path(tiny_model_path) / "config.json").read_text())
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    per_token = cfg["num_hidden_layers"] * 2 * kv_heads * head_dim * 4  # float32: key + value per layer
+    big = 64 * 2**30
+    # 128 sequences x 1,536 tokens, a quarter more: what the rollout needs, under a big machine's cap.
+    want = int(per_token * 128 * 1536 * 1.25)
+    assert kv_cache_bytes(tiny_model_path, "float32", 128, 1536, memory_bytes=max(big, 6 * want + 6)) == max(
+        want, 256 * 2**20
+    )
+    assert kv_cache_bytes(tiny_model_path, "bfloat16", 1, 1536, memory_bytes=big) == 256 * 2**20  # the floor
+    # On a small machine a sixth of its memory, never less than one full context.
+    small = 6 * 2**30
+    assert kv_cache_bytes(tiny_model_path, "float32", 10**6, 1536, memory_bytes=small) == 2**30

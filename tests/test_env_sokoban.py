@@ -290,12 +290,59 @@ def test_describe_positions_adds_the_coordinates_under_the_grid():
     assert obs == "#####\n#P_X#\n#O__#\n#####" and "positions of you" not in plain.instructions
 
 
-def test_oracle_thought_states_positions_relations_and_plan_length():
+def test_oracle_thought_states_positions_the_next_push_and_plan_length():
     env = SokobanEnv()
     env.reset(options={"layout": "######\n#____#\n#P_X_#\n#___O#\n######"})
     # Shortest plan by hand: Right, Right (box to column 5), Up, Right, Down (box onto the target).
     assert env.oracle_actions() == ["Right", "Right", "Up", "Right", "Down"]
+    # The first push is the second Right, made from row 3 column 3: one column right of the player.
     assert env.oracle_thought() == (
         "I am at row 3 column 2. Box at row 3 column 4. Target at row 4 column 5. "
-        "The box is right of me and the target is below and right of the box. It takes 5 moves."
+        "The target is below and right of the box: I push the box Right from row 3 column 3, "
+        "1 column right of me. It takes 5 moves."
     )
+    env.step("Right")
+    env.step("Right")  # the box at column 5, the player at column 4: next push is Down from row 2 column 5
+    assert env.oracle_thought() == (
+        "I am at row 3 column 4. Box at row 3 column 5. Target at row 4 column 5. "
+        "The target is below the box: I push the box Down from row 2 column 5, "
+        "1 row up and 1 column right of me. It takes 3 moves."
+    )
+
+
+def test_oracle_thought_with_positions_skips_the_copy_and_says_where_i_stand():
+    env = SokobanEnv(describe_positions=True)
+    env.reset(options={"layout": "#####\n#O__#\n#XP_#\n#___#\n#####"})
+    # The box is below the target; pushing it Up needs the player below it (row 4 column 2):
+    # Down, Left, Up.
+    assert env.oracle_actions() == ["Down", "Left", "Up"]
+    assert env.oracle_thought() == (
+        "The target is above the box: I push the box Up from row 4 column 2, "
+        "1 row down and 1 column left of me. It takes 3 moves."
+    )
+    env.step("Down")
+    env.step("Left")
+    assert env.oracle_thought() == (
+        "The target is above the box: I push the box Up from row 4 column 2, where I am. It takes 1 move."
+    )
+
+
+def test_oracle_thought_is_true_on_generated_rooms():
+    """On 200 rooms, the push the thought names is the plan's first box move, made from where it says."""
+    import re
+
+    env = SokobanEnv(describe_positions=True)
+    for seed in range(200):
+        env.reset(seed=seed)
+        thought, plan = env.oracle_thought(), env.oracle_actions()
+        push = re.search(r"I push the box (\w+) from row (\d) column (\d)", thought)
+        assert push, thought
+        for move in plan:
+            obs, _, _, _, info = env.step(move)
+            if info["moved_box"]:
+                assert move == push[1]
+                # The player now stands where the box was: one square back is where it pushed from.
+                r, c = map(int, re.search(r"Player at row (\d) column (\d)", obs).groups())
+                dr, dc = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}[move]
+                assert (r - dr, c - dc) == (int(push[2]), int(push[3])), seed
+                break

@@ -114,3 +114,57 @@ def test_from_runs_keeps_successes_once(manager, tmp_path):
     ]
     with pytest.raises(ValueError, match="no trajectory files"):
         successful_episodes([str(Path(tmp_path) / "empty")])
+
+
+def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
+    sets = [
+        f"run.root={root}",
+        "engine.name=hf",
+        "sft.warm_start=true",
+        "sft.episodes=6",
+        "sft.batch_episodes=3",
+        "sft.lr=1e-3",
+        f"train.steps={steps}",
+        "train.n_groups=2",
+        "rollout.group_size=2",
+        "rollout.max_turns=2",
+        "rollout.max_new_tokens=8",
+        "eval.episodes=2",
+        "eval.every=1",
+        "run.progress=false",
+    ]
+    return ["train", "--env", "sokoban", "--model", "tiny-random", "--name", name] + [
+        a for s in sets for a in ("--set", s)
+    ]
+
+
+def test_train_with_a_warm_start_is_one_command_and_resumes_without_redoing_it(tmp_path, capsys):
+    """sft.warm_start: the SFT run in RUN/warm_start (base evaluated at its step 0, nothing after),
+    then RL from its checkpoint in RUN; the last line reads base -> warm start -> final; --resume
+    continues RL and leaves the warm start alone."""
+    assert main(_warm_start_args(tmp_path, "ws", steps=1)) == 0
+    run, warm = tmp_path / "ws", tmp_path / "ws" / "warm_start"
+    warm_rows = [json.loads(x) for x in (warm / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in warm_rows if "eval/success_rate" in r] == [0]  # the base model only
+    assert [r["step"] for r in warm_rows if "sft/nll" in r] == [1, 2]  # 6 demonstrations, 3 per update
+    assert (warm / "checkpoints" / "step_000002" / "hf" / "config.json").is_file()
+    rl_rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rl_rows if "eval/success_rate" in r] == [0, 1]
+    assert "init: " + str(warm) in (run / "config.yaml").read_text()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("agentrl: held-out success base 0.") and " -> warm start (step 0) " in last
+    assert f"agentrl replay {warm}" in last
+
+    data = (warm / "sft_data.jsonl").stat().st_mtime_ns
+    args = _warm_start_args(tmp_path, "ws", steps=2)
+    assert main([*args[:-2], "--resume", *args[-2:]]) == 0
+    assert (warm / "sft_data.jsonl").stat().st_mtime_ns == data  # not rebuilt, not retrained
+    assert (run / "checkpoints" / "step_000002").is_dir()
+
+
+def test_a_warm_start_into_a_taken_run_name_fails_before_any_work(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.yaml").write_text("x: 1\n")
+    assert main(_warm_start_args(tmp_path, "taken", steps=1)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert not (tmp_path / "taken" / "warm_start").exists()

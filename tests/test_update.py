@@ -1,4 +1,5 @@
-"""The update's behaviour-policy correction (truncated importance sampling), through ``update``.
+"""The update through ``update``: the behaviour-policy correction, logits at trained positions
+only, and bf16 autocast.
 
 The rollout log-probs are set to the trainer's own minus a known shift, as an engine with other
 kernels would give: the importance weights must then be ``exp(shift)`` (or the cap) on every token,
@@ -16,7 +17,7 @@ import torch
 from agentrl.config import load_config
 from agentrl.distributed import init_distributed
 from agentrl.losses import token_logprobs
-from agentrl.policy import build_policy
+from agentrl.policy import autocast_for, build_policy, split_lm
 from agentrl.trajectory import Sample, Trajectory
 from agentrl.update import update
 
@@ -45,8 +46,11 @@ def world():
 
 
 def _policy(*sets: str):
+    # Exact float32 numerics (no bf16 autocast on CPUs that have it): log-probs compare to 1e-4.
     cfg = load_config(
-        env="sokoban", model="tiny-random", overrides=["train.lr=1e-2", "engine.name=hf", *sets]
+        env="sokoban",
+        model="tiny-random",
+        overrides=["train.lr=1e-2", "engine.name=hf", "train.autocast=off", *sets],
     )
     return cfg, build_policy(cfg, torch.device("cpu"))
 
@@ -90,3 +94,54 @@ def test_unit_weights_change_nothing(world):
         results.append({k: v.detach().clone() for k, v in policy.model.named_parameters()})
     for name, value in results[0].items():
         torch.testing.assert_close(results[1][name], value, rtol=0, atol=1e-6)
+
+
+def test_logits_at_trained_positions_are_the_full_forward_rows(world):
+    """The head runs on the trained positions only; their logits are the full forward's rows."""
+    _, policy = _policy()
+    assert policy.split is not None  # a Llama-style model: logits = lm_head(body(x))
+    ids = torch.randint(3, 500, (2, 12))
+    attn = torch.ones_like(ids)
+    keep = torch.zeros(2, 11, dtype=torch.bool)
+    keep[0, 4:9] = keep[1, 2:5] = True
+    with torch.no_grad():
+        full = policy.model(input_ids=ids, attention_mask=attn).logits[:, :-1][keep]
+        picked = policy.logits_at(policy.ds_engine, ids, attn, keep)
+    assert picked.shape == (8, full.shape[-1])
+    torch.testing.assert_close(picked, full, rtol=0, atol=1e-5)
+
+
+def test_a_model_that_rescales_its_logits_keeps_its_own_forward():
+    """Logits changed after the head (soft-capping, scaling) fail the probe: no split, full forward."""
+    _, policy = _policy()
+    model = policy.model
+    handle = model.register_forward_hook(lambda m, args, out: out.__setitem__("logits", out.logits * 2) or out)
+    try:
+        assert split_lm(model) is None
+    finally:
+        handle.remove()
+    assert split_lm(model) is not None
+
+
+def test_autocast_choice():
+    cfg = load_config(env="sokoban", overrides=["train.autocast=off"])
+    assert autocast_for(cfg, torch.device("cpu")) is None
+    cfg = load_config(env="sokoban", overrides=["train.autocast=bfloat16"])
+    assert autocast_for(cfg, torch.device("cpu")) is torch.bfloat16
+    # A bfloat16 model is already in bfloat16: nothing to autocast.
+    cfg = load_config(env="sokoban", overrides=["train.autocast=bfloat16", "model.dtype=bfloat16"])
+    assert autocast_for(cfg, torch.device("cpu")) is None
+
+
+def test_bf16_autocast_update_trains_with_float32_master_weights(world):
+    """Under autocast the weights and their optimizer state stay float32, the log-probs the update
+    reports are within bf16 precision of the float32 ones, and the update moves the weights."""
+    cfg, policy = _policy("train.autocast=bfloat16")
+    assert policy.autocast is torch.bfloat16
+    before = {k: v.detach().clone() for k, v in policy.model.named_parameters()}
+    out = update(cfg, policy, _batch(policy.model, 0.0), 1, world, 1.0)
+    # The stored log-probs are float32 ones: the bf16 forward differs from them by bf16 rounding only.
+    assert 0 < out["train/logprob_mismatch_mean"] < 0.05
+    assert all(p.dtype == torch.float32 for p in policy.model.parameters())
+    moved = sum(float((p.detach() - before[k]).abs().max()) for k, p in policy.model.named_parameters())
+    assert moved > 0

@@ -35,7 +35,8 @@ class EngineSetup:
     """The model as an HF folder on disk (what an engine with its own weights loads)."""
     pad_token_id: int
     dtype: str
-    """The trainer's dtype (``float32``, ``bfloat16``): an engine samples in the same one."""
+    """The dtype to sample in (``float32``, ``bfloat16``; ``engine.dtype``, by default the trainer's
+    compute dtype); an engine that loads its own weights loads them in it."""
     seed: int
     max_context_tokens: int
     """Longest token sequence the rollout feeds the engine (prompt and reply)."""

@@ -77,17 +77,27 @@ def _head_dim(cfg: dict[str, Any]) -> int:
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
 
 
-def kv_cache_bytes(model_path: str, dtype: str, max_sequences: int, max_context_tokens: int) -> int:
-    """KV-cache bytes for ``max_sequences`` sequences of ``max_context_tokens`` tokens at once.
+def kv_cache_bytes(
+    model_path: str, dtype: str, max_sequences: int, max_context_tokens: int, memory_bytes: int | None = None
+) -> int:
+    """KV-cache bytes for ``max_sequences`` sequences of ``max_context_tokens`` tokens at once,
+    capped at a sixth of the machine's memory (``memory_bytes``, default: this machine's).
 
     Per token a decoder layer stores one key and one value vector per KV head. Sized to the
     rollout's needs (plus a quarter, at least 256 MiB) instead of vLLM's default share of the
     machine, which on CPU reserved ~10 GiB beside the trainer and got the run killed for memory.
+    The cap matters for large evaluations (128 episodes of 1,536 tokens in float32 would ask for
+    11 GiB and, beside the trainer, got a run killed on a 24 GiB machine): with fewer blocks vLLM
+    runs fewer sequences at once and queues the rest (episodes rarely fill their whole context).
     """
     cfg = _text_config(model_path)
     kv_heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     per_token = cfg["num_hidden_layers"] * 2 * kv_heads * _head_dim(cfg) * (4 if dtype == "float32" else 2)
-    return max(256 * 2**20, int(per_token * max_sequences * max_context_tokens * 1.25))
+    want = max(256 * 2**20, int(per_token * max_sequences * max_context_tokens * 1.25))
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    # One full context always fits, whatever the cap.
+    return min(want, max(memory_bytes // 6, int(per_token * max_context_tokens * 1.25), 256 * 2**20))
 
 
 class _HostState:
