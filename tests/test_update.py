@@ -115,7 +115,9 @@ def test_a_model_that_rescales_its_logits_keeps_its_own_forward():
     """Logits changed after the head (soft-capping, scaling) fail the probe: no split, full forward."""
     _, policy = _policy()
     model = policy.model
-    handle = model.register_forward_hook(lambda m, args, out: out.__setitem__("logits", out.logits * 2) or out)
+    handle = model.register_forward_hook(
+        lambda m, args, out: out.__setitem__("logits", out.logits * 2) or out
+    )
     try:
         assert split_lm(model) is None
     finally:
