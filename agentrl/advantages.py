@@ -19,7 +19,6 @@ types as the built-in ones.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,8 @@ from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+
+from agentrl.suggest import did_you_mean
 
 T = TypeVar("T")
 
@@ -41,10 +42,7 @@ def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
         return registry[name]
     except KeyError:
         valid = sorted(registry)
-        by_lower = {v.lower(): v for v in valid}
-        close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
-        close = [by_lower[c] for c in close]
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(str(name), valid, ignore_case=True)
         raise ValueError(f"unknown {what} {name!r}.{hint} Valid: {', '.join(valid)}.") from None
 
 

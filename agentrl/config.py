@@ -8,7 +8,6 @@ before any work starts. Unknown keys and wrong types fail naming the key and the
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import json
 import os
@@ -28,6 +27,7 @@ from agentrl.engines import ENGINE_CHOICES
 from agentrl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, KLParams, PolicyLossParams, TISParams
 from agentrl.rewards import ShapingParams
 from agentrl.rollout import PER_CALL_SETTINGS, RolloutConfig
+from agentrl.suggest import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -371,8 +371,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _unknown_key(prefix: str, name: str, valid: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+    hint = did_you_mean(name, valid, prefix=prefix, quote=False)
     return ConfigError(f"unknown config key {prefix}{name}.{hint} Valid keys here: {', '.join(valid)}")
 
 
@@ -617,8 +616,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 def _check_choice(key: str, value: str, choices) -> None:
     choices = sorted(choices)
     if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(value, choices)
         raise ConfigError(f"{key}={value!r} is not one of {choices}.{hint}")
 
 

@@ -8,7 +8,6 @@ that folder in about 2 s. Nothing here touches the network unless the user names
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 import re
@@ -16,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from agentrl.suggest import closest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -213,10 +214,10 @@ _ON_HUB: set[str] = set()
 def _did_you_mean(name: str) -> str:
     """``": did you mean 'tiny-random'? ..."`` when ``name`` is close to a built-in name, else ``""``."""
     builtin = [DEFAULT_MODEL, TINY_MODEL, *RANDOM_SHAPES]
-    close = difflib.get_close_matches(name.lower(), builtin, n=1, cutoff=0.75)
-    if not close:
+    close = closest(name, builtin, cutoff=0.75, ignore_case=True)
+    if close is None:
         return ""
-    return f": did you mean {close[0]!r}? (built-in models: {', '.join(builtin)})"
+    return f": did you mean {close!r}? (built-in models: {', '.join(builtin)})"
 
 
 def _offline() -> bool:

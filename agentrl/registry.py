@@ -11,7 +11,6 @@ Envs come from three places, all through :func:`register`:
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import warnings
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import gymnasium
+
+from agentrl.suggest import did_you_mean
 
 ENTRY_POINT_GROUP = "agentrl.envs"
 
@@ -153,8 +154,7 @@ def spec(name: str) -> EnvSpec:
         if s.gym_id == name:
             return s
     known = sorted(registry)
-    close = difflib.get_close_matches(name, known + [s.gym_id for s in registry.values() if s.gym_id], n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, known + [s.gym_id for s in registry.values() if s.gym_id])
     raise UnknownEnvError(
         f"no env named {name!r}.{hint} Registered envs: {', '.join(known) or '(none)'}. "
         "Register your own with agentrl.register(name, EnvClass)."
