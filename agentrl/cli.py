@@ -25,7 +25,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="dotted override, e.g. --set algo.kl_coef=0.001 (repeatable)",
+        help="dotted override, e.g. --set algo.kl.coef=0.001 (repeatable)",
     )
 
 

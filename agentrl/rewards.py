@@ -25,12 +25,12 @@ from torch import Tensor
 
 @dataclass
 class ShapingParams:
-    """Reward shaping (config section ``shaping``). Every term is off at its default except the format penalty."""
+    """Reward shaping (config section ``algo.shaping``). Every term is off at its default.
 
-    format_penalty: float = -0.1
-    """Reward of a reply that yields no usable action (no answer tag, too many actions...). Applied by
-    the rollout manager to that turn's reward; the env is not stepped. Documented here with the
-    other shaping terms."""
+    The format penalty (a reply with no usable action) is not here: the rollout manager applies it,
+    as ``rollout.format_penalty``.
+    """
+
     repetition_ngram: int = 3
     """``n`` of the n-grams (whitespace tokens, lower-cased) counted by the repetition penalty."""
     repetition_max_penalty: float = 0.0
@@ -80,6 +80,13 @@ class ShapingParams:
                 f"{self.cosine_correct_end}, wrong {self.cosine_wrong_start} -> {self.cosine_wrong_end} "
                 "(the paper: correct 2 -> 1, wrong -10 -> 0)"
             )
+
+    @staticmethod
+    def why_not(prefix: str, name: str) -> str | None:
+        """Why ``name`` is not a shaping key though one might look for it here (``None``: no reason known)."""
+        if name == "format_penalty":
+            return "the format penalty is rollout.format_penalty (the rollout manager applies it to the turn)"
+        return None
 
     @property
     def enabled(self) -> bool:

@@ -74,7 +74,7 @@ def test_shaping_bonus() -> None:
 
 
 def test_shaping_params_validation() -> None:
-    assert ShapingParams().format_penalty == -0.1
+    assert not ShapingParams().enabled
     with pytest.raises(ValueError):
         ShapingParams(repetition_max_penalty=1.0)
     with pytest.raises(ValueError):
