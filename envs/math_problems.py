@@ -13,6 +13,8 @@ machine. Answers are exact strings: integers (``"42"``, ``"-7"``) or reduced fra
 Each problem also comes with a short worked solution computed from the same values (one or two
 sentences of arithmetic whose last number is the answer, e.g. ``"4 * 12 = 48. 37 + 48 = 85. 85 - 9
 = 76."``), used as the truthful thought of warm-start demonstrations: :func:`generate_worked_problem`.
+The step writers (:func:`int_expression_steps`, :func:`fraction_steps`, :func:`linear_steps`) and the
+generators (:data:`LEVELS`, :data:`WORD_PROBLEMS` by kind) are public, for tests and other envs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["LEVELS", "format_number", "generate_problem", "generate_worked_problem"]
+__all__ = [
+    "LEVELS",
+    "WORD_PROBLEMS",
+    "format_number",
+    "fraction_steps",
+    "generate_problem",
+    "generate_worked_problem",
+    "int_expression_steps",
+    "linear_steps",
+]
 
 #: (problem text, exact answer, worked solution) as drawn by a level's generator.
 Worked = tuple[str, Fraction, str]
@@ -56,7 +67,7 @@ def _level1(rng: np.random.Generator) -> Worked:
         terms.append(_int(rng, 2, 12) if op == "*" else _int(rng, 1, 50))
     text = str(terms[0]) + "".join(f" {op} {t}" for op, t in zip(ops, terms[1:]))
     value = _eval_int_expression(terms, ops)
-    return f"Compute {text}.", Fraction(value), _int_expression_steps(terms, ops)
+    return f"Compute {text}.", Fraction(value), int_expression_steps(terms, ops)
 
 
 def _eval_int_expression(terms: list[int], ops: list[str]) -> int:
@@ -72,7 +83,7 @@ def _eval_int_expression(terms: list[int], ops: list[str]) -> int:
     return sum(s * v for s, v in zip(signs, sums))
 
 
-def _int_expression_steps(terms: list[int], ops: list[str]) -> str:
+def int_expression_steps(terms: list[int], ops: list[str]) -> str:
     """The worked steps of ``terms`` joined by ``ops``: products first, then sums and differences left to right.
 
     ``[37, 4, 12, 9], ["+", "*", "-"]`` gives ``"4 * 12 = 48. 37 + 48 = 85. 85 - 9 = 76."``.
@@ -120,7 +131,7 @@ def _level2(rng: np.random.Generator) -> Worked:
         f"Compute $\\frac{{{a.numerator}}}{{{a.denominator}}} {symbol} \\frac{{{b.numerator}}}{{{b.denominator}}}$. "
         "Give the answer as a fraction in lowest terms (or an integer)."
     )
-    return problem, value, _fraction_steps(a, b, op)
+    return problem, value, fraction_steps(a, b, op)
 
 
 def _over(num: int, den: int) -> str:
@@ -128,7 +139,7 @@ def _over(num: int, den: int) -> str:
     return f"{format_number(num)}/{format_number(den)}"
 
 
-def _fraction_steps(a: Fraction, b: Fraction, op: str) -> str:
+def fraction_steps(a: Fraction, b: Fraction, op: str) -> str:
     """The worked steps of ``a op b`` for ``op`` in ``+ - * /``, ending with the reduced result.
 
     ``3/4 + 5/6`` gives ``"3/4 + 5/6 = 9/12 + 10/12 = 19/12."``; ``3/4 / 5/6`` gives
@@ -178,14 +189,14 @@ def _level3(rng: np.random.Generator) -> Worked:
         d = _int(rng, -20, 20)
         x = Fraction(d - b, a - c)
     problem = f"Solve for $x$: ${_linear_side(a, b)} = {_linear_side(c, d)}$. Give the exact value of $x$."
-    return problem, x, _linear_steps(a, b, c, d)
+    return problem, x, linear_steps(a, b, c, d)
 
 
 def _x_term(coef: int) -> str:
     return "x" if coef == 1 else ("-x" if coef == -1 else f"{coef}x")
 
 
-def _linear_steps(a: int, b: int, c: int, d: int) -> str:
+def linear_steps(a: int, b: int, c: int, d: int) -> str:
     """The worked solution of ``a x + b = c x + d`` (``a != c``): x terms to the left, numbers to the right.
 
     ``5, -3, 2, 9`` gives ``"5x - 2x = 9 + 3, so 3x = 12 and x = 4."``.
@@ -274,17 +285,19 @@ def _word_work(rng: np.random.Generator) -> Worked:
     )
 
 
-_WORD_PROBLEMS: tuple[Callable[[np.random.Generator], Worked], ...] = (
-    _word_shopping,
-    _word_speed,
-    _word_sharing,
-    _word_ages,
-    _word_work,
-)
+#: Kind of word problem -> its generator (level 4 draws one kind uniformly, in this order).
+WORD_PROBLEMS: dict[str, Callable[[np.random.Generator], Worked]] = {
+    "shopping": _word_shopping,
+    "speed": _word_speed,
+    "sharing": _word_sharing,
+    "ages": _word_ages,
+    "work": _word_work,
+}
 
 
 def _level4(rng: np.random.Generator) -> Worked:
-    return _WORD_PROBLEMS[int(rng.integers(len(_WORD_PROBLEMS)))](rng)
+    kinds = list(WORD_PROBLEMS.values())
+    return kinds[int(rng.integers(len(kinds)))](rng)
 
 
 #: Level number -> generator of (problem text, exact answer, worked solution).

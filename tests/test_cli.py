@@ -298,15 +298,14 @@ def test_malformed_config_is_a_clear_error(tmp_path, capsys, monkeypatch):
     _check_error(rc, out, err, ["bad.yaml"], tmp_path)
 
 
-def test_play_says_when_a_move_is_blocked():
-    import argparse
+def test_play_says_when_a_move_is_blocked(monkeypatch, capsys):
     import io
 
-    from agentrl.cli import _cmd_play
+    from agentrl.cli import main
 
-    out = io.StringIO()
-    _cmd_play(argparse.Namespace(env="sokoban", seed=3), stdin=io.StringIO("Down\nDown\nquit\n"), stdout=out)
-    assert "Down: reward -0.10 (blocked: nothing moved)" in out.getvalue()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Down\nDown\nquit\n"))
+    main(["play", "--env", "sokoban", "--seed", "3"])
+    assert "Down: reward -0.10 (blocked: nothing moved)" in capsys.readouterr().out
 
 
 def test_export_size_budget_flag(tmp_path, capsys):

@@ -234,7 +234,7 @@ def _last_number(text: str) -> str:
 
 
 def test_int_expression_steps_hand_built():
-    steps = math_problems._int_expression_steps
+    steps = math_problems.int_expression_steps
     assert steps([37, 4, 12, 9], ["+", "*", "-"]) == "4 * 12 = 48. 37 + 48 = 85. 85 - 9 = 76."
     assert steps([7, 4, 12, 9], ["*", "+", "-"]) == "7 * 4 = 28. 28 + 12 = 40. 40 - 9 = 31."
     # Products first, even when the sum comes earlier in the text.
@@ -245,7 +245,7 @@ def test_int_expression_steps_hand_built():
 
 
 def test_fraction_steps_hand_built():
-    steps, F = math_problems._fraction_steps, Fraction
+    steps, F = math_problems.fraction_steps, Fraction
     assert steps(F(3, 4), F(5, 6), "+") == "3/4 + 5/6 = 9/12 + 10/12 = 19/12."
     assert steps(F(1, 6), F(1, 3), "+") == "1/6 + 1/3 = 1/6 + 2/6 = 3/6 = 1/2."
     assert steps(F(5, 4), F(1, 4), "-") == "5/4 - 1/4 = 4/4 = 1."
@@ -257,7 +257,7 @@ def test_fraction_steps_hand_built():
 
 
 def test_linear_steps_hand_built():
-    steps = math_problems._linear_steps  # a x + b = c x + d
+    steps = math_problems.linear_steps  # a x + b = c x + d
     assert steps(5, -3, 2, 9) == "5x - 2x = 9 + 3, so 3x = 12 and x = 4."
     assert steps(6, -13, -8, -11) == "6x + 8x = -11 + 13, so 14x = 2 and x = 1/7."
     assert steps(3, 2, 2, 7) == "3x - 2x = 7 - 2, so x = 5."
@@ -276,42 +276,42 @@ def test_linear_steps_hand_built():
     [
         # Each solution below was worked out by hand from the problem text.
         (
-            math_problems._level1,
+            math_problems.LEVELS[1],
             3,
             "Compute 5 + 12 + 41 * 8.",
             345,
             "41 * 8 = 328. 5 + 12 = 17. 17 + 328 = 345.",
         ),
         (
-            math_problems._level1,
+            math_problems.LEVELS[1],
             7,
             "Compute 32 * 11 - 39 * 4.",
             196,
             "32 * 11 = 352. 39 * 4 = 156. 352 - 156 = 196.",
         ),
         (
-            math_problems._level2,
+            math_problems.LEVELS[2],
             3,
             "Compute $\\frac{1}{5} + \\frac{2}{3}$. Give the answer as a fraction in lowest terms (or an integer).",
             Fraction(13, 15),
             "1/5 + 2/3 = 3/15 + 10/15 = 13/15.",
         ),
         (
-            math_problems._level3,
+            math_problems.LEVELS[3],
             7,
             "Solve for $x$: $8x + 8 = 2x + 16$. Give the exact value of $x$.",
             Fraction(4, 3),
             "8x - 2x = 16 - 8, so 6x = 8 and x = 4/3.",
         ),
         (
-            math_problems._word_shopping,
+            math_problems.WORD_PROBLEMS["shopping"],
             3,
             "Nina buys 5 pencils at 3 dollars each and pays with 20 dollars. How many dollars of change does Nina get?",
             5,
             "5 pencils at 3 dollars each cost 5 * 3 = 15 dollars. 20 - 15 = 5.",
         ),
         (
-            math_problems._word_speed,
+            math_problems.WORD_PROBLEMS["speed"],
             7,
             "Yusuf travels at 51 km per hour for 7 hours, then another 27 km. "
             "How many km does Yusuf travel in total?",
@@ -319,7 +319,7 @@ def test_linear_steps_hand_built():
             "7 hours at 51 km per hour is 51 * 7 = 357 km. 357 + 27 = 384.",
         ),
         (
-            math_problems._word_sharing,
+            math_problems.WORD_PROBLEMS["sharing"],
             3,
             "Nina shares 17 liters of juice equally among 3 friends. "
             "How many liters does each friend get? Give an exact answer.",
@@ -327,14 +327,14 @@ def test_linear_steps_hand_built():
             "Each friend gets 17 / 3 = 17/3 liters.",
         ),
         (
-            math_problems._word_ages,
+            math_problems.WORD_PROBLEMS["ages"],
             3,
             "Priya is 2 times as old as Kenji. Kenji is 5 years old. How old will Priya be in 3 years?",
             13,
             "Priya is now 2 * 5 = 10 years old, so in 3 years Priya will be 10 + 3 = 13.",
         ),
         (
-            math_problems._word_work,
+            math_problems.WORD_PROBLEMS["work"],
             3,
             "Priya can paint a fence in 3 hours and Kenji can paint it in 4 hours. "
             "Working together at these rates, how many hours do they need? Give an exact answer.",
@@ -400,7 +400,7 @@ def test_oracle_thought_is_the_generated_solution():
         assert other.oracle_thought() == env.oracle_thought()
     env.reset(seed=0, options={"level": 1})
     expr = env.problem.removeprefix("Compute ").removesuffix(".")
-    assert env.oracle_thought() == math_problems._int_expression_steps(
+    assert env.oracle_thought() == math_problems.int_expression_steps(
         [int(t) for t in expr.split(" ")[::2]], expr.split(" ")[1::2]
     )
 

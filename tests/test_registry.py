@@ -30,16 +30,16 @@ BUILTINS = {
 
 @pytest.fixture(autouse=True)
 def clean_registries():
-    """Each test may register envs: restore agentrl's and Gymnasium's registries afterwards."""
+    """Each test may register envs: restore agentrl's and Gymnasium's registries afterwards (the
+    plugins loaded first, so that the restored registry holds them and nothing loads them again)."""
+    reg.load_plugins()
     ours = dict(reg.registry)
     gyms = dict(gymnasium.registry)
-    loaded = reg._plugins_loaded
     yield
     reg.registry.clear()
     reg.registry.update(ours)
     gymnasium.registry.clear()
     gymnasium.registry.update(gyms)
-    reg._plugins_loaded = loaded
 
 
 class EchoEnv(TextEnv):
@@ -447,8 +447,8 @@ def test_plugins_load_once_unless_forced(plugin_site):
                 """
         },
     )
-    reg._plugins_loaded = False
-    agentrl.load_plugins()
+    agentrl.load_plugins(force=True)  # the plugins were loaded before this one was installed
+    assert calls.read_text() == "x"
     agentrl.load_plugins()
     agentrl.names()
     assert calls.read_text() == "x"
