@@ -159,6 +159,11 @@ class EvalConfig:
     """Sampling temperature when not greedy."""
     at_start: bool = True
     """Evaluate the initial model (step 0)."""
+    base_episodes: int | None = None
+    """Held-out seeds for the step-0 evaluation of the base model (``None``: ``episodes``): the
+    first ``base_episodes`` of the same seeds. A base model that rambles to the token limit every
+    turn is the slowest to evaluate and rarely the point; a warm start (``run.init``, or RL after
+    ``sft.warm_start``) is always evaluated on all ``episodes``."""
 
 
 @dataclass
@@ -658,6 +663,8 @@ def validate(cfg: Config) -> None:
     }
     if cfg.sft.lr is not None:
         positive["sft.lr"] = cfg.sft.lr
+    if cfg.eval.base_episodes is not None:
+        positive["eval.base_episodes"] = cfg.eval.base_episodes
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")

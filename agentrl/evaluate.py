@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,14 @@ def run_eval(
         reset_options=reset_options,
     )
     return trajectories
+
+
+def start_eval_config(cfg: Config) -> Config:
+    """The config of a run's step-0 evaluation: a base model (no ``run.init``) plays the first
+    ``eval.base_episodes`` held-out seeds; a run that starts from another is evaluated on all."""
+    if cfg.run.init or cfg.eval.base_episodes is None:
+        return cfg
+    return replace(cfg, eval=replace(cfg.eval, episodes=min(cfg.eval.base_episodes, cfg.eval.episodes)))
 
 
 def evaluate(cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:

@@ -89,6 +89,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, only_base_eval: bool 
     ``only_base_eval``: evaluate the starting model (step 0) and nothing after (a warm start: the RL
     run evaluates the fine-tuned model at its own step 0)."""
     from agentrl import checkpoint as ckpt
+    from agentrl.evaluate import start_eval_config
     from agentrl.logger import RunLogger
     from agentrl.policy import build_engine, build_policy, seed_everything
     from agentrl.trainer import check_model, evaluate_and_log, prepare_run_dir, save, set_up_process
@@ -142,7 +143,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, only_base_eval: bool 
         log.info(f"agentrl sft: --from: ... and {len(skipped) - 20} more malformed records skipped")
     try:
         if cfg.eval.every and cfg.eval.at_start:
-            log.log(0, evaluate_and_log(cfg, rollout, run_dir, 0, log, world))
+            log.log(0, evaluate_and_log(start_eval_config(cfg), rollout, run_dir, 0, log, world))
         step = 0
         order = random.Random(cfg.train.seed)
         for _epoch in range(cfg.sft.epochs):

@@ -34,7 +34,7 @@ from agentrl.config import Config, ConfigError
 from agentrl.curriculum import CurriculumState, advance, stage_at
 from agentrl.distributed import World, all_reduce_max, gather_objects, init_distributed, meet
 from agentrl.engines.base import Engine
-from agentrl.evaluate import run_eval
+from agentrl.evaluate import run_eval, start_eval_config
 from agentrl.logger import RunLogger, read_metrics
 from agentrl.metrics import eval_metrics, rollout_metrics
 from agentrl.policy import (
@@ -120,7 +120,10 @@ def train(cfg: Config, resume: bool = False) -> Path:
     try:
         if cfg.eval.every and cfg.eval.at_start and start_step == 1:
             log.log(
-                0, evaluate_and_log(cfg, rollout, run_dir, 0, log, world, _stage(cfg, loop, 1).env_options)
+                0,
+                evaluate_and_log(
+                    start_eval_config(cfg), rollout, run_dir, 0, log, world, _stage(cfg, loop, 1).env_options
+                ),
             )
         for step in range(start_step, cfg.train.steps + 1):
             metrics: dict[str, float] = {}

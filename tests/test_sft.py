@@ -130,6 +130,7 @@ def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
         "rollout.max_turns=2",
         "rollout.max_new_tokens=8",
         "eval.episodes=2",
+        "eval.base_episodes=1",
         "eval.every=1",
         "run.progress=false",
     ]
@@ -146,10 +147,12 @@ def test_train_with_a_warm_start_is_one_command_and_resumes_without_redoing_it(t
     run, warm = tmp_path / "ws", tmp_path / "ws" / "warm_start"
     warm_rows = [json.loads(x) for x in (warm / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in warm_rows if "eval/success_rate" in r] == [0]  # the base model only
+    assert warm_rows[0]["eval/episodes"] == 1  # eval.base_episodes
     assert [r["step"] for r in warm_rows if "sft/nll" in r] == [1, 2]  # 6 demonstrations, 3 per update
     assert (warm / "checkpoints" / "step_000002" / "hf" / "config.json").is_file()
     rl_rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rl_rows if "eval/success_rate" in r] == [0, 1]
+    assert rl_rows[0]["eval/episodes"] == 2  # the warm start: every held-out seed
     assert "init: " + str(warm) in (run / "config.yaml").read_text()
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("agentrl: held-out success base 0.") and " -> warm start (step 0) " in last
