@@ -21,29 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from agentrl.suggest import did_you_mean
-
-T = TypeVar("T")
-
-
-def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
-    """Return ``registry[name]``; for an unknown name raise ``ValueError`` listing the valid ones.
-
-    ``what`` names the kind of thing in the message (``"advantage estimator"``...).
-    """
-    try:
-        return registry[name]
-    except KeyError:
-        valid = sorted(registry)
-        hint = did_you_mean(str(name), valid, ignore_case=True)
-        raise ValueError(f"unknown {what} {name!r}.{hint} Valid: {', '.join(valid)}.") from None
+from agentrl.suggest import lookup
 
 
 def observation_key(text: str) -> int:

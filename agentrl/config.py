@@ -336,43 +336,58 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin is list and typing.get_args(tp) and dataclasses.is_dataclass(typing.get_args(tp)[0]):
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(
-                f"{key} must be a list of mappings (e.g. {key}=[{{steps: 100}}, {{steps: 50}}]), got {value!r}"
-            )
-        item = typing.get_args(tp)[0]
-        return [v if isinstance(v, item) else _coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return _coerce_sections(value, typing.get_args(tp)[0], key)
     if origin in (dict, list, tuple):
-        base = origin
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, (dict if base is dict else (list, tuple))):
-            raise ConfigError(f"{key} must be a {base.__name__}, got {value!r}")
-        return base(value) if base is not dict else dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, str):
-            try:
-                value = float(value) if tp is float or any(c in value for c in ".eE") else int(value)
-            except ValueError:
-                raise ConfigError(f"{key} must be a number ({tp.__name__}), got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number ({tp.__name__}), got {value!r}")
-        if tp is int and float(value) != int(value):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return tp(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return str(value)
-    return value
+        return _coerce_container(value, origin, key)
+    scalar = {bool: _coerce_bool, int: _coerce_number, float: _coerce_number, str: _coerce_str}.get(tp)
+    return scalar(value, tp, key) if scalar else value
+
+
+def _coerce_sections(value: Any, item: type, key: str) -> list[Any]:
+    """A list of sections (``curriculum.stages``): mappings, or the YAML text of a list of them."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(
+            f"{key} must be a list of mappings (e.g. {key}=[{{steps: 100}}, {{steps: 50}}]), got {value!r}"
+        )
+    return [v if isinstance(v, item) else _coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_container(value: Any, base: type, key: str) -> Any:
+    """A ``dict``, ``list`` or ``tuple``, or its YAML text."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if not isinstance(value, (dict if base is dict else (list, tuple))):
+        raise ConfigError(f"{key} must be a {base.__name__}, got {value!r}")
+    return base(value) if base is not dict else dict(value)
+
+
+def _coerce_bool(value: Any, tp: type, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _coerce_number(value: Any, tp: type, key: str) -> int | float:
+    if isinstance(value, str):
+        try:
+            value = float(value) if tp is float or any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number ({tp.__name__}), got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number ({tp.__name__}), got {value!r}")
+    if tp is int and float(value) != int(value):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    return tp(value)
+
+
+def _coerce_str(value: Any, tp: type, key: str) -> str:
+    if not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return str(value)
 
 
 def _unknown_key(prefix: str, name: str, valid: list[str]) -> ConfigError:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agentrl.advantages import lookup
+from agentrl.suggest import lookup
 
 # ---------------------------------------------------------------------------------------------------
 # parameters

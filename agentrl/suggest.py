@@ -1,16 +1,20 @@
 """ "Did you mean ...?": the closest valid name to a mistyped one, for error messages.
 
 Every lookup by name (config keys and choices, env names, model names, advantage estimators,
-losses) words its hint with these two functions, so a typo gets the same help everywhere.
+losses, engines) words its hint with these functions, so a typo gets the same help everywhere;
+:func:`lookup` is the one lookup of a name registry.
 Imports nothing from agentrl: any module may use it.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
-__all__ = ["closest", "did_you_mean"]
+__all__ = ["closest", "did_you_mean", "lookup"]
+
+T = TypeVar("T")
 
 
 def closest(
@@ -68,3 +72,24 @@ def did_you_mean(
         return ""
     shown = prefix + found
     return f" Did you mean {shown!r}?" if quote else f" Did you mean {shown}?"
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
+    """Return ``registry[name]``; for an unknown name raise ``ValueError`` listing the valid ones.
+
+    ``what`` names the kind of thing in the message (``"advantage estimator"``...); the hint ignores
+    case. The one lookup of every name registry (estimators, losses, KL estimators, engines).
+
+    >>> lookup({"grpo": 1, "rloo": 2}, "rloo", "advantage estimator")
+    2
+    >>> lookup({"grpo": 1, "rloo": 2}, "GRPO", "advantage estimator")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown advantage estimator 'GRPO'. Did you mean 'grpo'? Valid: grpo, rloo.
+    """
+    try:
+        return registry[name]
+    except KeyError:
+        valid = sorted(registry)
+        hint = did_you_mean(str(name), valid, ignore_case=True)
+        raise ValueError(f"unknown {what} {name!r}.{hint} Valid: {', '.join(valid)}.") from None

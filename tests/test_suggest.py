@@ -5,7 +5,7 @@ import doctest
 import pytest
 
 import agentrl.suggest
-from agentrl.suggest import closest, did_you_mean
+from agentrl.suggest import closest, did_you_mean, lookup
 
 
 @pytest.mark.parametrize(
@@ -44,3 +44,17 @@ def test_did_you_mean_wording():
 def test_docstring_examples():
     result = doctest.testmod(agentrl.suggest)
     assert result.attempted >= 8 and result.failed == 0
+
+
+def test_lookup_of_a_name_registry():
+    registry = {"ppo_clip": "a", "reinforce": "b"}
+    assert lookup(registry, "reinforce", "policy loss") == "b"
+    with pytest.raises(ValueError) as err:
+        lookup(registry, "PPO_clp", "policy loss")
+    assert (
+        str(err.value)
+        == "unknown policy loss 'PPO_clp'. Did you mean 'ppo_clip'? Valid: ppo_clip, reinforce."
+    )
+    with pytest.raises(ValueError) as err:
+        lookup(registry, "xyz", "policy loss")
+    assert str(err.value) == "unknown policy loss 'xyz'. Valid: ppo_clip, reinforce."

@@ -51,7 +51,7 @@ class EngineSetup:
 
 def engine_class(name: str) -> type:
     """The engine class registered as ``name``; ``ValueError`` with a did-you-mean otherwise."""
-    from agentrl.advantages import lookup
+    from agentrl.suggest import lookup
 
     module, _, attr = lookup(ENGINES, name, "engine").partition(":")
     return getattr(importlib.import_module(module), attr)

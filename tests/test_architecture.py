@@ -1,0 +1,131 @@
+"""The architecture holds: import-linter's contracts (pyproject.toml, docs/architecture.md) and no
+test reaching into a private name."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = (
+    "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+)
+
+
+def lint_imports(*args: str) -> subprocess.CompletedProcess:
+    pytest.importorskip("importlinter", reason="import-linter is in the test extra: pip install -e '.[test]'")
+    return subprocess.run(
+        [sys.executable, "-c", LINT_IMPORTS, "--no-cache", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_import_contracts_are_kept():
+    proc = lint_imports()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 broken" in proc.stdout
+
+
+def test_a_broken_layer_is_reported(tmp_path):
+    """The check can fail: config placed above the cli (which imports it) breaks the contract."""
+    config = tmp_path / "contracts.toml"
+    config.write_text(
+        """
+[tool.importlinter]
+root_packages = ["agentrl"]
+
+[[tool.importlinter.contracts]]
+name = "upside down"
+type = "layers"
+containers = ["agentrl"]
+layers = ["config", "cli"]
+""",
+        encoding="utf-8",
+    )
+    proc = lint_imports("--config", str(config))
+    assert proc.returncode != 0
+    assert "agentrl.cli -> agentrl.config" in proc.stdout, proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Tests use public names only
+# ------------------------------------------------------------------------------------------------
+
+PACKAGES = ("agentrl", "agentrl_envs")
+#: Private names of off-limits modules still used by tests (issue 13): to be made public or tested
+#: through a public function by the owner of agentrl/trainer.py. Do not add to this list.
+KNOWN = {
+    ("test_collapse.py", "agentrl.trainer._collapse_guard"),
+    ("test_curriculum.py", "agentrl.trainer._stage_metrics"),
+    ("test_curriculum.py", "agentrl.trainer._stage_settings"),
+}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(source: str) -> set[str]:
+    """``module._name`` for each private name of agentrl or agentrl_envs that ``source`` imports
+    (``from agentrl.x import _y``) or reads from an imported module (``x._y``)."""
+    tree = ast.parse(source)
+    modules: dict[str, str] = {}  # local name -> module
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                if top in PACKAGES:  # `import a.b as c` binds c to a.b; `import a.b` binds a
+                    modules[alias.asname or top] = alias.name if alias.asname else top
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+            for alias in node.names:
+                if _private(alias.name):
+                    found.add(f"{node.module}.{alias.name}")
+                else:
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            value = node.value
+            dotted = []
+            while isinstance(value, ast.Attribute):
+                dotted.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name) and value.id in modules:
+                found.add(".".join([modules[value.id], *reversed(dotted), node.attr]))
+    return found
+
+
+def test_private_uses_are_found():
+    source = """
+import agentrl.registry as reg
+import agentrl
+from agentrl import trainer
+from agentrl.trainer import LoopState, _collapse_guard
+from agentrl_envs import math_problems
+x = reg._plugins_loaded
+y = math_problems._level1
+z = agentrl.trainer._stage_settings
+ok = math_problems.LEVELS, trainer.train, reg.__name__, self._private, os._exit
+"""
+    assert private_uses(source) == {
+        "agentrl.trainer._collapse_guard",
+        "agentrl.registry._plugins_loaded",
+        "agentrl_envs.math_problems._level1",
+        "agentrl.trainer._stage_settings",
+    }
+
+
+def test_tests_use_public_names_only():
+    uses = {
+        (path.name, name)
+        for path in sorted(ROOT.glob("tests/*.py"))
+        for name in private_uses(path.read_text())
+    }
+    assert uses - KNOWN == set(), "test through a public function, or make a real building block public"
