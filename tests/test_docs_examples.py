@@ -211,3 +211,47 @@ def test_an_unread_key_is_found():
     keys = config_keys(OldRoot) + [("rollout.format_penalty", RolloutConfig)]
     unread = unread_keys(keys, attributes_read())
     assert unread == ["algo.shaping.format_penalty", "algo.never_read_anywhere_xyz"]
+
+
+# ------------------------------------------------------------------------------------------------
+# docs/metrics.md names every metric the code logs
+# ------------------------------------------------------------------------------------------------
+
+_PREFIXES = "train|eval|timing|perf|engine|collapse|curriculum|sft|behaviour"
+
+
+def logged_metric_names() -> list[tuple[str, ...]]:
+    """The metric names agentrl's code writes, each as its possible spellings: literals
+    (``"timing/rollout_s"``), the rollout metrics under either prefix (``f"{prefix}/reward"``: train
+    or eval), the curriculum limits, the end reasons, and the loss functions' keys (``train/{k}`` in
+    update.py), found by calling the loss functions on a tiny batch."""
+    import torch
+
+    from agentrl.losses import POLICY_LOSSES, LossTotals, PolicyLossParams, truncated_is_weights
+    from agentrl.rollout import PER_CALL_SETTINGS
+    from agentrl.trajectory import END_REASONS
+
+    names: set[tuple[str, ...]] = set()
+    for path in (ROOT / "agentrl").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        names |= {(n,) for n in re.findall(rf"[\"']((?:{_PREFIXES})/[A-Za-z0-9_@]+)[\"']", text)}
+        names |= {(f"train/{n}", f"eval/{n}") for n in re.findall(r"f\"\{prefix\}/([A-Za-z0-9_@]+)\"", text)}
+        behaviour = re.findall(r"f\"behaviour/\{prefix\}_([A-Za-z0-9_]+)\"", text)
+        names |= {(f"behaviour/train_{n}", f"behaviour/eval_{n}") for n in behaviour}
+    names |= {(f"curriculum/{k}",) for k in PER_CALL_SETTINGS}
+    logp, old, adv, mask = torch.zeros(1, 4), torch.zeros(1, 4), torch.ones(1, 4), torch.ones(1, 4)
+    for fn in POLICY_LOSSES.values():
+        metrics = fn(logp, old, adv, mask, LossTotals(4, 1, 4), PolicyLossParams())[1]
+        names |= {(f"train/{k}",) for k in metrics}
+    names |= {(f"train/{k}",) for k in truncated_is_weights(logp, old, mask, 2.0)[1]}
+    return sorted(names) + [(f"`{reason}`",) for reason in END_REASONS]  # train/end_REASON_rate
+
+
+def test_the_metrics_table_names_every_logged_metric():
+    table = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    names = logged_metric_names()
+    flat = {n for spellings in names for n in spellings}
+    assert {"train/policy_loss", "train/clip_fraction_high", "eval/success_ci_low", "sft/nll"} <= flat
+    assert len(names) > 50
+    missing = [s for s in names if not any(n in table if n.startswith("`") else f"`{n}`" in table for n in s)]
+    assert missing == [], "add these to docs/metrics.md"
