@@ -1,5 +1,5 @@
-"""The architecture holds: import-linter's contracts (pyproject.toml, docs/architecture.md) and no
-test reaching into a private name."""
+"""The architecture holds: import-linter's contracts (pyproject.toml, docs/architecture.md), ruff's
+function size limits, and no test reaching into a private name."""
 
 from __future__ import annotations
 
@@ -52,6 +52,20 @@ layers = ["config", "cli"]
     proc = lint_imports("--config", str(config))
     assert proc.returncode != 0
     assert "agentrl.cli -> agentrl.config" in proc.stdout, proc.stdout
+
+
+def test_functions_stay_within_the_size_limits():
+    """ruff's complexity, branch, argument and statement limits (pyproject.toml), in CI too."""
+    pytest.importorskip("ruff", reason="ruff is in the test extra: pip install -e '.[test]'")
+    rules = "C901,PLR0912,PLR0913,PLR0915"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--select", rules, "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------
