@@ -80,3 +80,63 @@ def detect(history: Sequence[Mapping[str, float]], watched: Sequence[Signal], pa
         if all(v is not None and signal.fires(v) for v in values):
             fired.append(signal.describe(values[-1]))
     return fired
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    """What the training loop does after a step, by the guard's reading of the latest steps."""
+
+    warning: bool
+    """The signals hold now (logged every step as ``collapse/warning``)."""
+    stop: bool = False
+    """End the run after this step (``action: stop``)."""
+    keep_group_fraction: float | None = None
+    """Switch StarPO-S filtering on at this keep fraction from the next step (``action: filter``)."""
+    message: str | None = None
+    """The console line to print, if any (one when a warning starts, clears, stops or filters)."""
+
+
+def decide(
+    fired: Sequence[str],
+    step: int,
+    action: str,
+    patience: int,
+    was_warning: bool,
+    keep_group_fraction: float,
+) -> GuardDecision:
+    """The guard's decision after ``step`` from the signals that ``fired`` (:func:`detect`).
+
+    ``action`` is ``collapse.action``; ``was_warning``: whether the previous step warned (a warning
+    that goes on prints no new line); ``keep_group_fraction``: StarPO-S's fraction in force (a
+    filter never raises it).
+
+    >>> decide([], 5, "warn", 3, was_warning=True, keep_group_fraction=1.0).message
+    'agentrl: collapse signals cleared at step 5'
+    >>> decide(["x=1 (>= 0.9)"], 5, "stop", 3, was_warning=False, keep_group_fraction=1.0).stop
+    True
+    """
+    if not fired:
+        cleared = f"agentrl: collapse signals cleared at step {step}" if was_warning else None
+        return GuardDecision(warning=False, message=cleared)
+    what = "; ".join(fired)
+    if action == "stop":
+        return GuardDecision(
+            warning=True,
+            stop=True,
+            message=f"agentrl: collapse at step {step} for {patience} steps: {what}. Stopping. {ADVICE}",
+        )
+    if action == "filter" and keep_group_fraction > FILTER_KEEP_FRACTION:
+        return GuardDecision(
+            warning=True,
+            keep_group_fraction=FILTER_KEEP_FRACTION,
+            message=(
+                f"agentrl: collapse at step {step} for {patience} steps: {what}. StarPO-S filtering on from "
+                f"step {step + 1}: training on the top {FILTER_KEEP_FRACTION:.0%} of groups by reward std"
+            ),
+        )
+    if was_warning:  # one line when the signal starts; the metric marks every step it holds
+        return GuardDecision(warning=True)
+    return GuardDecision(
+        warning=True,
+        message=f"agentrl: collapse warning at step {step} ({patience} steps in a row): {what}. {ADVICE}",
+    )

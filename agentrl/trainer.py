@@ -29,7 +29,7 @@ import torch
 from agentrl import checkpoint as ckpt
 from agentrl.advantages import compute_advantages, select_groups_by_std
 from agentrl.batching import assign_advantages, turn_batch
-from agentrl.collapse import ADVICE, FILTER_KEEP_FRACTION, detect, signals
+from agentrl.collapse import GuardDecision, decide, detect, signals
 from agentrl.config import Config, ConfigError
 from agentrl.curriculum import CurriculumState, advance, stage_at
 from agentrl.distributed import World, all_reduce_max, gather_objects, init_distributed, meet
@@ -181,10 +181,10 @@ def train(cfg: Config, resume: bool = False) -> Path:
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
                 metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world, stage.env_options))
             if cfg.curriculum.stages:
-                metrics.update(_stage_metrics(cfg, stage))
+                metrics.update(stage_metrics(cfg, stage))
 
             # ---- 6. collapse guard ------------------------------------------------------------
-            collapsed = _collapse_guard(cfg, loop, metrics, step, log)
+            collapsed = _act_on(collapse_guard(cfg, loop, metrics, step), loop, metrics, log)
             log.log(step, metrics)
 
             # ---- 7. curriculum: the next step's stage; checkpoint -------------------------------
@@ -341,10 +341,10 @@ def _stage(cfg: Config, loop: LoopState, step: int) -> Stage:
     """The stage that ``step`` plays: by the step counts, or (adaptive) where the run has moved to."""
     if not cfg.curriculum.stages:
         return Stage(0, None, None, cfg.rollout.temperature)
-    return _stage_settings(cfg, loop.curriculum.stage if cfg.curriculum.adaptive else _fixed_stage(cfg, step))
+    return stage_settings(cfg, loop.curriculum.stage if cfg.curriculum.adaptive else _fixed_stage(cfg, step))
 
 
-def _stage_settings(cfg: Config, index: int) -> Stage:
+def stage_settings(cfg: Config, index: int) -> Stage:
     """Stage ``index`` of the curriculum with the config's defaults filled in."""
     stage = cfg.curriculum.stages[index]
     return Stage(
@@ -362,7 +362,7 @@ def _stage_limits(cfg: Config, stage: Stage | None) -> dict[str, int]:
     return {key: own.get(key, getattr(cfg.rollout, key)) for key in PER_CALL_SETTINGS}
 
 
-def _stage_metrics(cfg: Config, stage: Stage) -> dict[str, float]:
+def stage_metrics(cfg: Config, stage: Stage) -> dict[str, float]:
     """``curriculum/stage`` and the limits the step played (``curriculum/max_new_tokens``...)."""
     limits = _stage_limits(cfg, stage)
     return {
@@ -408,7 +408,7 @@ def _next_curriculum(
         nxt, move = CurriculumState(stage=_fixed_stage(cfg, step + 1)), None
         reason = "schedule"
     if nxt.stage != current.stage and step < cfg.train.steps:
-        stage = _stage_settings(cfg, nxt.stage)
+        stage = stage_settings(cfg, nxt.stage)
         limits = "".join(f", {k} {v}" for k, v in stage.rollout.items())
         log.info(
             f"agentrl: curriculum stage {nxt.stage + 1}/{len(cur.stages)} from step {step + 1} ({reason}): "
@@ -422,10 +422,9 @@ def _next_curriculum(
 # ------------------------------------------------------------------------------------------------
 
 
-def _collapse_guard(
-    cfg: Config, loop: LoopState, metrics: dict[str, float], step: int, log: RunLogger
-) -> bool:
-    """Watch this step's collapse signals; log ``collapse/warning``; act. True: stop the run now."""
+def collapse_guard(cfg: Config, loop: LoopState, metrics: dict[str, float], step: int) -> GuardDecision:
+    """The collapse guard's decision after ``step``: this step's watched metrics join the guard's
+    history in ``loop``; the signals that held on the last ``collapse.patience`` steps decide."""
     col = cfg.collapse
     watched = signals(
         col.warn_zero_std_fraction,
@@ -436,28 +435,18 @@ def _collapse_guard(
     loop.guard_history.append({s.metric: metrics[s.metric] for s in watched if s.metric in metrics})
     loop.guard_history = loop.guard_history[-col.patience :]
     fired = detect(loop.guard_history, watched, col.patience)
-    metrics["collapse/warning"] = float(bool(fired))
-    was_warning, loop.warning = loop.warning, bool(fired)
-    if not fired:
-        if was_warning:
-            log.info(f"agentrl: collapse signals cleared at step {step}")
-        return False
-    what = "; ".join(fired)
-    if col.action == "stop":
-        log.info(f"agentrl: collapse at step {step} for {col.patience} steps: {what}. Stopping. {ADVICE}")
-        return True
-    if col.action == "filter" and loop.keep_group_fraction > FILTER_KEEP_FRACTION:
-        loop.keep_group_fraction = FILTER_KEEP_FRACTION
-        log.info(
-            f"agentrl: collapse at step {step} for {col.patience} steps: {what}. StarPO-S filtering on from "
-            f"step {step + 1}: training on the top {FILTER_KEEP_FRACTION:.0%} of groups by reward std"
-        )
-        return False
-    if not was_warning:  # one line when the signal starts; the metric marks every step it holds
-        log.info(
-            f"agentrl: collapse warning at step {step} ({col.patience} steps in a row): {what}. {ADVICE}"
-        )
-    return False
+    return decide(fired, step, col.action, col.patience, loop.warning, loop.keep_group_fraction)
+
+
+def _act_on(decision: GuardDecision, loop: LoopState, metrics: dict[str, float], log: RunLogger) -> bool:
+    """Carry out the guard's decision; True: stop the run after this step."""
+    metrics["collapse/warning"] = float(decision.warning)
+    loop.warning = decision.warning
+    if decision.keep_group_fraction is not None:
+        loop.keep_group_fraction = decision.keep_group_fraction
+    if decision.message:
+        log.info(decision.message)
+    return decision.stop
 
 
 # ------------------------------------------------------------------------------------------------

@@ -73,13 +73,6 @@ def test_functions_stay_within_the_size_limits():
 # ------------------------------------------------------------------------------------------------
 
 PACKAGES = ("agentrl", "agentrl_envs")
-#: Private names of off-limits modules still used by tests (issue 13): to be made public or tested
-#: through a public function by the owner of agentrl/trainer.py. Do not add to this list.
-KNOWN = {
-    ("test_collapse.py", "agentrl.trainer._collapse_guard"),
-    ("test_curriculum.py", "agentrl.trainer._stage_metrics"),
-    ("test_curriculum.py", "agentrl.trainer._stage_settings"),
-}
 
 
 def _private(name: str) -> bool:
@@ -142,4 +135,4 @@ def test_tests_use_public_names_only():
         for path in sorted(ROOT.glob("tests/*.py"))
         for name in private_uses(path.read_text())
     }
-    assert uses - KNOWN == set(), "test through a public function, or make a real building block public"
+    assert uses == set(), "test through a public function, or make a real building block public"

@@ -12,7 +12,7 @@ from agentrl.cli import main
 from agentrl.collapse import detect, signals
 from agentrl.config import ConfigError, load_config
 from agentrl.metrics import echoes_instructions, instruction_echo_rate, word_ngrams
-from agentrl.trainer import LoopState, _collapse_guard
+from agentrl.trainer import LoopState, collapse_guard
 
 ZERO, DISTINCT, ECHO = (
     "train/zero_adv_group_fraction",
@@ -76,50 +76,52 @@ def test_instruction_echo_counts_replies_mostly_made_of_the_instructions_5_grams
     assert instruction_echo_rate([], INSTRUCTIONS) == 0.0
 
 
-class _Log:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-
-
 def _cfg(*overrides: str):
     return load_config(env="sokoban", overrides=["collapse.patience=2", *overrides])
 
 
-def test_warn_logs_the_metric_every_step_and_one_console_line_per_episode():
-    cfg, loop, log = _cfg(), LoopState(), _Log()
-    flags = []
-    for m in [_step(zero=1.0), _step(zero=1.0), _step(zero=1.0), _step(), _step(zero=1.0), _step(zero=1.0)]:
-        assert _collapse_guard(cfg, loop, m, len(flags) + 1, log) is False
-        flags.append(m["collapse/warning"])
-    assert flags == [0, 1, 1, 0, 0, 1]
-    assert [line.split(":")[1].strip() for line in log.lines] == [
+def _run_guard(cfg, loop: LoopState, steps: list[dict[str, float]]) -> list:
+    """The guard's decisions over ``steps``, applied to ``loop`` as the training loop does."""
+    decisions = []
+    for step, metrics in enumerate(steps, start=1):
+        decision = collapse_guard(cfg, loop, metrics, step)
+        loop.warning = decision.warning
+        if decision.keep_group_fraction is not None:
+            loop.keep_group_fraction = decision.keep_group_fraction
+        decisions.append(decision)
+    return decisions
+
+
+def test_warn_flags_every_step_and_prints_one_line_per_episode():
+    flat, healthy = _step(zero=1.0), _step()
+    decisions = _run_guard(_cfg(), LoopState(), [flat, flat, flat, healthy, flat, flat])
+    assert [d.warning for d in decisions] == [False, True, True, False, False, True]
+    assert not any(d.stop for d in decisions)
+    lines = [d.message for d in decisions if d.message]
+    assert [line.split(":")[1].strip() for line in lines] == [
         "collapse warning at step 2 (2 steps in a row)",
         "collapse signals cleared at step 4",
         "collapse warning at step 6 (2 steps in a row)",
     ]
-    assert "agentrl sft" in log.lines[0] and ZERO in log.lines[0]
+    assert "agentrl sft" in lines[0] and ZERO in lines[0]
 
 
 def test_filter_switches_on_starpo_s_once_and_never_raises_the_fraction():
-    cfg, loop, log = _cfg("collapse.action=filter"), LoopState(keep_group_fraction=1.0), _Log()
-    for step in (1, 2, 3):
-        assert _collapse_guard(cfg, loop, _step(distinct=0.1), step, log) is False
+    loop = LoopState(keep_group_fraction=1.0)
+    decisions = _run_guard(_cfg("collapse.action=filter"), loop, [_step(distinct=0.1)] * 3)
     assert loop.keep_group_fraction == 0.25
-    assert len(log.lines) == 1 and "StarPO-S filtering on from step 3" in log.lines[0]
+    lines = [d.message for d in decisions if d.message]
+    assert len(lines) == 1 and "StarPO-S filtering on from step 3" in lines[0]
     lower = LoopState(keep_group_fraction=0.1)
-    for step in (1, 2):
-        _collapse_guard(cfg, lower, _step(distinct=0.1), step, _Log())
+    _run_guard(_cfg("collapse.action=filter"), lower, [_step(distinct=0.1)] * 2)
     assert lower.keep_group_fraction == 0.1
 
 
 def test_stop_asks_to_stop_and_says_what_to_try():
-    cfg, loop, log = _cfg("collapse.action=stop"), LoopState(), _Log()
-    assert _collapse_guard(cfg, loop, _step(echo=0.9), 1, log) is False
-    assert _collapse_guard(cfg, loop, _step(echo=0.9), 2, log) is True
-    assert ECHO in log.lines[-1] and "Stopping" in log.lines[-1] and "lower train.lr" in log.lines[-1]
+    decisions = _run_guard(_cfg("collapse.action=stop"), LoopState(), [_step(echo=0.9)] * 2)
+    assert [d.stop for d in decisions] == [False, True]
+    assert ECHO in decisions[-1].message and "Stopping" in decisions[-1].message
+    assert "lower train.lr" in decisions[-1].message
 
 
 @pytest.mark.parametrize(

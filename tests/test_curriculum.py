@@ -167,22 +167,22 @@ def test_stages_set_rollout_limits_typed_and_round_trip():
 
 
 def test_stage_settings_and_metrics_fill_in_the_runs_limits():
-    from agentrl.trainer import _stage_metrics, _stage_settings
+    from agentrl.trainer import stage_metrics, stage_settings
 
     staged = (
         "curriculum.stages=[{steps: 1, rollout: {max_new_tokens: 64, max_context_tokens: 512}}, {steps: 1}]"
     )
     cfg = load_config(env="knights_knaves", overrides=[staged])
-    first, second = _stage_settings(cfg, 0), _stage_settings(cfg, 1)
+    first, second = stage_settings(cfg, 0), stage_settings(cfg, 1)
     assert first.rollout == {"max_new_tokens": 64, "max_context_tokens": 512} and second.rollout == {}
-    assert _stage_metrics(cfg, first) == {
+    assert stage_metrics(cfg, first) == {
         "curriculum/stage": 0.0,
         "curriculum/group_size": 4.0,
         "curriculum/max_turns": 1.0,
         "curriculum/max_new_tokens": 64.0,
         "curriculum/max_context_tokens": 512.0,
     }
-    assert _stage_metrics(cfg, second)["curriculum/max_new_tokens"] == 192.0  # the run's own
+    assert stage_metrics(cfg, second)["curriculum/max_new_tokens"] == 192.0  # the run's own
 
 
 def test_deepscaler_recipes_are_three_context_stages():
