@@ -4,6 +4,9 @@ Eval episodes are read with agentrl's validating reader: malformed records are s
 on stderr, and the table counts only the valid ones.
 
 python scripts/eval_table.py runs/demo-rl runs/demo-sft runs/demo-sft-rl
+python scripts/eval_table.py runs/sokoban-DATE/warm_start runs/sokoban-DATE   # the main job's arms
+
+The 95% interval is Wilson's, over the episodes of the eval file.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from agentrl.metrics import wilson_interval
 from agentrl.trajectory import Trajectory, read_jsonl, step_filename
 
 
@@ -59,15 +63,17 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     print(
-        "| run | step | eval success | eval format-valid | distinct replies across puzzles | eval reward "
-        "| episodes | minutes |"
+        "| run | step | eval success | 95% interval | eval format-valid | distinct replies across puzzles "
+        "| eval reward | episodes | minutes |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in args.runs:
         for row in eval_rows(run):
             episodes = read_eval(run / "eval" / step_filename(int(row["step"])))
+            wins = sum(bool(e.success) for e in episodes)
+            low, high = wilson_interval(wins, len(episodes))
             print(
-                f"| {run.name} | {row['step']} | {row['eval/success_rate']:.3f} | "
+                f"| {run.name} | {row['step']} | {row['eval/success_rate']:.3f} | {low:.2f}-{high:.2f} | "
                 f"{row['eval/format_valid_rate']:.3f} | {distinct_across(episodes)} | {row['eval/reward']:+.2f} | "
                 f"{len(episodes)} | {row['minutes']:.0f} |"
             )
