@@ -48,6 +48,8 @@ def _tiny_args(root: Path, name: str, *extra: str) -> list[str]:
         "eval.at_start=false",
         "run.save_every=1",
         "run.progress=false",
+        # The default Sokoban recipe's warm start: off here (it has its own tests in test_sft.py).
+        "sft.warm_start=false",
         *extra,
     ]
     return ["--model", "tiny-random", "--name", name] + [a for s in sets for a in ("--set", s)]
@@ -254,11 +256,20 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 RECIPES = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
+def yaml_load(path: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_runs_a_step(tmp_path, recipe):
     """Smoke test of each recipe: its own settings, sizes cut down, the tiny model."""
     config = str(Path(__file__).resolve().parents[1] / "configs" / recipe)
     shrink = ["train.n_groups=2", "rollout.group_size=2", "rollout.max_new_tokens=8", "eval.episodes=2"]
+    # A recipe with a warm start plays it too, on 4 demonstrations.
+    warm = bool((yaml_load(config).get("sft") or {}).get("warm_start", False))
+    shrink += [f"sft.warm_start={str(warm).lower()}", "sft.episodes=4", "sft.batch_episodes=2"]
     args = _tiny_args(tmp_path, "recipe", "eval.every=1", *shrink)
     import yaml
 
