@@ -258,10 +258,11 @@ def test_only_a_folder_the_failed_start_wrote_is_removed(tmp_path, capsys, monke
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(agentrl.trainer, "train", failing_train)
-    assert run_main(["train", "--env", "sokoban", "--name", "new"], capsys)[0] == 2
+    plain = ["--set", "sft.warm_start=false"]  # the recipe's warm start would run before train
+    assert run_main(["train", "--env", "sokoban", "--name", "new", *plain], capsys)[0] == 2
     assert not (tmp_path / "runs" / "new").exists()
     (tmp_path / "runs" / "mine").mkdir(parents=True)  # made by the user before the start: kept
-    assert run_main(["train", "--env", "sokoban", "--name", "mine"], capsys)[0] == 2
+    assert run_main(["train", "--env", "sokoban", "--name", "mine", *plain], capsys)[0] == 2
     assert (tmp_path / "runs" / "mine" / "config.yaml").is_file()
 
 
