@@ -77,6 +77,9 @@ TINY_RUN = (
     # The tiny model's 16-wide heads are below what vLLM's CPU kernels take, so engine.name=auto
     # would choose hf after importing vLLM (10 s in every subprocess): name hf directly.
     "engine.name=hf",
+    # float32 throughout: tiny runs compare numbers across ranks, resumes and engines to 1e-5, below
+    # bf16 autocast's rounding (tests/test_update.py and test_learning.py cover the bf16 path).
+    "train.autocast=off",
     "train.n_groups=2",
     "rollout.group_size=2",
     "rollout.max_turns=1",
