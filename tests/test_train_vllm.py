@@ -58,6 +58,8 @@ def test_two_sokoban_steps_on_vllm_push_the_weights_that_sample_step_two(tmp_pat
         # this test is about: RL alone, one optimizer step a batch, as before they existed.
         "sft.warm_start=false",
         "algo.mini_batches=1",
+        # float32 trainer: the engine-vs-trainer log-prob checks below are float32 ones.
+        "train.autocast=off",
         "eval.every=0",
         "run.save_every=1",
         "run.progress=false",
