@@ -279,7 +279,7 @@ def check_run_dir_free(run_dir: Path) -> None:
 
 
 #: What a start writes before its first step; a folder holding nothing more has no results to keep.
-_SET_UP_FILES = {
+SET_UP_FILES = {
     "config.yaml",
     "tb",
     "metrics.jsonl",
@@ -312,7 +312,7 @@ def _holds_only_set_up(run_dir: Path) -> bool:
             if not _holds_only_set_up(entry):
                 return False
             continue
-        if entry.name not in _SET_UP_FILES:
+        if entry.name not in SET_UP_FILES:
             return False
         if entry.name in ("trajectories", "eval", "checkpoints") and any(entry.rglob("*")):
             return False

@@ -187,11 +187,7 @@ def _micro_step(
     b = batch.to(policy.device)
     temperature = terms.temperature
     trained = b.mask.bool()  # (B, L-1): the trained positions, the only ones any term below reads
-    with policy.precision():
-        logits = policy.logits_at(policy.ds_engine, b.input_ids, b.attention_mask, trained)  # (N, V)
-    logp = _scatter(
-        token_logprobs(logits[None], b.targets[trained][None], temperature)[0], trained
-    )  # (B, L-1)
+    logits, logp = _trained_logprobs(policy, policy.ds_engine, b, temperature)  # (N, V), (B, L-1)
 
     # ---- behaviour (engine) vs trainer: the PPO "old" log-probs and the importance weights ----
     proximal = _proximal_rows(terms.proximal, b) if terms.proximal is not None else None
@@ -237,12 +233,8 @@ def _proximal_logprobs(
     samples = [s for t in trajectories for s in t.samples if sum(s.loss_mask)]
     out: dict[int, torch.Tensor] = {}
     for micro in pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id):
-        b = micro.to(policy.device)
-        keep = b.mask.bool()
-        with policy.precision():
-            logits = policy.logits_at(policy.ds_engine, b.input_ids, b.attention_mask, keep)
         logp = (
-            _scatter(token_logprobs(logits[None], b.targets[keep][None], temperature)[0], keep).float().cpu()
+            _trained_logprobs(policy, policy.ds_engine, micro.to(policy.device), temperature)[1].float().cpu()
         )
         for row, index in enumerate(micro.sample_index):
             out[id(samples[index])] = logp[row, : len(samples[index].token_ids) - 1]
@@ -261,14 +253,22 @@ def _proximal_rows(proximal: dict[int, torch.Tensor], b: MicroBatch) -> torch.Te
 @torch.no_grad()
 def _reference_logprobs(policy: Policy, b: MicroBatch, temperature: float) -> torch.Tensor:
     """The frozen reference's log-probs (B, L-1) at the trained positions (0 elsewhere)."""
-    keep = b.mask.bool()
+    if policy.reference is not None:
+        return _trained_logprobs(policy, policy.reference, b, temperature)[1]
+    with policy.model.disable_adapter():  # LoRA: the base model is the policy with its adapters off
+        return _trained_logprobs(policy, policy.model, b, temperature)[1]
+
+
+def _trained_logprobs(
+    policy: Policy, model: object, b: MicroBatch, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s logits (N, V) at the trained positions of ``b`` and the log-probs of their
+    tokens laid out as ``b.mask`` (B, L-1), zero elsewhere; forward in the policy's precision."""
+    trained = b.mask.bool()
     with policy.precision():
-        if policy.reference is not None:
-            logits = policy.logits_at(policy.reference, b.input_ids, b.attention_mask, keep)
-        else:  # LoRA: the base model is the policy with its adapters switched off
-            with policy.model.disable_adapter():
-                logits = policy.logits_at(policy.model, b.input_ids, b.attention_mask, keep)
-    return _scatter(token_logprobs(logits[None], b.targets[keep][None], temperature)[0], keep)
+        logits = policy.logits_at(model, b.input_ids, b.attention_mask, trained)
+    logp = token_logprobs(logits[None], b.targets[trained][None], temperature)[0]
+    return logits, _scatter(logp, trained)
 
 
 def _scatter(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from pathlib import Path
 from agentrl import checkpoint as ckpt
 from agentrl.config import Config
 from agentrl.sft import sft
-from agentrl.trainer import check_run_dir_free, train
+from agentrl.trainer import SET_UP_FILES, check_run_dir_free, train
 
 #: The warm start's folder inside the RL run's.
 WARM_START = "warm_start"
@@ -66,7 +66,8 @@ def rl_config(cfg: Config) -> Config:
 def _forget_unstarted_rl(run_dir: Path) -> None:
     """RL stopped before its first checkpoint: drop what it wrote (never the warm start), so it
     starts again from the warm start."""
-    for name in ("config.yaml", "metrics.jsonl"):
-        (run_dir / name).unlink(missing_ok=True)
-    for name in ("tb", "trajectories", "eval", "checkpoints"):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for path in (run_dir / name for name in SET_UP_FILES):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
