@@ -566,7 +566,8 @@ def test_hostile_text_shows_literally_and_runs_nothing(server, run_dir, watched)
     # The observation payload, in an episode whose token text is missing (ids shown instead).
     j = xss_episode(run_dir, "pwned")
     page.click(f"#episodes .chip[data-i='{j}']")
-    page.wait_for_selector("#slot-A pre.text >> text=onerror")
+    # Wait for this episode's observation itself: the previous episode's reply also says "onerror".
+    page.wait_for_selector("#slot-A .obs >> text=document.body.dataset.pwned")
     assert XSS_OBS in page.locator("#slot-A .obs").inner_text()
     assert re.search(r"⟨\d+⟩", page.locator("#slot-A .tokens").inner_text())
     watched.assert_clean()
