@@ -27,7 +27,7 @@ from agentrl.losses import (
     truncated_is_weights,
 )
 from agentrl.policy import Policy
-from agentrl.trajectory import Trajectory
+from agentrl.trajectory import Sample, Trajectory
 
 
 @dataclass
@@ -79,7 +79,7 @@ def update(
     if behaviour_is and (algo.ppo_epochs > 1 or algo.mini_batches > 1):
         # After the first optimizer step the trainer's log-probs are no longer the pre-update ones:
         # take them for every sample now (one forward pass, no gradient).
-        terms.proximal = _proximal_logprobs(cfg, policy, trajectories, terms.temperature)
+        terms.proximal = _proximal_logprobs(cfg, policy, trajectories, terms.temperature, needs_all)
     policy.ds_engine.train()
 
     for epoch in range(algo.ppo_epochs):
@@ -95,7 +95,7 @@ def update(
                 tokens=max(1, int(n_tok)), sequences=max(1, int(n_seq)), max_tokens=max_tokens
             )
             if not needs_all:
-                samples = [s for s in samples if any(a != 0 for a in (s.advantages or []))]
+                samples = [s for s in samples if _has_advantage(s)]
             micro = pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id)
             # Every rank runs the same number of backward passes (DeepSpeed's gradient collectives).
             n_micro = all_reduce_max(len(micro), world)
@@ -225,12 +225,20 @@ def _micro_step(
 
 
 @torch.no_grad()
+def _has_advantage(sample: Sample) -> bool:
+    """Whether any token of ``sample`` has a non-zero advantage (else its policy gradient is zero)."""
+    return any(a != 0 for a in (sample.advantages or []))
+
+
 def _proximal_logprobs(
-    cfg: Config, policy: Policy, trajectories: list[Trajectory], temperature: float
+    cfg: Config, policy: Policy, trajectories: list[Trajectory], temperature: float, needs_all: bool
 ) -> dict[int, torch.Tensor]:
-    """The trainer's log-probs (T = ``temperature``) of every sample's tokens before the update,
-    by ``id(sample)``: row ``t`` holds token ``t+1``, as in a micro-batch."""
+    """The trainer's log-probs (T = ``temperature``) before the update of every sample the update
+    will train (``needs_all``: every sample, else those with a non-zero advantage), by
+    ``id(sample)``: row ``t`` holds token ``t+1``, as in a micro-batch."""
     samples = [s for t in trajectories for s in t.samples if sum(s.loss_mask)]
+    if not needs_all:  # zero-advantage samples are skipped by the update: no need to score them
+        samples = [s for s in samples if _has_advantage(s)]
     out: dict[int, torch.Tensor] = {}
     for micro in pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id):
         logp = (
