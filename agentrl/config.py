@@ -49,10 +49,39 @@ class EnvConfig:
 @dataclass
 class LoraConfig:
     r: int = 0
-    """LoRA rank; 0 trains all weights."""
+    """LoRA rank (default 0: no adapters, all weights train). Above 0, peft's LoRA adapters of this
+    rank train and the base weights stay frozen; with ``engine.name=vllm`` each push sends the
+    merged weights ``W + (alpha / r) * B @ A`` (docs/engines.md, "LoRA")."""
     alpha: int = 32
+    """LoRA scaling numerator (default 32): the adapters' update is scaled by ``alpha / r``."""
     dropout: float = 0.0
+    """Dropout on the adapters' input while training (default 0.0), in [0, 1)."""
     target_modules: str = "all-linear"
+    """Which layers get adapters (default ``all-linear``: every linear layer but the output head), or
+    a regular expression over module names that peft matches in full (``.*(q_proj|v_proj)``)."""
+
+    def problems(self, prefix: str = "model.lora.") -> list[str]:
+        """What is wrong with these settings, each with its fix (empty: nothing)."""
+        if self.r < 0:
+            return [f"{prefix}r={self.r} is negative: a LoRA rank is 0 (off) or positive, e.g. 16 to 64"]
+        if self.r == 0:
+            defaults = LoraConfig()
+            changed = [
+                f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(defaults, f.name)
+            ]
+            return [
+                f"{prefix}{name}={getattr(self, name)!r} is set but {prefix}r=0 turns LoRA off, so it would "
+                f"be ignored: set {prefix}r to a rank (e.g. 16) to train adapters, or leave {prefix}{name} out"
+                for name in changed
+            ]
+        out = []
+        if self.alpha <= 0:
+            out.append(f"{prefix}alpha={self.alpha} must be positive (the adapters are scaled by alpha / r)")
+        if not 0 <= self.dropout < 1:
+            out.append(f"{prefix}dropout={self.dropout} must be in [0, 1) (0 turns it off)")
+        if not self.target_modules.strip():
+            out.append(f"{prefix}target_modules is empty: use 'all-linear' or a regex of module names")
+        return out
 
 
 @dataclass
@@ -717,11 +746,7 @@ def validate(cfg: Config) -> None:
             "module, which then holds no full weights: use train.zero_stage=2 with engine.name=hf, or "
             "engine.name=vllm (weights are gathered and pushed to it)"
         )
-    if cfg.model.lora.r > 0 and cfg.engine.name == "vllm":
-        raise ConfigError(
-            "model.lora with engine.name=vllm is not supported: the adapters would have to be merged "
-            "before each weight push. Use engine.name=hf with LoRA, or full fine-tuning (model.lora.r=0) with vllm"
-        )
+    _validate_lora(cfg)
     if cfg.engine.sync_check_tokens < 0 or (
         cfg.engine.sync_tolerance is not None and cfg.engine.sync_tolerance <= 0
     ):
@@ -729,8 +754,6 @@ def validate(cfg: Config) -> None:
             "engine.sync_check_tokens must be >= 0 (0: off) and engine.sync_tolerance > 0, got "
             f"{cfg.engine.sync_check_tokens} and {cfg.engine.sync_tolerance}"
         )
-    if cfg.model.lora.r > 0 and cfg.train.zero_stage == 3:
-        raise ConfigError("LoRA with ZeRO-3 is not supported; use train.zero_stage=2 (LoRA state is small)")
     if cfg.eval.every and cfg.eval.episodes <= 0:
         raise ConfigError("eval.episodes must be positive when eval.every > 0")
     if cfg.eval.greedy and cfg.eval.samples_per_seed > 1:
@@ -821,6 +844,15 @@ def _validate_curriculum(cfg: Config) -> None:
         raise ConfigError(f"curriculum.window must be positive (steps), got {cur.window}")
     if cur.adaptive and not cur.stages:
         raise ConfigError("curriculum.adaptive=true needs curriculum.stages (at least two) to move between")
+
+
+def _validate_lora(cfg: Config) -> None:
+    """``model.lora``: its own settings (:meth:`LoraConfig.problems`), then what it combines with."""
+    problems = cfg.model.lora.problems()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if cfg.model.lora.r > 0 and cfg.train.zero_stage == 3:
+        raise ConfigError("LoRA with ZeRO-3 is not supported; use train.zero_stage=2 (LoRA state is small)")
 
 
 def _validate_collapse(cfg: Config) -> None:

@@ -46,7 +46,8 @@ class EngineSetup:
     """The trainer's module, when there is one: the ``hf`` engine samples from it (else loads one)."""
     device: str = "cpu"
     lora: bool = False
-    """The policy trains LoRA adapters (not pushed to an engine with its own weights)."""
+    """The policy trains LoRA adapters. The ``hf`` engine samples through them; an engine with its
+    own weights (vLLM) receives them merged into full weights (``agentrl.weight_sync``)."""
 
 
 def engine_class(name: str) -> type:
@@ -68,6 +69,8 @@ def start_engine(name: str, setup: EngineSetup, options: dict[str, dict[str, Any
         engine = engine_class(name).from_setup(setup, options.get(name, {}))
         return engine, f"engine {name} (engine.name={name}){_start_note(engine)}"
     if setup.lora:
+        # The hf engine samples through the trainer's adapters as they are; vLLM would need a
+        # merged full-weight push every step (engine.name=vllm asks for that).
         reason = "LoRA adapters are trained in the trainer's module, which the hf engine shares"
     elif importlib.util.find_spec("vllm") is None:
         reason = "vLLM is not installed (bash scripts/setup.sh installs it where it can)"

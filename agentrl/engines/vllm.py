@@ -23,6 +23,9 @@ What vLLM does to its host process, and what this file undoes (measured on the C
   vLLM's own ``reload_weights`` (all of them in one call: a fused layer split across calls is
   left half-updated), and the embedding/LM-head GEMMs are re-packed afterwards (a tied head would
   otherwise keep a stale packed copy).
+
+A LoRA policy arrives here as full weights under the base model's names, its adapters merged by
+``agentrl.weight_sync.policy_weights``: this engine never sees an adapter (docs/engines.md, "LoRA").
 """
 
 from __future__ import annotations
