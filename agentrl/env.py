@@ -53,6 +53,10 @@ class TextEnv(gymnasium.Env[str, str]):
       current episode from its current state (Sokoban: a shortest plan; single-step tasks: one
       correct answer), or ``None`` when none is known. Used by tests, optimality metrics and
       warm-start data.
+    - Optional: ``oracle_thought() -> str``, a short true account of the next actions (the
+      warm-start reply's ``<think>``), and ``oracle_turn_actions() -> list[str] | None``, the
+      actions one warm-start reply gives: those the thought explains (default: the plan's first
+      ``max_actions_per_turn``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}

@@ -30,9 +30,11 @@ def oracle_reply(think: bool, max_actions: int) -> Callable[[gymnasium.Env], str
         actions = base.oracle_actions() if hasattr(base, "oracle_actions") else None
         if not actions:
             return ""  # no known solution from here: an unusable reply, and the episode is dropped
-        answer = " || ".join(actions[:max_actions])
         if not think:
-            return f"<answer>{answer}</answer>"
+            return f"<answer>{' || '.join(actions[:max_actions])}</answer>"
+        if hasattr(base, "oracle_turn_actions"):  # the moves the thought explains, not the plan's next ones
+            actions = base.oracle_turn_actions() or actions
+        answer = " || ".join(actions[:max_actions])
         thought = base.oracle_thought() if hasattr(base, "oracle_thought") else "I work out the answer."
         return f"<think>{thought}</think><answer>{answer}</answer>"
 

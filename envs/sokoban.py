@@ -564,6 +564,26 @@ class SokobanEnv(TextEnv):
             parts.append(f"It takes {len(plan)} move{'s' if len(plan) != 1 else ''}.")
         return " ".join(parts)
 
+    def oracle_turn_actions(self) -> list[str] | None:
+        """The actions of one demonstration reply: what :meth:`oracle_thought` explains.
+
+        With one box off its target, the optimal plan's moves up to and including its next push
+        (the walk to the square the thought names, then the push); the moves after it are the next
+        turn's, worked out from the new positions. A reply that also guessed them would teach the
+        model to append moves its thought never justified. Otherwise the whole plan.
+        """
+        plan = self.oracle_actions()
+        boxes = [b for b in self._boxes if b not in self._targets]
+        if not plan or len(boxes) != 1:
+            return plan
+        player = self._player
+        for i, move in enumerate(plan):
+            dr, dc = DELTAS[ACTIONS.index(move)]
+            player = (player[0] + dr, player[1] + dc)
+            if player == boxes[0]:
+                return plan[: i + 1]
+        return plan
+
     def oracle_actions(self, max_nodes: int | None = None) -> list[str] | None:
         """A shortest plan (``["Up", "Left", ...]``) from the current state, by BFS over (player, boxes).
 

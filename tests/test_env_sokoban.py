@@ -347,3 +347,38 @@ def test_oracle_thought_is_true_on_generated_rooms():
                 dr, dc = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}[move]
                 assert (r - dr, c - dc) == (int(push[2]), int(push[3])), seed
                 break
+
+
+def test_oracle_turn_actions_stop_at_the_push_the_thought_names():
+    env = SokobanEnv()
+    env.reset(options={"layout": "######\n#____#\n#P_X_#\n#___O#\n######"})
+    # Plan Right, Right, Up, Right, Down: the walk (Right) and the push (Right) the thought names.
+    assert env.oracle_turn_actions() == ["Right", "Right"]
+    env.step("Right")
+    env.step("Right")
+    # Next: Up, Right (the walk to row 2 column 5), then Down pushes the box onto the target.
+    assert env.oracle_turn_actions() == ["Up", "Right", "Down"]
+    env.step("Up")
+    env.step("Right")
+    env.step("Down")
+    assert env.oracle_turn_actions() == []  # solved: nothing left to do
+
+
+def test_oracle_turn_actions_are_the_whole_plan_without_a_single_box_off_target():
+    env = SokobanEnv(num_boxes=2)
+    env.reset(seed=3)
+    assert env.oracle_turn_actions() == env.oracle_actions()
+
+
+def test_demonstration_reply_gives_the_moves_its_thought_explains():
+    from agentrl.sft import oracle_reply
+
+    env = SokobanEnv(describe_positions=True)
+    env.reset(options={"layout": "######\n#O___#\n#____#\n#X___#\n#P___#\n######"})
+    assert env.oracle_actions() == ["Up", "Up"]  # two pushes up, each its own turn
+    assert oracle_reply(think=True, max_actions=3)(env) == (
+        "<think>Box row 4, target row 2: 2 up. Box column 2, target column 2: same. I push the box Up "
+        "from row 5 column 2. I am at row 5 column 2: there already.</think><answer>Up</answer>"
+    )
+    # Without a thought there is nothing to explain the moves: the plan's first max_actions.
+    assert oracle_reply(think=False, max_actions=3)(env) == "<answer>Up || Up</answer>"
