@@ -5,7 +5,8 @@ Layout of ``runs/NAME/checkpoints/step_000123/``:
 - ``ds/``: DeepSpeed's engine state (weights, optimizer, LR scheduler);
 - ``hf/``: ``save_pretrained`` model and tokenizer (LoRA adapters merged), loadable by
   ``AutoModelForCausalLM.from_pretrained`` and by ``agentrl eval --model``;
-- ``trainer_state.json`` and ``rng.pt``: the step and the random generators.
+- ``trainer_state.json`` and ``rng.pt``: the step, the loop's state (:class:`TrainerState`) and
+  the random generators.
 
 Everything is written into a hidden temp folder first and renamed into place, so a crash in the
 middle of a save leaves the previous checkpoint as the latest usable one.
@@ -18,25 +19,63 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from agentrl.curriculum import CurriculumState
+
 STATE_FILE = "trainer_state.json"
 
 
 @dataclass
 class TrainerState:
+    """What a run resumes from besides the weights, the optimizer and the random generators: the
+    last step and the training loop's own state. Checkpoints save it whole (``trainer_state.json``,
+    in the same atomic write as the weights); ``--resume`` restores it whole."""
+
     step: int
     """The last completed training step."""
-    stage: int = 0
-    """Curriculum stage (0 without a curriculum)."""
-    loop: dict[str, Any] = field(default_factory=dict)
-    """The training loop's own state (curriculum window, collapse-guard history...), saved with the
-    checkpoint in one atomic write."""
+    curriculum: CurriculumState = field(default_factory=CurriculumState)
+    """Where the curriculum stands: the stage the next step plays (0 without a curriculum)."""
+    keep_group_fraction: float = 1.0
+    """StarPO-S keep fraction in force (``collapse.action=filter`` may lower it during the run)."""
+    guard_history: list[dict[str, float]] = field(default_factory=list)
+    """The collapse guard's watched metrics of the latest ``collapse.patience`` steps."""
+    warning: bool = False
+    """Whether the last step raised a collapse warning (a new warning prints one console line)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``trainer_state.json`` record: ``step``, ``stage`` and the loop's state under ``loop``."""
+        return {
+            "step": self.step,
+            "stage": self.curriculum.stage,
+            "loop": {
+                "curriculum": self.curriculum.to_dict(),
+                "keep_group_fraction": self.keep_group_fraction,
+                "guard_history": self.guard_history,
+                "warning": self.warning,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerState:
+        """The state of a ``trainer_state.json`` record; one without ``loop`` (written before the
+        loop's state was saved) starts the loop afresh in its ``stage``."""
+        loop = data.get("loop") or {}
+        curriculum = loop.get("curriculum")
+        return cls(
+            step=int(data["step"]),
+            curriculum=CurriculumState.from_dict(curriculum)
+            if curriculum is not None
+            else CurriculumState(stage=int(data.get("stage", 0))),
+            keep_group_fraction=float(loop.get("keep_group_fraction", 1.0)),
+            guard_history=list(loop.get("guard_history", [])),
+            warning=bool(loop.get("warning", False)),
+        )
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -79,7 +118,7 @@ def save_checkpoint(
             {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
             tmp / "rng.pt",
         )
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state)))
+        (tmp / STATE_FILE).write_text(json.dumps(state.to_dict()))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -99,7 +138,7 @@ def load_checkpoint(path: Path, ds_engine: Any) -> TrainerState:
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
-    return TrainerState(**json.loads((path / STATE_FILE).read_text()))
+    return TrainerState.from_dict(json.loads((path / STATE_FILE).read_text()))
 
 
 def _barrier() -> None:

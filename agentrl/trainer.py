@@ -68,19 +68,6 @@ class Stage:
     """Rollout settings the stage sets for its steps (``max_new_tokens``...; empty: the run's own)."""
 
 
-@dataclass
-class LoopState:
-    """Loop state beyond the step, saved in each checkpoint's ``trainer_state.json`` for --resume."""
-
-    curriculum: CurriculumState = field(default_factory=CurriculumState)
-    keep_group_fraction: float = 1.0
-    """StarPO-S keep fraction in force (``collapse.action=filter`` may lower it during the run)."""
-    guard_history: list[dict[str, float]] = field(default_factory=list)
-    """The collapse guard's watched metrics of the latest ``collapse.patience`` steps."""
-    warning: bool = False
-    """Whether the last step raised a collapse warning (a new warning prints one console line)."""
-
-
 def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) training as configured; return the run directory."""
     # ---- set-up -------------------------------------------------------------------------------
@@ -95,12 +82,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
     start_step = prepare_run_dir(run_dir, cfg, resume, world)
     seed_everything(cfg.train.seed + world.rank)
     policy = build_policy(cfg, device)
-    state = ckpt.TrainerState(step=0, stage=_fixed_stage(cfg, 1))
-    loop = LoopState(keep_group_fraction=cfg.algo.keep_group_fraction)
+    state = ckpt.TrainerState(step=0, keep_group_fraction=cfg.algo.keep_group_fraction)
     if resume:
-        latest = ckpt.latest_checkpoint(run_dir)
-        state = ckpt.load_checkpoint(latest, policy.ds_engine)
-        loop = _load_loop_state(state, cfg)
+        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir), policy.ds_engine)
+        # A resumed run may lower the StarPO-S fraction, never raise it past what the guard set.
+        state.keep_group_fraction = min(cfg.algo.keep_group_fraction, state.keep_group_fraction)
         start_step = state.step + 1
     engine, engine_note = build_engine(cfg, policy)
     if resume and engine.capabilities.own_weights:
@@ -122,14 +108,14 @@ def train(cfg: Config, resume: bool = False) -> Path:
             log.log(
                 0,
                 evaluate_and_log(
-                    start_eval_config(cfg), rollout, run_dir, 0, log, world, _stage(cfg, loop, 1).env_options
+                    start_eval_config(cfg), rollout, run_dir, 0, log, world, _stage(cfg, state, 1).env_options
                 ),
             )
         for step in range(start_step, cfg.train.steps + 1):
             metrics: dict[str, float] = {}
 
             # ---- 0. curriculum: this step's stage sets env options, lr and temperature ---------
-            stage = _stage(cfg, loop, step)
+            stage = _stage(cfg, state, step)
             if stage.lr is not None:
                 _set_lr(policy, stage.lr)
 
@@ -152,7 +138,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
             meet(world, f"the end of step {step}'s rollout")
 
             # ---- 2. rewards -> advantages -> tokens ---------------------------------------------
-            selected, adv_metrics = _assign_advantages(cfg, trajectories, loop.keep_group_fraction, stage)
+            selected, adv_metrics = _assign_advantages(cfg, trajectories, state.keep_group_fraction, stage)
             metrics.update(adv_metrics)
 
             # ---- 3. policy update ---------------------------------------------------------------
@@ -184,19 +170,19 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 metrics.update(stage_metrics(cfg, stage))
 
             # ---- 6. collapse guard ------------------------------------------------------------
-            collapsed = _act_on(collapse_guard(cfg, loop, metrics, step), loop, metrics, log)
+            collapsed = _act_on(collapse_guard(cfg, state, metrics, step), state, metrics, log)
             log.log(step, metrics)
 
             # ---- 7. curriculum: the next step's stage; checkpoint -------------------------------
-            loop.curriculum = _next_curriculum(cfg, loop.curriculum, step, metrics, log)
-            state.step, state.stage = step, loop.curriculum.stage
+            state.curriculum = _next_curriculum(cfg, state.curriculum, step, metrics, log)
+            state.step = step
             if (
                 (cfg.run.save_every and step % cfg.run.save_every == 0)
                 or step == cfg.train.steps
                 or stop.requested
                 or collapsed
             ):
-                save(cfg, run_dir, state, policy, world, loop)
+                save(cfg, run_dir, state, policy, world)
             log.advance(step)
             if collapsed:
                 log.info(
@@ -337,11 +323,11 @@ def _fixed_stage(cfg: Config, step: int) -> int:
     return stage_at(step, [s.steps for s in cfg.curriculum.stages])
 
 
-def _stage(cfg: Config, loop: LoopState, step: int) -> Stage:
+def _stage(cfg: Config, state: ckpt.TrainerState, step: int) -> Stage:
     """The stage that ``step`` plays: by the step counts, or (adaptive) where the run has moved to."""
     if not cfg.curriculum.stages:
         return Stage(0, None, None, cfg.rollout.temperature)
-    return stage_settings(cfg, loop.curriculum.stage if cfg.curriculum.adaptive else _fixed_stage(cfg, step))
+    return stage_settings(cfg, state.curriculum.stage if cfg.curriculum.adaptive else _fixed_stage(cfg, step))
 
 
 def stage_settings(cfg: Config, index: int) -> Stage:
@@ -422,9 +408,11 @@ def _next_curriculum(
 # ------------------------------------------------------------------------------------------------
 
 
-def collapse_guard(cfg: Config, loop: LoopState, metrics: dict[str, float], step: int) -> GuardDecision:
+def collapse_guard(
+    cfg: Config, state: ckpt.TrainerState, metrics: dict[str, float], step: int
+) -> GuardDecision:
     """The collapse guard's decision after ``step``: this step's watched metrics join the guard's
-    history in ``loop``; the signals that held on the last ``collapse.patience`` steps decide."""
+    history in ``state``; the signals that held on the last ``collapse.patience`` steps decide."""
     col = cfg.collapse
     watched = signals(
         col.warn_zero_std_fraction,
@@ -432,18 +420,20 @@ def collapse_guard(cfg: Config, loop: LoopState, metrics: dict[str, float], step
         col.warn_instruction_echo,
         col.warn_distinct_across_puzzles,
     )
-    loop.guard_history.append({s.metric: metrics[s.metric] for s in watched if s.metric in metrics})
-    loop.guard_history = loop.guard_history[-col.patience :]
-    fired = detect(loop.guard_history, watched, col.patience)
-    return decide(fired, step, col.action, col.patience, loop.warning, loop.keep_group_fraction)
+    state.guard_history.append({s.metric: metrics[s.metric] for s in watched if s.metric in metrics})
+    state.guard_history = state.guard_history[-col.patience :]
+    fired = detect(state.guard_history, watched, col.patience)
+    return decide(fired, step, col.action, col.patience, state.warning, state.keep_group_fraction)
 
 
-def _act_on(decision: GuardDecision, loop: LoopState, metrics: dict[str, float], log: RunLogger) -> bool:
+def _act_on(
+    decision: GuardDecision, state: ckpt.TrainerState, metrics: dict[str, float], log: RunLogger
+) -> bool:
     """Carry out the guard's decision; True: stop the run after this step."""
     metrics["collapse/warning"] = float(decision.warning)
-    loop.warning = decision.warning
+    state.warning = decision.warning
     if decision.keep_group_fraction is not None:
-        loop.keep_group_fraction = decision.keep_group_fraction
+        state.keep_group_fraction = decision.keep_group_fraction
     if decision.message:
         log.info(decision.message)
     return decision.stop
@@ -588,11 +578,8 @@ def save(
     state: ckpt.TrainerState,
     policy: Policy,
     world: World,
-    loop: LoopState | None = None,
 ) -> Path:
-    """Checkpoint the policy, the step and (with ``loop``) the loop's own state, atomically."""
-    if loop is not None:
-        state.loop = _loop_state_dict(loop)
+    """Checkpoint the policy and the trainer state (step and loop state), atomically."""
     return ckpt.save_checkpoint(
         run_dir,
         state,
@@ -601,29 +588,6 @@ def save(
         policy.tokenizer,
         cfg.run.keep_checkpoints,
         world.is_main,
-    )
-
-
-def _loop_state_dict(loop: LoopState) -> dict[str, Any]:
-    return {
-        "curriculum": loop.curriculum.to_dict(),
-        "keep_group_fraction": loop.keep_group_fraction,
-        "guard_history": loop.guard_history,
-        "warning": loop.warning,
-    }
-
-
-def _load_loop_state(state: ckpt.TrainerState, cfg: Config) -> LoopState:
-    data = state.loop
-    if not data:  # a checkpoint without loop state (an SFT run's, say): start the loop afresh
-        return LoopState(
-            curriculum=CurriculumState(stage=state.stage), keep_group_fraction=cfg.algo.keep_group_fraction
-        )
-    return LoopState(
-        curriculum=CurriculumState.from_dict(data.get("curriculum", {})),
-        keep_group_fraction=min(cfg.algo.keep_group_fraction, float(data.get("keep_group_fraction", 1.0))),
-        guard_history=list(data.get("guard_history", [])),
-        warning=bool(data.get("warning", False)),
     )
 
 

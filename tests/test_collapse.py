@@ -8,11 +8,12 @@ import json
 import pytest
 from envs_for_tests import tiny_run_args  # also registers test_constant
 
+from agentrl.checkpoint import TrainerState
 from agentrl.cli import main
 from agentrl.collapse import detect, signals
 from agentrl.config import ConfigError, load_config
 from agentrl.metrics import echoes_instructions, instruction_echo_rate, word_ngrams
-from agentrl.trainer import LoopState, collapse_guard
+from agentrl.trainer import collapse_guard
 
 ZERO, DISTINCT, ECHO = (
     "train/zero_adv_group_fraction",
@@ -80,7 +81,7 @@ def _cfg(*overrides: str):
     return load_config(env="sokoban", overrides=["collapse.patience=2", *overrides])
 
 
-def _run_guard(cfg, loop: LoopState, steps: list[dict[str, float]]) -> list:
+def _run_guard(cfg, loop: TrainerState, steps: list[dict[str, float]]) -> list:
     """The guard's decisions over ``steps``, applied to ``loop`` as the training loop does."""
     decisions = []
     for step, metrics in enumerate(steps, start=1):
@@ -94,7 +95,7 @@ def _run_guard(cfg, loop: LoopState, steps: list[dict[str, float]]) -> list:
 
 def test_warn_flags_every_step_and_prints_one_line_per_episode():
     flat, healthy = _step(zero=1.0), _step()
-    decisions = _run_guard(_cfg(), LoopState(), [flat, flat, flat, healthy, flat, flat])
+    decisions = _run_guard(_cfg(), TrainerState(step=0), [flat, flat, flat, healthy, flat, flat])
     assert [d.warning for d in decisions] == [False, True, True, False, False, True]
     assert not any(d.stop for d in decisions)
     lines = [d.message for d in decisions if d.message]
@@ -107,18 +108,18 @@ def test_warn_flags_every_step_and_prints_one_line_per_episode():
 
 
 def test_filter_switches_on_starpo_s_once_and_never_raises_the_fraction():
-    loop = LoopState(keep_group_fraction=1.0)
+    loop = TrainerState(step=0, keep_group_fraction=1.0)
     decisions = _run_guard(_cfg("collapse.action=filter"), loop, [_step(distinct=0.1)] * 3)
     assert loop.keep_group_fraction == 0.25
     lines = [d.message for d in decisions if d.message]
     assert len(lines) == 1 and "StarPO-S filtering on from step 3" in lines[0]
-    lower = LoopState(keep_group_fraction=0.1)
+    lower = TrainerState(step=0, keep_group_fraction=0.1)
     _run_guard(_cfg("collapse.action=filter"), lower, [_step(distinct=0.1)] * 2)
     assert lower.keep_group_fraction == 0.1
 
 
 def test_stop_asks_to_stop_and_says_what_to_try():
-    decisions = _run_guard(_cfg("collapse.action=stop"), LoopState(), [_step(echo=0.9)] * 2)
+    decisions = _run_guard(_cfg("collapse.action=stop"), TrainerState(step=0), [_step(echo=0.9)] * 2)
     assert [d.stop for d in decisions] == [False, True]
     assert ECHO in decisions[-1].message and "Stopping" in decisions[-1].message
     assert "lower train.lr" in decisions[-1].message

@@ -169,9 +169,9 @@ def test_lora_with_the_vllm_engine_is_accepted():
     assert (cfg.model.lora.r, cfg.engine.name) == (8, "vllm")
 
 
-def test_the_lora_recipe_is_a_lora_run_on_vllm():
+def test_the_lora_recipe_is_a_lora_run_with_the_engine_chosen_as_for_any_run():
     cfg = load_config(config_file=str(configs_dir() / "lora_countdown.yaml"))
-    assert cfg.env.name == "countdown" and cfg.engine.name == "vllm"
+    assert cfg.env.name == "countdown" and cfg.engine.name == "auto"  # vLLM where it runs
     assert 16 <= cfg.model.lora.r <= 64 and cfg.model.lora.alpha == 2 * cfg.model.lora.r
     assert 1e-4 <= cfg.train.lr <= 2e-4
 
@@ -239,7 +239,8 @@ def test_the_lora_recipe_trains_on_vllm_from_the_cli(tmp_path, vllm_model_path):
     cmd += [a for s in sets for a in ("--set", s)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert done.returncode == 0, done.stderr[-4000:]
-    assert "engine vllm (engine.name=vllm" in done.stderr + done.stdout
+    # engine.name=auto chooses vLLM for a LoRA run as for any other.
+    assert "engine vllm (engine.name=auto" in done.stderr + done.stdout
 
     run = tmp_path / "lora"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

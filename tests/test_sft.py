@@ -49,7 +49,9 @@ def test_demonstrations_are_templated_exactly_as_rl_episodes(manager, tokenizer)
         demo.samples[0].token_ids[start:end] == played.samples[0].token_ids[slice(*played_turn.prompt_span)]
     )
     sample = demo.samples[0]
-    trained = [t for t, m in zip(sample.token_ids, sample.loss_mask) if m]
+    # The first turn's reply: from the end of its prompt to the next turn's prompt (or the end).
+    reply_end = demo.turns[1].prompt_span[0] if len(demo.turns) > 1 else len(sample.token_ids)
+    trained = [t for t, m in zip(sample.token_ids[end:reply_end], sample.loss_mask[end:reply_end]) if m]
     assert tokenizer.decode(trained[:-1]) == demo_turn.reply  # reply tokens (+ end of turn) only
     assert trained[-1] in manager.chat.eot_ids
     if len(demo.turns) > 1:  # observations of later turns are in the context with mask 0

@@ -68,11 +68,8 @@ def start_engine(name: str, setup: EngineSetup, options: dict[str, dict[str, Any
     if name != "auto":
         engine = engine_class(name).from_setup(setup, options.get(name, {}))
         return engine, f"engine {name} (engine.name={name}){_start_note(engine)}"
-    if setup.lora:
-        # The hf engine samples through the trainer's adapters as they are; vLLM would need a
-        # merged full-weight push every step (engine.name=vllm asks for that).
-        reason = "LoRA adapters are trained in the trainer's module, which the hf engine shares"
-    elif importlib.util.find_spec("vllm") is None:
+    # LoRA runs too: their push merges the adapters (agentrl.weight_sync), about as fast as a full one.
+    if importlib.util.find_spec("vllm") is None:
         reason = "vLLM is not installed (bash scripts/setup.sh installs it where it can)"
     else:
         vllm_engine = engine_class("vllm")
