@@ -43,7 +43,7 @@ def test_overrides_are_typed():
         ("train.steps=1.5", "train.steps must be an integer"),
         ("rollout.think=maybe", "rollout.think must be true or false"),
         ("algo.advantage.estimator=grop", "Did you mean 'grpo'?"),
-        ("algo.mini_batches=3", "must divide the 32 episodes per step"),
+        ("algo.mini_batches=3", "must divide the 64 episodes per step"),
         (("engine.name=hf", "train.zero_stage=3"), "use train.zero_stage=2"),
         ("engine.name=vlm", "Did you mean 'vllm'?"),
         ("rollout.group_size=1", "group_size must be at least 2"),

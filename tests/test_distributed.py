@@ -168,7 +168,7 @@ def test_sft_on_two_ranks_matches_one_rank(tmp_path):
 
     sets = [
         f"run.root={tmp_path}", "sft.episodes=5", "sft.batch_episodes=3", "sft.epochs=1",
-        "rollout.max_turns=2", "rollout.max_new_tokens=8", "train.lr=1e-3", "eval.every=0",
+        "rollout.max_new_tokens=8", "train.lr=1e-3", "eval.every=0",
         "run.progress=false", "train.micro_batch_tokens=2048", "train.autocast=off",
     ]  # fmt: skip
     for name, launcher in (("one", []), ("two", LAUNCHERS["torchrun"][1:])):

@@ -25,9 +25,14 @@ from agentrl.engines.vllm import VLLMEngine
 FAKE_DIR = Path(__file__).parent / "fake_vllm"
 
 
-def _drop_vllm_modules() -> None:
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        del sys.modules[name]
+def _take_vllm_modules() -> dict[str, object]:
+    """Remove vLLM's modules from ``sys.modules`` and return them. The real vLLM's are put back
+    after the stand-in's test: importing the real vLLM a second time in one process fails (its
+    types are registered with torch once)."""
+    return {
+        name: sys.modules.pop(name)
+        for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]
+    }
 
 
 @pytest.fixture
@@ -36,7 +41,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch):
     for var in ("WORLD_SIZE", "LOCAL_RANK", "RANK"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # keep the constructor's setdefault local
-    _drop_vllm_modules()
+    real = _take_vllm_modules()
     monkeypatch.syspath_prepend(str(FAKE_DIR))
     module = importlib.import_module("vllm")
     assert module.__version__.endswith("+fake")
@@ -44,7 +49,8 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch):
     module.LLM.output_hook = None
     yield module
     module.LLM.output_hook = None
-    _drop_vllm_modules()
+    _take_vllm_modules()  # the stand-in's
+    sys.modules.update(real)
 
 
 def _engine(**kwargs) -> VLLMEngine:
