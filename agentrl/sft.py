@@ -159,6 +159,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, only_base_eval: bool 
                 metrics = update(cfg, policy, batch[world.rank :: world.size], step, world, temperature=1.0)
                 metrics["timing/update_s"] = time.perf_counter() - t0
                 metrics["sft/nll"] = metrics.pop("train/policy_loss", 0.0)
+                metrics.pop("train/loss", None)  # the same number: SFT has no KL or entropy term
                 for key in ("train/logprob_mismatch_mean", "train/logprob_mismatch_max"):
                     metrics.pop(key, None)  # demonstrations have no rollout log-probs
                 if world.is_main and step == 1:

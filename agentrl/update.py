@@ -205,6 +205,9 @@ def _micro_step(
 
     loss, metrics = terms.loss_fn(logp, old, advantages, b.mask, totals, cfg.algo.policy_loss)
     out.update({k: float(v) for k, v in metrics.items()})
+    # Per trained token of this micro-batch (update() averages micro-batches by their token counts).
+    per_token = totals.tokens / max(1, b.num_tokens)
+    out["policy_loss"] = float(loss.detach()) * per_token
     if cfg.algo.entropy_coef != 0:
         entropy = _scatter(entropy_from_logits(logits.float() / temperature), trained)  # (B, L-1)
         loss = loss - cfg.algo.entropy_coef * terms.aggregate(entropy, b.mask, totals)
@@ -219,7 +222,7 @@ def _micro_step(
         kl_loss, kl_m = kl_penalty(logp, ref_logp, b.mask, totals, cfg.algo.kl, terms.kl_coef)
         loss = loss + kl_loss
         out["kl"] = float(kl_m["kl"])
-    out["policy_loss"] = float(loss.detach()) * totals.tokens / max(1, b.num_tokens)
+    out["loss"] = float(loss.detach()) * per_token  # what is minimised: + KL penalty - entropy bonus
     # DeepSpeed averages gradients over ranks; the totals are global, so undo the average.
     return loss * world.size, out
 

@@ -152,3 +152,13 @@ def test_bf16_autocast_update_trains_with_float32_master_weights(world):
     assert all(p.dtype == torch.float32 for p in policy.model.parameters())
     moved = sum(float((p.detach() - before[k]).abs().max()) for k, p in policy.model.named_parameters())
     assert moved > 0
+
+
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.5])
+def test_loss_is_the_policy_term_minus_the_entropy_bonus(world, entropy_coef):
+    # token_mean: per trained token, loss = policy term - coef x mean entropy, exactly.
+    cfg, policy = _policy(f"algo.entropy_coef={entropy_coef}")
+    out = update(cfg, policy, _batch(policy.model, 0.0), 1, world, 1.0)
+    assert out["train/entropy"] > 1.0  # a random tiny model: far from zero
+    expected = out["train/policy_loss"] - entropy_coef * out["train/entropy"]
+    assert out["train/loss"] == pytest.approx(expected, abs=1e-5)
