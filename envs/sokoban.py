@@ -310,13 +310,14 @@ def _offset(cell: Cell, of: Cell) -> str:
     return " and ".join(parts) or "same"
 
 
-def _first_push(plan: Sequence[str], player: Cell, box: Cell) -> tuple[str, Cell] | None:
-    """The first move of ``plan`` that pushes the (only) box, and where the player stands for it."""
-    for move in plan:
+def _first_push(plan: Sequence[str], player: Cell, box: Cell) -> tuple[int, str, Cell] | None:
+    """The first move of ``plan`` that pushes the (only) box: its index, the move, and where the
+    player stands for it."""
+    for i, move in enumerate(plan):
         dr, dc = DELTAS[ACTIONS.index(move)]
         nxt = (player[0] + dr, player[1] + dc)
         if nxt == box:
-            return move, player
+            return i, move, player
         player = nxt
     return None
 
@@ -555,7 +556,7 @@ class SokobanEnv(TextEnv):
             (br, bc), (tr, tc) = boxes[0], targets[0]
             parts.append(f"Box row {br + 1}, target row {tr + 1}: {_steps(tr - br, 'up', 'down')}.")
             parts.append(f"Box column {bc + 1}, target column {tc + 1}: {_steps(tc - bc, 'left', 'right')}.")
-            move, (sr, sc) = push
+            _, move, (sr, sc) = push
             parts.append(f"I push the box {move} from row {sr + 1} column {sc + 1}.")
             (pr, pc) = self._player
             where = "there already" if (sr, sc) == (pr, pc) else _offset((sr, sc), (pr, pc))
@@ -574,15 +575,8 @@ class SokobanEnv(TextEnv):
         """
         plan = self.oracle_actions()
         boxes = [b for b in self._boxes if b not in self._targets]
-        if not plan or len(boxes) != 1:
-            return plan
-        player = self._player
-        for i, move in enumerate(plan):
-            dr, dc = DELTAS[ACTIONS.index(move)]
-            player = (player[0] + dr, player[1] + dc)
-            if player == boxes[0]:
-                return plan[: i + 1]
-        return plan
+        push = _first_push(plan, self._player, boxes[0]) if plan and len(boxes) == 1 else None
+        return plan if push is None else plan[: push[0] + 1]
 
     def oracle_actions(self, max_nodes: int | None = None) -> list[str] | None:
         """A shortest plan (``["Up", "Left", ...]``) from the current state, by BFS over (player, boxes).

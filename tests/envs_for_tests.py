@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 
 import agentrl
@@ -70,6 +72,12 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     drop = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     return {**env, "PYTHONPATH": os.path.dirname(os.path.abspath(__file__)), "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_agentrl(args: list[str], sets: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """``python -m agentrl ARGS --set S ...`` in a subprocess (:func:`subprocess_env`), output captured."""
+    cmd = [sys.executable, "-m", "agentrl", *args, *[a for s in sets for a in ("--set", s)]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env())
 
 
 #: A one-turn, raw-answer run of the tiny model, small enough for a test (later --set values win).

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from envs_for_tests import subprocess_env
+from envs_for_tests import run_agentrl
 
 from agentrl.config import ConfigError, configs_dir, load_config
 from agentrl.weight_sync import logprob_gap, merged_lora_weight, policy_weights, trainer_logprobs
@@ -234,10 +232,8 @@ def test_the_lora_recipe_trains_on_vllm_from_the_cli(tmp_path, vllm_model_path):
         "run.progress=false",
         f"run.root={tmp_path}",
     ]
-    cmd = [sys.executable, "-m", "agentrl", "train", "--config", str(configs_dir() / "lora_countdown.yaml")]
-    cmd += ["--model", vllm_model_path, "--name", "lora"]
-    cmd += [a for s in sets for a in ("--set", s)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=subprocess_env())
+    args = ["train", "--config", str(configs_dir() / "lora_countdown.yaml"), "--model", vllm_model_path]
+    done = run_agentrl([*args, "--name", "lora"], sets, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     # engine.name=auto chooses vLLM for a LoRA run as for any other.
     assert "engine vllm (engine.name=auto" in done.stderr + done.stdout

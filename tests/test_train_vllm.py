@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from envs_for_tests import subprocess_env
+from envs_for_tests import run_agentrl, subprocess_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -65,9 +65,7 @@ def test_two_sokoban_steps_on_vllm_push_the_weights_that_sample_step_two(tmp_pat
         "run.progress=false",
         f"run.root={tmp_path}",
     ]
-    cmd = [sys.executable, "-m", "agentrl", "train", "--env", "sokoban", "--name", "v"]
-    cmd += [a for s in sets for a in ("--set", s)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=subprocess_env())
+    done = run_agentrl(["train", "--env", "sokoban", "--name", "v"], sets, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "engine vllm (engine.name=vllm" in done.stderr + done.stdout
 
