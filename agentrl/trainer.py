@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) training as configured; return the run directory."""
     # ---- set-up -------------------------------------------------------------------------------
     check_model(cfg)
+    check_reset_options(cfg)
     device, world = set_up_process(cfg)
     if cfg.train.n_groups % world.size:
         raise ConfigError(
@@ -127,7 +129,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 step=step,
                 sampling_seed=_step_seed(cfg, step, world),
                 temperature=stage.temperature,
-                reset_options=stage.env_options,
+                reset_options={**cfg.env.train_options, **(stage.env_options or {})} or None,
                 settings=stage.rollout,
             )
             engine.sleep()
@@ -152,6 +154,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 # Peak of the rollout and the update together (the step's high-water mark).
                 metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(policy.device) / 2**30
                 torch.cuda.reset_peak_memory_stats(policy.device)
+            # The process's resident high-water mark so far (engine, trainer and their buffers):
+            # what decides whether a laptop's RAM holds the run.
+            metrics["perf/peak_rss_gb"] = peak_rss_gb()
 
             # ---- 4. the engine samples with the new weights -------------------------------------
             metrics.update(sync_weights(cfg, engine, policy, trajectories, world))
@@ -224,6 +229,39 @@ def check_model(cfg: Config) -> None:
     from agentrl.models import resolve_model_path
 
     resolve_model_path(cfg.run.init or cfg.model.path)
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GiB (Linux and macOS; 0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes on macOS, KiB on Linux
+
+
+def check_reset_options(cfg: Config) -> None:
+    """Fail before anything is written if the env rejects the training episodes' reset options
+    (``env.train_options`` under each curriculum stage's ``env_options``): one probe reset each."""
+    from agentrl.registry import make
+
+    option_sets = [{**cfg.env.train_options, **stage.env_options} for stage in cfg.curriculum.stages]
+    option_sets = [o for o in option_sets or [dict(cfg.env.train_options)] if o]
+    if not option_sets:
+        return
+    env = make(cfg.env.name, **cfg.env.kwargs)
+    try:
+        for options in option_sets:
+            try:
+                env.reset(seed=cfg.env.train_seed_start, options=options)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ConfigError(
+                    f"env {cfg.env.name!r} rejects the reset options {options} (env.train_options, "
+                    f"curriculum.stages[].env_options): {exc}"
+                ) from None
+    finally:
+        env.close()
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> int:
