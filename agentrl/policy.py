@@ -143,6 +143,24 @@ def engine_dtype_for(cfg: Config, device: torch.device) -> str:
     return dtype_for(cfg, device) if cfg.engine.dtype == "auto" else cfg.engine.dtype
 
 
+def release_memory() -> None:
+    """Give the memory freed by the phase that just ended back to the OS (between rollout, update,
+    evaluation, and from the warm start to RL).
+
+    CPU tensors come from malloc, and glibc keeps freed chunks below its mmap threshold in its
+    arenas: after a 4096-token update the process held ~6 GB it no longer used, which the next
+    phase's allocations (vLLM's, from other threads' arenas) added to instead of reusing.
+    ``malloc_trim`` returns them; elsewhere than glibc this only collects garbage."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

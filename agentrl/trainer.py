@@ -45,6 +45,7 @@ from agentrl.policy import (
     device_for,
     engine_dtype_for,
     quiet_libraries,
+    release_memory,
     seed_everything,
 )
 from agentrl.rewards import shaping_bonus
@@ -150,13 +151,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
             metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
                 metrics["timing/update_s"], 1e-9
             )
-            if policy.device.type == "cuda":
-                # Peak of the rollout and the update together (the step's high-water mark).
-                metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(policy.device) / 2**30
-                torch.cuda.reset_peak_memory_stats(policy.device)
-            # The process's resident high-water mark so far (engine, trainer and their buffers):
-            # what decides whether a laptop's RAM holds the run.
-            metrics["perf/peak_rss_gb"] = peak_rss_gb()
+            metrics.update(memory_metrics(policy.device))
+            release_memory()  # the update's activations, before the engine allocates again
 
             # ---- 4. the engine samples with the new weights -------------------------------------
             metrics.update(sync_weights(cfg, engine, policy, trajectories, world))
@@ -171,6 +167,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 log.text(step, "samples/train", _render_sample(all_trajs[0]))
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
                 metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world, stage.env_options))
+                release_memory()
             if cfg.curriculum.stages:
                 metrics.update(stage_metrics(cfg, stage))
 
@@ -229,6 +226,17 @@ def check_model(cfg: Config) -> None:
     from agentrl.models import resolve_model_path
 
     resolve_model_path(cfg.run.init or cfg.model.path)
+
+
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """The step's memory high-water marks: ``perf/peak_rss_gb``, the process's resident peak so far
+    (engine, trainer and their buffers: what decides whether a laptop's RAM holds the run), and on
+    CUDA ``perf/peak_memory_gb``, the GPU's peak over the step's rollout and update (then reset)."""
+    out = {"perf/peak_rss_gb": peak_rss_gb()}
+    if device.type == "cuda":
+        out["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
 
 
 def peak_rss_gb() -> float:

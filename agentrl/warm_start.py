@@ -22,6 +22,7 @@ from pathlib import Path
 
 from agentrl import checkpoint as ckpt
 from agentrl.config import Config
+from agentrl.policy import release_memory
 from agentrl.sft import sft
 from agentrl.trainer import SET_UP_FILES, check_reset_options, check_run_dir_free, train
 
@@ -45,6 +46,7 @@ def train_with_warm_start(cfg: Config, resume: bool = False) -> Path:
         if warm_dir.exists():
             shutil.rmtree(warm_dir)  # an interrupted warm start: its data and updates are redone
         sft(warm_start_config(cfg), only_base_eval=True)
+        release_memory()  # the SFT phase's engine, optimizer and activations, before RL builds its own
         resume = False
     elif resume and ckpt.latest_checkpoint(run_dir) is None:
         _forget_unstarted_rl(run_dir)
