@@ -3,9 +3,9 @@
 ``import agentrl`` stays light (no torch): the env layer, the registry and the trajectory format.
 """
 
-from agentrl.env import TextEnv, check_env, text_space
-from agentrl.registry import EnvSpec, load_plugins, make, names, register, spec
-from agentrl.trajectory import Sample, Trajectory, Turn
+from agentrl.envs.env import TextEnv, check_env, text_space
+from agentrl.envs.registry import EnvSpec, load_plugins, make, names, register, spec
+from agentrl.rollout.trajectory import Sample, Trajectory, Turn
 
 __version__ = "0.1.0"
 

@@ -143,8 +143,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from agentrl.config import ConfigError, load_config
-    from agentrl.trainer import train
-    from agentrl.warm_start import train_with_warm_start
+    from agentrl.training.trainer import train
+    from agentrl.training.warm_start import train_with_warm_start
 
     if args.resume and not args.name:
         raise ConfigError("--resume needs --name NAME: the run in runs/NAME to continue")
@@ -181,7 +181,7 @@ def _no_folder_left_on_failed_start(run_dir, resume: bool) -> Iterator[None]:
     except BaseException:
         # Rank 0 wrote the folder; the other ranks leave it to it.
         if fresh and os.environ.get("RANK", "0") == "0":
-            from agentrl.trainer import discard_failed_start
+            from agentrl.training.trainer import discard_failed_start
 
             discard_failed_start(run_dir)
         raise
@@ -191,7 +191,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from agentrl.config import load_config
-    from agentrl.sft import sft
+    from agentrl.training.sft import sft
 
     cfg = load_config(
         config_file=args.config, env=args.env, model=args.model, overrides=args.overrides, name=args.name
@@ -203,7 +203,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from agentrl.config import load_config
-    from agentrl.evaluate import evaluate_cli
+    from agentrl.training.evaluate import evaluate_cli
 
     cfg = load_config(config_file=args.config, env=args.env, model=args.model, overrides=args.overrides)
     return evaluate_cli(cfg, episodes=args.episodes, out=args.out)

@@ -21,12 +21,19 @@ from typing import Any
 
 import yaml
 
-from agentrl.advantages import ADVANTAGE_ESTIMATORS, AdvantageParams
-from agentrl.collapse import COLLAPSE_ACTIONS
-from agentrl.engines import ENGINE_CHOICES
-from agentrl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, KLParams, PolicyLossParams, TISParams
-from agentrl.rewards import ShapingParams
-from agentrl.rollout import PER_CALL_SETTINGS, RolloutConfig
+from agentrl.algorithms.advantages import ADVANTAGE_ESTIMATORS, AdvantageParams
+from agentrl.algorithms.collapse import COLLAPSE_ACTIONS
+from agentrl.algorithms.losses import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    KLParams,
+    PolicyLossParams,
+    TISParams,
+)
+from agentrl.algorithms.rewards import ShapingParams
+from agentrl.rollout.engines import ENGINE_CHOICES
+from agentrl.rollout.manager import PER_CALL_SETTINGS, RolloutConfig
 from agentrl.suggest import did_you_mean
 
 

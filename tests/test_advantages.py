@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agentrl.advantages import (
+from agentrl.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageParams,
     TurnBatch,

@@ -13,9 +13,9 @@ import torch
 import agentrl  # noqa: F401  isort: skip
 from envs_for_tests import subprocess_env, tiny_run_args  # also registers test_letters
 
-from agentrl.engines.hf import HFEngine
 from agentrl.models import load_model, load_tokenizer
-from agentrl.rollout import RolloutConfig, RolloutManager
+from agentrl.rollout.engines.hf import HFEngine
+from agentrl.rollout.manager import RolloutConfig, RolloutManager
 
 
 def test_an_episode_samples_the_same_whatever_else_is_in_the_batch(tiny_model_path):

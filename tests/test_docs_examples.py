@@ -20,7 +20,7 @@ import pytest
 import agentrl
 from agentrl.cli import main
 from agentrl.config import Config, ConfigError, load_config
-from agentrl.rollout import RolloutConfig
+from agentrl.rollout.manager import RolloutConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -227,9 +227,9 @@ def logged_metric_names() -> list[tuple[str, ...]]:
     update.py), found by calling the loss functions on a tiny batch."""
     import torch
 
-    from agentrl.losses import POLICY_LOSSES, LossTotals, PolicyLossParams, truncated_is_weights
-    from agentrl.rollout import PER_CALL_SETTINGS
-    from agentrl.trajectory import END_REASONS
+    from agentrl.algorithms.losses import POLICY_LOSSES, LossTotals, PolicyLossParams, truncated_is_weights
+    from agentrl.rollout.manager import PER_CALL_SETTINGS
+    from agentrl.rollout.trajectory import END_REASONS
 
     names: set[tuple[str, ...]] = set()
     for path in (ROOT / "agentrl").rglob("*.py"):

@@ -9,11 +9,11 @@ import pytest
 
 import agentrl  # noqa: F401  isort: skip
 from agentrl.cli import main
-from agentrl.engines.hf import HFEngine
 from agentrl.models import load_model
-from agentrl.rollout import RolloutConfig, RolloutManager
-from agentrl.sft import oracle_reply, successful_episodes
-from agentrl.trajectory import write_jsonl
+from agentrl.rollout.engines.hf import HFEngine
+from agentrl.rollout.manager import RolloutConfig, RolloutManager
+from agentrl.rollout.trajectory import write_jsonl
+from agentrl.training.sft import oracle_reply, successful_episodes
 
 
 @pytest.fixture()

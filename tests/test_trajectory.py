@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_fixtures import make_step  # noqa: E402
 
-from agentrl.trajectory import (  # noqa: E402
+from agentrl.rollout.trajectory import (  # noqa: E402
     MAX_DEPTH,
     RecordError,
     Trajectory,

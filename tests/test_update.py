@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from agentrl.config import load_config
-from agentrl.distributed import init_distributed
-from agentrl.losses import token_logprobs
-from agentrl.policy import autocast_for, build_policy, engine_dtype_for, split_lm
-from agentrl.trajectory import Sample, Trajectory
-from agentrl.update import update
+from agentrl.rollout.logprobs import token_logprobs
+from agentrl.rollout.trajectory import Sample, Trajectory
+from agentrl.training.distributed import init_distributed
+from agentrl.training.policy import autocast_for, build_policy, engine_dtype_for, split_lm
+from agentrl.training.update import update
 
 
 def _batch(model: torch.nn.Module, shift: float, n: int = 4, length: int = 40) -> list[Trajectory]:

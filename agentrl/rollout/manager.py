@@ -1,7 +1,7 @@
 """``RolloutManager``: let a model play text envs in batches, turn after turn, token-exact.
 
 One call to :meth:`RolloutManager.rollout` plays ``len(seeds) x group_size`` episodes (every episode
-of a group gets the same env seed) and returns one :class:`~agentrl.trajectory.Trajectory` each.
+of a group gets the same env seed) and returns one :class:`~agentrl.rollout.trajectory.Trajectory` each.
 
 Each turn, for all live episodes at once:
 
@@ -16,7 +16,7 @@ Context modes:
 - ``full`` (default): an episode is one token stream. The next turn's context is the previous
   context + the sampled tokens + the template's delta for the new observation, so the tokens
   trained on are exactly the tokens the model saw and sampled. Needs an append-only template
-  (:class:`~agentrl.chat.ChatFormat` probes it); otherwise the manager warns once and uses ``window``.
+  (:class:`~agentrl.rollout.chat.ChatFormat` probes it); otherwise the manager warns once and uses ``window``.
 - ``window``: each turn is rendered afresh from the system prompt, the last ``history_turns`` turns
   (``-1`` = all) and the new observation, and becomes its own sample. Exact too: each sample holds the
   prompt the model saw and the tokens it sampled.
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium
 
-from agentrl.chat import ChatFormat, Message, TemplateError
-from agentrl.engines.base import Engine, Generation, SamplingParams
-from agentrl.registry import make
-from agentrl.trajectory import Sample, Trajectory, Turn
+from agentrl.envs.registry import make
+from agentrl.rollout.chat import ChatFormat, Message, TemplateError
+from agentrl.rollout.engines.base import Engine, Generation, SamplingParams
+from agentrl.rollout.trajectory import Sample, Trajectory, Turn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -231,7 +231,7 @@ class RolloutManager:
     """Plays envs with an engine and returns token-exact trajectories.
 
     Args:
-        engine: anything implementing :class:`~agentrl.engines.base.Engine`.
+        engine: anything implementing :class:`~agentrl.rollout.engines.base.Engine`.
         tokenizer: the policy's tokenizer (chat template required).
         env_name: registered env name; ``env_kwargs`` are passed to ``agentrl.make``.
         config: :class:`RolloutConfig`.

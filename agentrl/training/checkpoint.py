@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agentrl.curriculum import CurriculumState
+from agentrl.training.curriculum import CurriculumState
 
 STATE_FILE = "trainer_state.json"
 

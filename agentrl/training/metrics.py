@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
-from agentrl.advantages import group_reward_stats
-from agentrl.rewards import reasoning_behaviour_counts
-from agentrl.trajectory import Trajectory
+from agentrl.algorithms.advantages import group_reward_stats
+from agentrl.algorithms.rewards import reasoning_behaviour_counts
+from agentrl.rollout.trajectory import Trajectory
 
 
 def _mean(values: Sequence[float]) -> float:

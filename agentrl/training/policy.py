@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from agentrl.config import Config, ConfigError, configs_dir
-from agentrl.engines import Engine, EngineSetup, start_engine
 from agentrl.models import load_model, load_tokenizer, resolve_model_path
+from agentrl.rollout.engines import Engine, EngineSetup, start_engine
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 An engine never sees text. The rollout manager templates and tokenizes; the engine samples.
 A third engine is one file implementing this protocol plus one line in ``ENGINES``
-(:mod:`agentrl.engines`); callers read what an engine can do from its :class:`EngineCapabilities`,
+(:mod:`agentrl.rollout.engines`); callers read what an engine can do from its :class:`EngineCapabilities`,
 never by probing for methods.
 """
 

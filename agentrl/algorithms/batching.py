@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from agentrl.advantages import TurnBatch, observation_key
-from agentrl.trajectory import Sample, Trajectory
+from agentrl.algorithms.advantages import TurnBatch, observation_key
+from agentrl.rollout.trajectory import Sample, Trajectory
 
 
 def turn_batch(trajectories: Sequence[Trajectory], bonus: torch.Tensor | None = None) -> TurnBatch:

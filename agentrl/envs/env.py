@@ -108,10 +108,10 @@ HOSTILE_ACTIONS: tuple[str, ...] = (
 
 def _check_spaces(env: gymnasium.Env) -> None:
     assert isinstance(env.observation_space, spaces.Text), (
-        f"{type(env).__name__}.observation_space must be gymnasium.spaces.Text (use agentrl.env.text_space())"
+        f"{type(env).__name__}.observation_space must be gymnasium.spaces.Text (use agentrl.envs.env.text_space())"
     )
     assert isinstance(env.action_space, spaces.Text), (
-        f"{type(env).__name__}.action_space must be gymnasium.spaces.Text (use agentrl.env.text_space())"
+        f"{type(env).__name__}.action_space must be gymnasium.spaces.Text (use agentrl.envs.env.text_space())"
     )
 
 

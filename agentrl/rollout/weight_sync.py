@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from agentrl.engines.base import Engine
-from agentrl.losses import token_logprobs
-from agentrl.trajectory import Trajectory
+from agentrl.rollout.engines.base import Engine
+from agentrl.rollout.logprobs import token_logprobs
+from agentrl.rollout.trajectory import Trajectory
 
 
 class WeightSyncError(RuntimeError):

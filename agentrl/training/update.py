@@ -1,6 +1,6 @@
 """One rollout batch's policy update: epochs, mini-batches, token-packed micro-batches, DeepSpeed steps.
 
-Losses come from :mod:`agentrl.losses` by name; normalisers (``LossTotals``) are over the whole
+Losses come from :mod:`agentrl.algorithms.losses` by name; normalisers (``LossTotals``) are over the whole
 mini-batch on every rank, so micro-batch and rank losses add up to exactly the mini-batch loss.
 """
 
@@ -12,10 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agentrl.batching import MicroBatch, pack_micro_batches
-from agentrl.config import Config
-from agentrl.distributed import World, all_reduce_max, all_reduce_sum, gather_objects
-from agentrl.losses import (
+from agentrl.algorithms.batching import MicroBatch, pack_micro_batches
+from agentrl.algorithms.losses import (
     LossTotals,
     entropy_from_logits,
     get_aggregation,
@@ -23,11 +21,13 @@ from agentrl.losses import (
     kl_coef_at,
     kl_penalty,
     masked_mean,
-    token_logprobs,
     truncated_is_weights,
 )
-from agentrl.policy import Policy
-from agentrl.trajectory import Sample, Trajectory
+from agentrl.config import Config
+from agentrl.rollout.logprobs import token_logprobs
+from agentrl.rollout.trajectory import Sample, Trajectory
+from agentrl.training.distributed import World, all_reduce_max, all_reduce_sum, gather_objects
+from agentrl.training.policy import Policy
 
 
 @dataclass

@@ -25,7 +25,7 @@ What vLLM does to its host process, and what this file undoes (measured on the C
   otherwise keep a stale packed copy).
 
 A LoRA policy arrives here as full weights under the base model's names, its adapters merged by
-``agentrl.weight_sync.policy_weights``: this engine never sees an adapter (docs/engines.md, "LoRA").
+``agentrl.rollout.weight_sync.policy_weights``: this engine never sees an adapter (docs/engines.md, "LoRA").
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from agentrl.engines.base import EngineCapabilities, Generation, SamplingParams
-from agentrl.engines.watchdog import EngineTimeout, deadline
+from agentrl.rollout.engines.base import EngineCapabilities, Generation, SamplingParams
+from agentrl.rollout.engines.watchdog import EngineTimeout, deadline
 
 if TYPE_CHECKING:
-    from agentrl.engines import EngineSetup
+    from agentrl.rollout.engines import EngineSetup
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _repack_embedding_gemms(model: Any) -> int:
 
 
 class VLLMEngine:
-    """The :class:`~agentrl.engines.base.Engine` protocol on top of ``vllm.LLM``.
+    """The :class:`~agentrl.rollout.engines.base.Engine` protocol on top of ``vllm.LLM``.
 
     Contract:
 
@@ -180,7 +180,7 @@ class VLLMEngine:
       has no sleep mode) they do nothing. ``1`` offloads weights and drops the KV cache; ``2`` drops
       both, after which the engine refuses to generate until :meth:`update_weights`.
     * ``generate_timeout_s`` bounds every call into vLLM: a stuck engine raises
-      :class:`~agentrl.engines.watchdog.EngineTimeout` naming the call instead of hanging the run.
+      :class:`~agentrl.rollout.engines.watchdog.EngineTimeout` naming the call instead of hanging the run.
 
     Colocation: under torchrun/DeepSpeed (``WORLD_SIZE`` and ``LOCAL_RANK`` set) with
     ``colocate=True``, every rank builds its own ``LLM`` in its own process
@@ -436,7 +436,7 @@ class VLLMEngine:
 
     def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
         """Log-prob (``T = 1``) of every token after the first of each prompt, under the engine's
-        current weights: what the trainer compares after a weight update (``agentrl.weight_sync``)."""
+        current weights: what the trainer compares after a weight update (``agentrl.rollout.weight_sync``)."""
         if any(len(p) < 2 for p in prompts):
             raise ValueError("prompt_logprobs needs prompts of at least two tokens")
         self.wake()

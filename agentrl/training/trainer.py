@@ -12,7 +12,7 @@ The loop in :func:`train` reads top to bottom; each phase is a small function be
 6. **collapse guard**: warn, stop or switch on StarPO-S filtering when groups stop giving a signal;
 7. **curriculum**: pick the next step's stage (env reset options, lr, temperature); checkpoint.
 
-Curriculum stage logic lives in :mod:`agentrl.curriculum`, collapse detection in :mod:`agentrl.collapse`.
+Curriculum stage logic lives in :mod:`agentrl.training.curriculum`, collapse detection in :mod:`agentrl.algorithms.collapse`.
 """
 
 from __future__ import annotations
@@ -26,18 +26,28 @@ from typing import Any
 
 import torch
 
-from agentrl import checkpoint as ckpt
-from agentrl.advantages import compute_advantages, select_groups_by_std
-from agentrl.batching import assign_advantages, turn_batch
-from agentrl.collapse import GuardDecision, decide, detect, signals
+from agentrl.algorithms.advantages import compute_advantages, select_groups_by_std
+from agentrl.algorithms.batching import assign_advantages, turn_batch
+from agentrl.algorithms.collapse import GuardDecision, decide, detect, signals
+from agentrl.algorithms.rewards import shaping_bonus
 from agentrl.config import Config, ConfigError
-from agentrl.curriculum import CurriculumState, advance, stage_at
-from agentrl.distributed import World, all_reduce_max, gather_objects, init_distributed, meet
-from agentrl.engines.base import Engine
-from agentrl.evaluate import run_eval, start_eval_config
-from agentrl.logger import RunLogger, read_metrics
-from agentrl.metrics import eval_metrics, rollout_metrics
-from agentrl.policy import (
+from agentrl.rollout.engines.base import Engine
+from agentrl.rollout.manager import PER_CALL_SETTINGS, RolloutManager
+from agentrl.rollout.trajectory import Trajectory, step_filename, write_jsonl
+from agentrl.rollout.weight_sync import (
+    WeightSyncError,
+    logprob_gap,
+    policy_weights,
+    probe_prompts,
+    sync_tolerance,
+)
+from agentrl.training import checkpoint as ckpt
+from agentrl.training.curriculum import CurriculumState, advance, stage_at
+from agentrl.training.distributed import World, all_reduce_max, gather_objects, init_distributed, meet
+from agentrl.training.evaluate import run_eval, start_eval_config
+from agentrl.training.logger import RunLogger, read_metrics
+from agentrl.training.metrics import eval_metrics, rollout_metrics
+from agentrl.training.policy import (
     Policy,
     build_engine,
     build_policy,
@@ -46,11 +56,7 @@ from agentrl.policy import (
     quiet_libraries,
     seed_everything,
 )
-from agentrl.rewards import shaping_bonus
-from agentrl.rollout import PER_CALL_SETTINGS, RolloutManager
-from agentrl.trajectory import Trajectory, step_filename, write_jsonl
-from agentrl.update import update
-from agentrl.weight_sync import WeightSyncError, logprob_gap, policy_weights, probe_prompts, sync_tolerance
+from agentrl.training.update import update
 
 
 @dataclass

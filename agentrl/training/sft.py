@@ -18,8 +18,8 @@ from pathlib import Path
 import gymnasium
 
 from agentrl.config import Config, ConfigError
-from agentrl.rollout import RolloutManager
-from agentrl.trajectory import Trajectory, read_jsonl, step_filename, write_jsonl
+from agentrl.rollout.manager import RolloutManager
+from agentrl.rollout.trajectory import Trajectory, read_jsonl, step_filename, write_jsonl
 
 
 def oracle_reply(think: bool, max_actions: int) -> Callable[[gymnasium.Env], str]:
@@ -90,13 +90,13 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, only_base_eval: bool 
 
     ``only_base_eval``: evaluate the starting model (step 0) and nothing after (a warm start: the RL
     run evaluates the fine-tuned model at its own step 0)."""
-    from agentrl import checkpoint as ckpt
-    from agentrl.evaluate import start_eval_config
-    from agentrl.logger import RunLogger
-    from agentrl.policy import build_engine, build_policy, seed_everything
-    from agentrl.trainer import check_model, evaluate_and_log, prepare_run_dir, save, set_up_process
-    from agentrl.update import update
-    from agentrl.weight_sync import policy_weights
+    from agentrl.rollout.weight_sync import policy_weights
+    from agentrl.training import checkpoint as ckpt
+    from agentrl.training.evaluate import start_eval_config
+    from agentrl.training.logger import RunLogger
+    from agentrl.training.policy import build_engine, build_policy, seed_everything
+    from agentrl.training.trainer import check_model, evaluate_and_log, prepare_run_dir, save, set_up_process
+    from agentrl.training.update import update
 
     # SFT is the trainer's update with the NLL loss: REINFORCE, advantage 1, no KL, every token counts.
     algo = replace(

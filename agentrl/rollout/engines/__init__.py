@@ -1,4 +1,4 @@
-"""Inference engines behind one protocol (:mod:`agentrl.engines.base`), chosen by name.
+"""Inference engines behind one protocol (:mod:`agentrl.rollout.engines.base`), chosen by name.
 
 ``ENGINES`` maps a name to ``"module:Class"``; the class is imported only when chosen (vLLM is an
 optional install). Every caller (training, in-loop eval, ``agentrl eval``, ``agentrl sft``, the
@@ -13,15 +13,15 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agentrl.engines.base import Engine, EngineCapabilities, Generation, SamplingParams
+from agentrl.rollout.engines.base import Engine, EngineCapabilities, Generation, SamplingParams
 
 if TYPE_CHECKING:
     import torch
 
 #: engine name -> "module:Class". Each class offers ``from_setup(setup, options) -> Engine``.
 ENGINES: dict[str, str] = {
-    "hf": "agentrl.engines.hf:HFEngine",
-    "vllm": "agentrl.engines.vllm:VLLMEngine",
+    "hf": "agentrl.rollout.engines.hf:HFEngine",
+    "vllm": "agentrl.rollout.engines.vllm:VLLMEngine",
 }
 #: Names accepted by ``engine.name``: the registered engines and ``auto``.
 ENGINE_CHOICES = ("auto", *ENGINES)
@@ -47,7 +47,7 @@ class EngineSetup:
     device: str = "cpu"
     lora: bool = False
     """The policy trains LoRA adapters. The ``hf`` engine samples through them; an engine with its
-    own weights (vLLM) receives them merged into full weights (``agentrl.weight_sync``)."""
+    own weights (vLLM) receives them merged into full weights (``agentrl.rollout.weight_sync``)."""
 
 
 def engine_class(name: str) -> type:
@@ -68,7 +68,7 @@ def start_engine(name: str, setup: EngineSetup, options: dict[str, dict[str, Any
     if name != "auto":
         engine = engine_class(name).from_setup(setup, options.get(name, {}))
         return engine, f"engine {name} (engine.name={name}){_start_note(engine)}"
-    # LoRA runs too: their push merges the adapters (agentrl.weight_sync), about as fast as a full one.
+    # LoRA runs too: their push merges the adapters (agentrl.rollout.weight_sync), about as fast as a full one.
     if importlib.util.find_spec("vllm") is None:
         reason = "vLLM is not installed (bash scripts/setup.sh installs it where it can)"
     else:

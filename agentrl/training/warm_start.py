@@ -20,10 +20,10 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from agentrl import checkpoint as ckpt
 from agentrl.config import Config
-from agentrl.sft import sft
-from agentrl.trainer import SET_UP_FILES, check_run_dir_free, train
+from agentrl.training import checkpoint as ckpt
+from agentrl.training.sft import sft
+from agentrl.training.trainer import SET_UP_FILES, check_run_dir_free, train
 
 #: The warm start's folder inside the RL run's.
 WARM_START = "warm_start"

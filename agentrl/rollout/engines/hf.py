@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from agentrl.engines.base import EngineCapabilities, Generation, SamplingParams
-from agentrl.losses import token_logprobs
+from agentrl.rollout.engines.base import EngineCapabilities, Generation, SamplingParams
+from agentrl.rollout.logprobs import token_logprobs
 
 if TYPE_CHECKING:
-    from agentrl.engines import EngineSetup
+    from agentrl.rollout.engines import EngineSetup
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

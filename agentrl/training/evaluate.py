@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.config import Config
-from agentrl.distributed import World
-from agentrl.metrics import eval_metrics
-from agentrl.rollout import RolloutManager
-from agentrl.trajectory import Trajectory, write_jsonl
+from agentrl.rollout.manager import RolloutManager
+from agentrl.rollout.trajectory import Trajectory, write_jsonl
+from agentrl.training.distributed import World
+from agentrl.training.metrics import eval_metrics
 
 
 def eval_seeds(cfg: Config) -> list[int]:
@@ -57,9 +57,9 @@ def start_eval_config(cfg: Config) -> Config:
 
 def evaluate(cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:
     """Load the configured model, play ``cfg.eval.episodes`` held-out seeds, return trajectories and metrics."""
-    from agentrl.engines import start_engine
     from agentrl.models import load_tokenizer, resolve_model_path
-    from agentrl.policy import device_for, engine_options, engine_setup
+    from agentrl.rollout.engines import start_engine
+    from agentrl.training.policy import device_for, engine_options, engine_setup
 
     path = resolve_model_path(cfg.model.path)
     device = device_for(cfg)
