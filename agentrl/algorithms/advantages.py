@@ -1,8 +1,8 @@
 """Advantage estimators: pure tensor functions, one per name, one shared signature.
 
 Every estimator is ``fn(batch: TurnBatch, params: AdvantageParams) -> Tensor (N,)``: one advantage
-per *turn*. The trainer broadcasts each turn's advantage to that turn's sampled tokens, and looks the
-estimator up by name (``ADVANTAGE_ESTIMATORS[params.estimator]`` or ``get_estimator``), so it never
+per *turn*. ``TurnBatch.from_trajectories`` builds the batch; :mod:`agentrl.algorithms.credit`
+broadcasts each turn's advantage to that turn's sampled tokens, and looks the estimator up by name (``ADVANTAGE_ESTIMATORS[params.estimator]`` or ``get_estimator``), so it never
 branches on the estimator. Formulas and references: docs/algorithms.md.
 
 Conventions shared by all estimators:
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from agentrl.rollout.trajectory import Trajectory
 from agentrl.suggest import lookup
 
 
@@ -164,6 +165,20 @@ class TurnBatch:
             turn=torch.tensor(turn, dtype=long),
             obs_key=torch.tensor(key, dtype=long),
         )
+
+    @classmethod
+    def from_trajectories(cls, trajectories: Sequence[Trajectory], bonus: Tensor | None = None) -> TurnBatch:
+        """One row per turn of every trajectory (episodes without turns get one zero-reward row),
+        keyed by observation for GiGPO; ``bonus`` (B,) is added to each episode's last turn (reward
+        shaping)."""
+        rewards, groups, keys = [], [], []
+        for traj in trajectories:
+            turns = traj.turns or []
+            rewards.append([t.reward for t in turns] or [0.0])
+            groups.append(traj.group)
+            keys.append([observation_key(t.observation) for t in turns] or [observation_key("")])
+        batch = cls.from_episodes(rewards, groups, obs_keys=keys)
+        return batch if bonus is None else batch.add_to_last_turn(bonus)
 
 
 @dataclass

@@ -1,9 +1,8 @@
-"""From trajectories to training tensors: turn advantages onto tokens, samples into micro-batches.
+"""Samples into micro-batches: :func:`pack_micro_batches` groups samples (their per-token advantages
+already written by :mod:`agentrl.algorithms.credit`) into padded tensors of at most ``max_tokens``
+tokens, shifted for next-token prediction. Pure data plumbing, no model.
 
-Pure data plumbing, no model: the trainer calls :func:`turn_batch` to build the advantage
-estimators' input, :func:`assign_advantages` to spread each turn's advantage over the tokens the
-model sampled in that turn, and :func:`pack_micro_batches` to group samples into padded batches of
-at most ``max_tokens`` tokens.
+May import: :mod:`agentrl.rollout.trajectory`.
 """
 
 from __future__ import annotations
@@ -13,41 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from agentrl.algorithms.advantages import TurnBatch, observation_key
-from agentrl.rollout.trajectory import Sample, Trajectory
-
-
-def turn_batch(trajectories: Sequence[Trajectory], bonus: torch.Tensor | None = None) -> TurnBatch:
-    """One row per turn of every trajectory (episodes without turns get one zero-reward row).
-
-    ``bonus`` (B,) is added to each episode's last turn (reward shaping).
-    """
-    rewards, groups, keys = [], [], []
-    for traj in trajectories:
-        turns = traj.turns or []
-        rewards.append([t.reward for t in turns] or [0.0])
-        groups.append(traj.group)
-        keys.append([observation_key(t.observation) for t in turns] or [observation_key("")])
-    batch = TurnBatch.from_episodes(rewards, groups, obs_keys=keys)
-    if bonus is not None:
-        batch = batch.add_to_last_turn(bonus)
-    return batch
-
-
-def assign_advantages(trajectories: Sequence[Trajectory], batch: TurnBatch, advantages: torch.Tensor) -> None:
-    """Write per-token advantages into each sample: a turn's value on its sampled tokens, 0 elsewhere."""
-    per_episode: dict[tuple[int, int], float] = {}
-    for row in range(batch.num_turns):
-        per_episode[(int(batch.episode[row]), int(batch.turn[row]))] = float(advantages[row])
-    for e, traj in enumerate(trajectories):
-        for sample in traj.samples:
-            sample.advantages = [0.0] * len(sample.token_ids)
-        for t, turn in enumerate(traj.turns):
-            value = per_episode.get((e, t), 0.0)
-            sample = traj.samples[turn.sample]
-            start, end = turn.response_span
-            for i in range(start, end):
-                sample.advantages[i] = value if sample.loss_mask[i] else 0.0
+from agentrl.rollout.trajectory import Sample
 
 
 @dataclass

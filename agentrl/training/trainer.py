@@ -26,10 +26,8 @@ from typing import Any
 
 import torch
 
-from agentrl.algorithms.advantages import compute_advantages, select_groups_by_std
-from agentrl.algorithms.batching import assign_advantages, turn_batch
 from agentrl.algorithms.collapse import GuardDecision, decide, detect, signals
-from agentrl.algorithms.rewards import shaping_bonus
+from agentrl.algorithms.credit import Credit, assign_credit
 from agentrl.config import Config, ConfigError
 from agentrl.rollout.engines.base import Engine
 from agentrl.rollout.manager import PER_CALL_SETTINGS, RolloutManager
@@ -144,12 +142,14 @@ def train(cfg: Config, resume: bool = False) -> Path:
             meet(world, f"the end of step {step}'s rollout")
 
             # ---- 2. rewards -> advantages -> tokens ---------------------------------------------
-            selected, adv_metrics = _assign_advantages(cfg, trajectories, state.keep_group_fraction, stage)
-            metrics.update(adv_metrics)
+            credit = assign_step_credit(cfg, trajectories, state.keep_group_fraction, stage)
+            metrics.update(credit.metrics)
 
             # ---- 3. policy update ---------------------------------------------------------------
             t0 = time.perf_counter()
-            metrics.update(update(cfg, policy, selected, step, world, stage.temperature, behaviour_is=tis))
+            metrics.update(
+                update(cfg, policy, credit.selected, step, world, stage.temperature, behaviour_is=tis)
+            )
             metrics["timing/update_s"] = time.perf_counter() - t0
             metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
                 metrics["timing/update_s"], 1e-9
@@ -477,40 +477,23 @@ def _offset_groups(trajectories: list[Trajectory], cfg: Config, world: World) ->
 
 
 # ------------------------------------------------------------------------------------------------
-# Advantages
+# Credit
 # ------------------------------------------------------------------------------------------------
 
 
-def _assign_advantages(
+def assign_step_credit(
     cfg: Config, trajectories: list[Trajectory], keep_group_fraction: float, stage: Stage | None = None
-) -> tuple[list[Trajectory], dict[str, float]]:
-    """Shape rewards, compute per-turn advantages, write them onto tokens; StarPO-S group filter
-    keeping the top ``keep_group_fraction`` of groups by in-group reward std. ``stage``: the step's
-    curriculum stage, whose reply budget is the cosine reward's default ``L_max``."""
-    shaping = cfg.algo.shaping
-    bonus = None
-    if shaping.enabled:
-        limits = _stage_limits(cfg, stage)
-        bonus = shaping_bonus(
-            ["\n".join(t.reply for t in traj.turns) for traj in trajectories],
-            torch.tensor([traj.num_sampled_tokens for traj in trajectories], dtype=torch.float32),
-            torch.tensor([traj.success for traj in trajectories]),
-            torch.tensor([traj.group for traj in trajectories]),
-            shaping,
-            max_tokens=limits["max_new_tokens"] * limits["max_turns"],
-        )
-    batch = turn_batch(trajectories, bonus)
-    advantages = compute_advantages(batch, cfg.algo.advantage)
-    assign_advantages(trajectories, batch, advantages)
-    metrics = {"train/advantage_abs_mean": float(advantages.abs().mean()) if advantages.numel() else 0.0}
-    if bonus is not None:
-        metrics["train/shaping_bonus"] = float(bonus.mean())
-    selected = trajectories
-    if keep_group_fraction < 1.0:
-        keep = select_groups_by_std(batch.episode_return(), batch.episode_group(), keep_group_fraction)
-        selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
-    metrics["train/kept_episode_fraction"] = len(selected) / max(1, len(trajectories))
-    return selected, metrics
+) -> Credit:
+    """The step's credit (:func:`agentrl.algorithms.credit.assign_credit`) with the run's settings;
+    ``stage``: the step's curriculum stage, whose reply budget is the cosine reward's default ``L_max``."""
+    limits = _stage_limits(cfg, stage)
+    return assign_credit(
+        trajectories,
+        cfg.algo.advantage,
+        cfg.algo.shaping,
+        keep_group_fraction,
+        max_reply_tokens=limits["max_new_tokens"] * limits["max_turns"],
+    )
 
 
 # ------------------------------------------------------------------------------------------------
