@@ -41,6 +41,7 @@ from agentrl.envs.registry import make
 from agentrl.rollout.chat import ChatFormat, Message, TemplateError
 from agentrl.rollout.engines.base import Engine, Generation, SamplingParams
 from agentrl.rollout.trajectory import Sample, Trajectory, Turn
+from agentrl.suggest import not_one_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -97,6 +98,46 @@ class RolloutConfig:
     """Threads stepping envs (1: in the calling thread)."""
     show_turn_info: bool = True
     """Tell the model the previous reward and the turns left in each user message."""
+
+    def problems(self, prefix: str = "rollout.") -> list[str]:
+        """What is wrong with these settings, each with its fix (empty: nothing). The limits a
+        curriculum stage may lower are checked against these by the config (``agentrl.config``)."""
+        out = [
+            message
+            for key, value, choices in (
+                ("context_mode", self.context_mode, ["full", "window", "single"]),
+                ("answer_format", self.answer_format, ["tags", "raw"]),
+                ("context_overflow", self.context_overflow, ["end", "truncate"]),
+            )
+            if (message := not_one_of(prefix + key, value, choices))
+        ]
+        out += [
+            f"{prefix}{key} must be positive, got {getattr(self, key)}"
+            for key in ("group_size", "max_turns", "max_new_tokens")
+            if getattr(self, key) <= 0
+        ]
+        fits = reply_fit_problem(
+            f"{prefix}max_new_tokens",
+            self.max_new_tokens,
+            f"{prefix}max_context_tokens",
+            self.max_context_tokens,
+        )
+        return out + ([fits] if fits else [])
+
+
+def reply_fit_problem(
+    new_key: str, max_new_tokens: int, context_key: str, max_context_tokens: int, where: str = ""
+) -> str | None:
+    """A full reply budget must leave room for a prompt in the context (the rule for the run's
+    ``rollout.*`` and for every curriculum stage's own limits); the message when it does not."""
+    if max_new_tokens < max_context_tokens:
+        return None
+    how = "exceeds" if max_new_tokens > max_context_tokens else "equals"
+    return (
+        f"{new_key}={max_new_tokens} {how} {context_key}={max_context_tokens}{where}, leaving no room for "
+        "the prompt (an episode whose prompt and full reply do not fit ends at once, end reason "
+        "context_limit): raise the context or lower the reply budget"
+    )
 
 
 #: The :class:`RolloutConfig` fields one :meth:`RolloutManager.rollout` call may override
