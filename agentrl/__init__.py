@@ -1,6 +1,8 @@
 """agentrl: train LLM agents with reinforcement learning on multi-turn text environments.
 
 ``import agentrl`` stays light (no torch): the env layer, the registry and the trajectory format.
+
+May import: agentrl.envs and agentrl.rollout.trajectory only (the public API; no torch).
 """
 
 from agentrl.envs.env import TextEnv, check_env, text_space

@@ -2,6 +2,9 @@
 
 Heavy modules (torch, transformers, deepspeed) are imported inside the commands that need them,
 so ``agentrl envs list`` and ``agentrl play`` start instantly.
+
+May import: training, config, algorithms, replay, rollout, envs, models, suggest, seeds (the layers
+below it; lint-imports checks).
 """
 
 from __future__ import annotations
@@ -181,7 +184,7 @@ def _no_folder_left_on_failed_start(run_dir, resume: bool) -> Iterator[None]:
     except BaseException:
         # Rank 0 wrote the folder; the other ranks leave it to it.
         if fresh and os.environ.get("RANK", "0") == "0":
-            from agentrl.training.trainer import discard_failed_start
+            from agentrl.training.run import discard_failed_start
 
             discard_failed_start(run_dir)
         raise

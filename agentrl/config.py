@@ -3,6 +3,9 @@
 ``load_config`` builds a :class:`Config` from (in order) the defaults, a YAML recipe, the CLI's
 shortcuts (``--env``, ``--model``) and ``--set a.b=value`` overrides, then validates the whole tree
 before any work starts. Unknown keys and wrong types fail naming the key and the closest valid one.
+
+May import: algorithms, replay, rollout, envs, models, suggest, seeds (the layers below it;
+lint-imports checks).
 """
 
 from __future__ import annotations

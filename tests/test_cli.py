@@ -267,7 +267,7 @@ def test_only_a_folder_the_failed_start_wrote_is_removed(tmp_path, capsys, monke
 
 
 def test_a_run_with_results_is_never_discarded(tmp_path):
-    from agentrl.training.trainer import discard_failed_start
+    from agentrl.training.run import discard_failed_start
 
     run = tmp_path / "run"
     (run / "tb").mkdir(parents=True)

@@ -15,6 +15,9 @@ Conventions shared by all estimators:
 
 Register a new estimator by adding it to ``ADVANTAGE_ESTIMATORS``; it must take and return the same
 types as the built-in ones.
+
+May import: rollout, envs, models, suggest, seeds (the stages below agentrl.algorithms; lint-imports
+checks).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ section; a signal counts only when it held on each of the last ``patience`` step
 - ``train/instruction_echo_rate >= warn_instruction_echo``: replies repeat the instructions' wording;
 - ``train/distinct_replies_across_puzzles < warn_distinct_across_puzzles``: different puzzles get
   the same reply (the policy ignores its input).
+
+May import: rollout, envs, models, suggest, seeds (the stages below agentrl.algorithms; lint-imports
+checks).
 """
 
 from __future__ import annotations

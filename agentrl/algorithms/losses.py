@@ -14,6 +14,9 @@ Aggregations divide by ``LossTotals`` of the whole *mini-batch* (one optimizer s
 micro-batch at hand, so the losses of the micro-batches sum to the mini-batch loss: the trainer just
 calls ``backward`` on each micro-batch loss and steps once. Formulas and references:
 docs/algorithms.md.
+
+May import: rollout, envs, models, suggest, seeds (the stages below agentrl.algorithms; lint-imports
+checks).
 """
 
 from __future__ import annotations

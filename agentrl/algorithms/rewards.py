@@ -10,6 +10,9 @@
 
 The trainer adds ``shaping_bonus`` to each episode's last-turn reward
 (``TurnBatch.add_to_last_turn``) before computing advantages. Formulas: docs/algorithms.md.
+
+May import: rollout, envs, models, suggest, seeds (the stages below agentrl.algorithms; lint-imports
+checks).
 """
 
 from __future__ import annotations

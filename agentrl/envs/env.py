@@ -5,6 +5,8 @@ An agentrl env is a plain :class:`gymnasium.Env` whose observations and actions 
 contract; subclass it and implement ``reset`` and ``step`` as in any Gymnasium env.
 
 Importing this module never imports torch: envs stay light.
+
+May import: suggest, seeds (the stages below agentrl.envs; lint-imports checks).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Envs come from three places, all through :func:`register`:
   zero-argument function (or a module) that calls ``register``. agentrl's own built-in envs are
   declared this way, exactly like a third-party package's;
 - each spec may also name a Gymnasium id (``agentrl/Sokoban-v0``), so ``gymnasium.make`` works too.
+
+May import: env (in agentrl.envs), and suggest, seeds (lint-imports checks).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ No file content can make a method raise: step files are read by ``agentrl.rollou
 which returns only records that follow the schema (so every field has the type the page expects)
 and a warning for each line it skipped; metrics and config are read as leniently. What cannot be
 read becomes a warning in the response, shown in the page's warning bar.
+
+May import: agentrl.rollout.trajectory only; light (no torch).
 """
 
 from __future__ import annotations

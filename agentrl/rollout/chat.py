@@ -10,6 +10,8 @@ Everything here is derived from the tokenizer's own chat template by rendering p
 - whether the template is **append-only** (rendering turn k+1 extends rendering turn k token for
   token). Templates that rewrite earlier turns (for example dropping earlier ``<think>`` blocks)
   are not, and the rollout manager then falls back to re-rendering each turn as its own sample.
+
+May import: envs, models, suggest, seeds (the stages below agentrl.rollout; lint-imports checks).
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Context modes:
   (``-1`` = all) and the new observation, and becomes its own sample. Exact too: each sample holds the
   prompt the model saw and the tokens it sampled.
 - ``single``: ``window`` with no history (each turn sees only the current observation).
+
+May import: engines, chat, trajectory, logprobs (in agentrl.rollout), and envs, models, suggest,
+seeds (lint-imports checks).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from agentrl.envs.registry import make
 from agentrl.rollout.chat import ChatFormat, Message, TemplateError
 from agentrl.rollout.engines.base import Engine, Generation, SamplingParams
 from agentrl.rollout.trajectory import Sample, Trajectory, Turn
+from agentrl.seeds import episode_sampling_seed, format_example_seed
 from agentrl.suggest import not_one_of
 
 if TYPE_CHECKING:
@@ -249,8 +253,7 @@ def episode_seed(sampling_seed: int, e: _Episode, turn: int) -> int:
     """The sampling seed of one episode's turn: a function of the step's seed, the env seed, the
     episode's place in its group and the turn only, so it does not depend on batch composition
     (1 rank or N, which episodes are still alive)."""
-    index = e.traj.episode_id % e.group_size
-    return (sampling_seed * 1_000_003 + e.traj.seed * 7_919 + index * 131 + turn) % (2**63)
+    return episode_sampling_seed(sampling_seed, e.traj.seed, e.traj.episode_id % e.group_size, turn)
 
 
 @dataclass
@@ -329,7 +332,7 @@ class RolloutManager:
         (RAGEN's Echo Trap, seen here with the fixed example ``Up || Left``)."""
         if not (self.config.vary_format_example and self._valid_actions):
             return self.system_prompt
-        rng = random.Random(seed * 7_919 + 17)
+        rng = random.Random(format_example_seed(seed))
         k = rng.randint(1, min(2, self.max_actions))
         return self._system_prompt(" || ".join(rng.choice(self._valid_actions) for _ in range(k)))
 
@@ -340,7 +343,8 @@ class RolloutManager:
             env.close()
 
     # -- public API ---------------------------------------------------------------------------
-    def rollout(
+    # Keyword-only settings of one call, each with a default: a structure would only rename them.
+    def rollout(  # noqa: PLR0913
         self,
         seeds: Sequence[int],
         *,

@@ -15,6 +15,8 @@ the type of every field, then :func:`check_trajectory` checks what types cannot 
 their sample, one mask value and one log-prob per token). Whoever reads a run (the viewer, the
 export, ``agentrl sft --from``, scripts) gets records it can use without further checks, and a line
 that is not one is skipped with a warning naming the file, the line and the field.
+
+May import: envs, models, suggest, seeds (the stages below agentrl.rollout; lint-imports checks).
 """
 
 from __future__ import annotations

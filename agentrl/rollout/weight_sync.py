@@ -10,6 +10,9 @@ A LoRA policy (peft) is pushed as merged full weights under the base model's nam
 layer's ``W + scaling * B @ A`` is computed as the engine reads it, without touching the training
 module (peft's in-place merge and unmerge would leave float rounding in ``W`` at every step). The
 check then compares the engine with the trainer's adapted forward pass.
+
+May import: engines, chat, trajectory, logprobs (in agentrl.rollout), and envs, models, suggest,
+seeds (lint-imports checks).
 """
 
 from __future__ import annotations

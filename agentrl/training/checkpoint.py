@@ -10,6 +10,9 @@ Layout of ``runs/NAME/checkpoints/step_000123/``:
 
 Everything is written into a hidden temp folder first and renamed into place, so a crash in the
 middle of a save leaves the previous checkpoint as the latest usable one.
+
+May import: curriculum, distributed (in agentrl.training), and config, algorithms, replay, rollout,
+envs, models, suggest, seeds (lint-imports checks).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ options, step budget and optionally lr and sampling temperature. Two ways to mov
   whose ``steps`` are spent moves on as well, so the run always reaches the last stage. Every
   change empties the window and restarts the stage's step count. :func:`advance` is that rule.
   The run length stays ``train.steps`` = the sum of the stages' steps.
+
+May import: config, algorithms, replay, rollout, envs, models, suggest, seeds (the stages below
+agentrl.training; lint-imports checks).
 """
 
 from __future__ import annotations

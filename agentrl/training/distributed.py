@@ -2,6 +2,9 @@
 
 A plain ``agentrl train`` is a world of one process; under ``deepspeed``, ``torchrun`` or
 ``accelerate launch`` the launcher's environment variables (RANK, WORLD_SIZE...) are used as is.
+
+May import: config, algorithms, replay, rollout, envs, models, suggest, seeds (the stages below
+agentrl.training; lint-imports checks).
 """
 
 from __future__ import annotations

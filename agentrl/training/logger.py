@@ -1,4 +1,8 @@
-"""Run output: TensorBoard scalars and text, ``metrics.jsonl``, the console progress bar. Rank 0 only."""
+"""Run output: TensorBoard scalars and text, ``metrics.jsonl``, the console progress bar. Rank 0 only.
+
+May import: curriculum, distributed (in agentrl.training), and config, algorithms, replay, rollout,
+envs, models, suggest, seeds (lint-imports checks).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from agentrl.rollout.trajectory import Trajectory
 
 #: The numbers shown on the progress bar, in order, with their short labels.
 PROGRESS_KEYS = (
@@ -115,3 +121,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def render_sample(traj: Trajectory) -> str:
+    """One episode as plain text for the log's ``samples/*`` entries: each turn's observation and reply."""
+    lines = [
+        f"env {traj.env} seed {traj.seed} reward {traj.reward:+.2f} success {traj.success} end {traj.end_reason}"
+    ]
+    for i, turn in enumerate(traj.turns):
+        lines += [f"--- turn {i} observation", turn.observation, "--- reply", turn.reply]
+        lines.append(f"actions {turn.actions} reward {turn.reward:+.2f} {turn.format_error or ''}")
+    return "\n".join(lines)

@@ -2,6 +2,9 @@
 
 Every rate is over all episodes (or all turns) given, never an average of averages, so metrics
 gathered from several ranks aggregate exactly.
+
+May import: curriculum, distributed (in agentrl.training), and config, algorithms, replay, rollout,
+envs, models, suggest, seeds (lint-imports checks).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 :func:`build_policy` loads the model (the offline default, a folder, a run's checkpoint), adds LoRA
 or a frozen reference for the KL term, and wraps it in DeepSpeed with AdamW, the LR schedule and the
 ZeRO recipe from ``configs/deepspeed/``. Shared by ``train`` and ``sft``.
+
+May import: checkpoint, metrics, logger, curriculum, distributed (in agentrl.training), and config,
+algorithms, replay, rollout, envs, models, suggest, seeds (lint-imports checks).
 """
 
 from __future__ import annotations

@@ -1,23 +1,30 @@
-"""``train(cfg)``: roll out, score, compute advantages, update with DeepSpeed, log, evaluate, save.
+"""``train(cfg)``: the RL loop, a handful of named phases called in order, each a function below.
 
-The loop in :func:`train` reads top to bottom; each phase is a small function below it. One step:
+Set-up (:func:`start_run`) builds the policy, the engine, the rollout manager and the logger, and
+restores the loop's state on resume. Then each step:
 
-1. **rollout**: ``n_groups x group_size`` episodes (a group shares one env seed) with the engine;
-2. **advantages**: shaped episode rewards -> per-turn advantages (estimator by name) -> onto the
-   sampled tokens of each turn; StarPO-S keeps the top groups by in-group reward std;
-3. **update**: ``ppo_epochs`` passes, each split into ``mini_batches`` optimizer steps, each a
-   sum of micro-batches of at most ``micro_batch_tokens`` tokens (DeepSpeed accumulates);
-4. **sync** the engine's weights (a no-op for the ``hf`` engine, which shares the module);
-5. **log** metrics, trajectories and samples; evaluate when due;
-6. **collapse guard**: warn, stop or switch on StarPO-S filtering when groups stop giving a signal;
-7. **curriculum**: pick the next step's stage (env reset options, lr, temperature); checkpoint.
+1. **stage**: the curriculum stage of the step sets env options, lr and temperature;
+2. **roll out** (:func:`roll_out`): ``n_groups x group_size`` episodes (a group shares one env seed);
+3. **credit** (:func:`assign_step_credit`): shaped rewards -> per-turn advantages -> the sampled
+   tokens of each turn; StarPO-S keeps the top groups by in-group reward std;
+4. **update** (:func:`update_policy`): ``ppo_epochs`` passes of ``mini_batches`` optimizer steps,
+   each a sum of micro-batches of at most ``micro_batch_tokens`` tokens (DeepSpeed accumulates);
+5. **sync** (:func:`sync_weights`) the engine's weights (a no-op for the ``hf`` engine);
+6. **score** (:func:`score_step`): the step's metrics over every rank's episodes, its trajectory file;
+7. **evaluate** (:func:`evaluate_if_due`) on the held-out seeds when due;
+8. **log** (:func:`guard_and_log`): the collapse guard decides (warn, stop, filter), the metrics are
+   written, the curriculum picks the next step's stage;
+9. **checkpoint** (:func:`checkpoint_if_due`) when due, on Ctrl-C and before a stop.
 
-Curriculum stage logic lives in :mod:`agentrl.training.curriculum`, collapse detection in :mod:`agentrl.algorithms.collapse`.
+Curriculum stage logic lives in :mod:`agentrl.training.curriculum`, collapse detection in
+:mod:`agentrl.algorithms.collapse`, the credit path in :mod:`agentrl.algorithms.credit`, what RL
+shares with SFT in :mod:`agentrl.training.run`.
+
+May import: every module of :mod:`agentrl.training` but ``sft`` and ``warm_start``, and the stages below.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from dataclasses import dataclass, field
@@ -26,6 +33,7 @@ from typing import Any
 
 import torch
 
+from agentrl import seeds
 from agentrl.algorithms.collapse import GuardDecision, decide, detect, signals
 from agentrl.algorithms.credit import Credit, assign_credit
 from agentrl.config import Config, ConfigError
@@ -41,19 +49,18 @@ from agentrl.rollout.weight_sync import (
 )
 from agentrl.training import checkpoint as ckpt
 from agentrl.training.curriculum import CurriculumState, advance, stage_at
-from agentrl.training.distributed import World, all_reduce_max, gather_objects, init_distributed, meet
-from agentrl.training.evaluate import run_eval, start_eval_config
-from agentrl.training.logger import RunLogger, read_metrics
-from agentrl.training.metrics import eval_metrics, rollout_metrics
+from agentrl.training.distributed import World, all_reduce_max, gather_objects, meet
+from agentrl.training.evaluate import evaluate_and_log, start_eval_config, success_text
+from agentrl.training.logger import RunLogger, read_metrics, render_sample
+from agentrl.training.metrics import rollout_metrics
 from agentrl.training.policy import (
     Policy,
     build_engine,
     build_policy,
-    device_for,
     engine_dtype_for,
-    quiet_libraries,
     seed_everything,
 )
+from agentrl.training.run import check_model, prepare_run_dir, save, set_up_process
 from agentrl.training.update import update
 
 
@@ -74,7 +81,62 @@ class Stage:
 
 def train(cfg: Config, resume: bool = False) -> Path:
     """Run (or resume) training as configured; return the run directory."""
-    # ---- set-up -------------------------------------------------------------------------------
+    run = start_run(cfg, resume)
+    try:
+        evaluate_at_start(run)
+        for step in range(run.start_step, cfg.train.steps + 1):
+            stage = begin_step(run, step)
+            trajectories, metrics = roll_out(run, step, stage)
+            credit = assign_step_credit(cfg, trajectories, run.state.keep_group_fraction, stage)
+            metrics.update(credit.metrics)
+            metrics.update(update_policy(run, credit.selected, step, stage))
+            metrics.update(sync_weights(cfg, run.engine, run.policy, trajectories, run.world))
+            metrics.update(score_step(run, step, trajectories, metrics))
+            metrics.update(evaluate_if_due(run, step, stage))
+            stop = guard_and_log(run, step, metrics)
+            checkpoint_if_due(run, step, stop)
+            if stop or run.ctrl_c.requested:
+                break
+        if run.world.is_main:
+            log_summary(run)
+    finally:
+        run.close()
+    return run.run_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# Set-up
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RLRun:
+    """Everything the loop's phases share: the config, the process, the run folder, the policy and
+    its engine, the rollout manager, the logger and the loop's state (:class:`TrainerState`)."""
+
+    cfg: Config
+    world: World
+    run_dir: Path
+    start_step: int
+    policy: Policy
+    engine: Engine
+    rollout: RolloutManager
+    log: RunLogger
+    state: ckpt.TrainerState
+    tis: bool
+    """Correct for the engine's numerics (truncated importance sampling, ``algo.tis``)."""
+    ctrl_c: _GracefulStop
+
+    def close(self) -> None:
+        self.ctrl_c.restore()
+        self.rollout.close()
+        self.engine.close()
+        self.log.close()
+
+
+def start_run(cfg: Config, resume: bool) -> RLRun:
+    """Set up the process, the run folder, the policy (restored on ``resume``), its engine, the
+    rollout manager and the logger."""
     check_model(cfg)
     device, world = set_up_process(cfg)
     if cfg.train.n_groups % world.size:
@@ -84,7 +146,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         )
     run_dir = Path(cfg.run.root) / cfg.run.name
     start_step = prepare_run_dir(run_dir, cfg, resume, world)
-    seed_everything(cfg.train.seed + world.rank)
+    seed_everything(seeds.rank_seed(cfg.train.seed, world.rank))
     policy = build_policy(cfg, device)
     state = ckpt.TrainerState(step=0, keep_group_fraction=cfg.algo.keep_group_fraction)
     if resume:
@@ -105,219 +167,132 @@ def train(cfg: Config, resume: bool = False) -> Path:
     # The engine's log-probs are the behaviour policy's; correct for its numerics where they differ
     # (another engine's kernels, or the trainer's own bf16 autocast against fp32 sampling).
     tis = cfg.algo.tis.enabled(engine.capabilities.same_numerics and policy.autocast is None)
-    stop = _GracefulStop(log)
-
-    try:
-        if cfg.eval.every and cfg.eval.at_start and start_step == 1:
-            log.log(
-                0,
-                evaluate_and_log(
-                    start_eval_config(cfg), rollout, run_dir, 0, log, world, _stage(cfg, state, 1).env_options
-                ),
-            )
-        for step in range(start_step, cfg.train.steps + 1):
-            metrics: dict[str, float] = {}
-
-            # ---- 0. curriculum: this step's stage sets env options, lr and temperature ---------
-            stage = _stage(cfg, state, step)
-            if stage.lr is not None:
-                _set_lr(policy, stage.lr)
-
-            # ---- 1. rollout: this rank's share of the step's groups ----------------------------
-            t0 = time.perf_counter()
-            engine.wake()
-            trajectories = rollout.rollout(
-                _train_seeds(cfg, step, world),
-                step=step,
-                sampling_seed=_step_seed(cfg, step, world),
-                temperature=stage.temperature,
-                reset_options=stage.env_options,
-                settings=stage.rollout,
-            )
-            engine.sleep()
-            _offset_groups(trajectories, cfg, world)
-            metrics["timing/rollout_s"] = time.perf_counter() - t0
-            # Rollouts are where ranks spend the longest apart: a rank that died or hangs there is
-            # named here, within train.dist_timeout_s, instead of surfacing as an anonymous timeout.
-            meet(world, f"the end of step {step}'s rollout")
-
-            # ---- 2. rewards -> advantages -> tokens ---------------------------------------------
-            credit = assign_step_credit(cfg, trajectories, state.keep_group_fraction, stage)
-            metrics.update(credit.metrics)
-
-            # ---- 3. policy update ---------------------------------------------------------------
-            t0 = time.perf_counter()
-            metrics.update(
-                update(cfg, policy, credit.selected, step, world, stage.temperature, behaviour_is=tis)
-            )
-            metrics["timing/update_s"] = time.perf_counter() - t0
-            metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
-                metrics["timing/update_s"], 1e-9
-            )
-            if policy.device.type == "cuda":
-                # Peak of the rollout and the update together (the step's high-water mark).
-                metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(policy.device) / 2**30
-                torch.cuda.reset_peak_memory_stats(policy.device)
-
-            # ---- 4. the engine samples with the new weights -------------------------------------
-            metrics.update(sync_weights(cfg, engine, policy, trajectories, world))
-
-            # ---- 5. metrics, trajectories, evaluation ---------------------------------------------
-            all_trajs = [t for part in gather_objects(trajectories, world) for t in part]
-            metrics.update(rollout_metrics(all_trajs, "train", rollout.system_prompt))
-            sampled = sum(t.num_sampled_tokens for t in all_trajs)
-            metrics["perf/rollout_tokens_per_s"] = sampled / max(metrics["timing/rollout_s"], 1e-9)
-            if world.is_main:
-                write_jsonl(run_dir / "trajectories" / step_filename(step), all_trajs)
-                log.text(step, "samples/train", _render_sample(all_trajs[0]))
-            if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
-                metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world, stage.env_options))
-            if cfg.curriculum.stages:
-                metrics.update(stage_metrics(cfg, stage))
-
-            # ---- 6. collapse guard ------------------------------------------------------------
-            collapsed = _act_on(collapse_guard(cfg, state, metrics, step), state, metrics, log)
-            log.log(step, metrics)
-
-            # ---- 7. curriculum: the next step's stage; checkpoint -------------------------------
-            state.curriculum = _next_curriculum(cfg, state.curriculum, step, metrics, log)
-            state.step = step
-            if (
-                (cfg.run.save_every and step % cfg.run.save_every == 0)
-                or step == cfg.train.steps
-                or stop.requested
-                or collapsed
-            ):
-                save(cfg, run_dir, state, policy, world)
-            log.advance(step)
-            if collapsed:
-                log.info(
-                    f"agentrl: stopped after step {step} (collapse.action=stop), checkpoint saved; "
-                    f"resume with --resume --name {cfg.run.name} once the recipe is changed"
-                )
-                break
-            if stop.requested:
-                log.info(f"agentrl: stopped after step {step}; resume with --resume --name {cfg.run.name}")
-                break
-        summary = summary_line(cfg, run_dir) if world.is_main else None
-        if summary:
-            log.info(summary)
-    finally:
-        stop.restore()
-        rollout.close()
-        engine.close()
-        log.close()
-    return run_dir
+    return RLRun(
+        cfg, world, run_dir, start_step, policy, engine, rollout, log, state, tis, _GracefulStop(log)
+    )
 
 
 # ------------------------------------------------------------------------------------------------
-# Set-up
+# The phases of a step
 # ------------------------------------------------------------------------------------------------
 
 
-def set_up_process(cfg: Config) -> tuple[torch.device, World]:
-    """This process's part of any run (train, sft): quiet libraries, threads, device, process group."""
-    quiet_libraries()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device = device_for(cfg)
-    return device, init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
-
-
-def check_model(cfg: Config) -> None:
-    """Fail before anything is written if the model to start from cannot be found (``--model``,
-    ``--init``): a typo or an offline hub id then leaves no run folder and the run name stays free."""
-    from agentrl.models import resolve_model_path
-
-    resolve_model_path(cfg.run.init or cfg.model.path)
-
-
-def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> int:
-    """Create (or check, on resume) the run directory; refuse to overwrite a run."""
-    if resume:
-        latest = ckpt.latest_checkpoint(run_dir)
-        if latest is None:
-            raise ConfigError(
-                f"--resume: {run_dir} has no complete checkpoint; check --name (runs: "
-                f"{', '.join(sorted(p.name for p in run_dir.parent.glob('*'))) or '-'})"
-            )
-        if world.is_main:
-            step = int(latest.name.split("_")[1])
-            _truncate_metrics(run_dir, step)
-        return 0
-    check_run_dir_free(run_dir)
-    # Every rank has checked the folder before rank 0 writes into it (else the others would find
-    # this very run's config.yaml and refuse).
-    meet(world, "the run folder check")
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    return 1
-
-
-def check_run_dir_free(run_dir: Path) -> None:
-    """Refuse a folder that already holds a run (a new run must never write into another's)."""
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise ConfigError(
-            f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or --name NEW for a new run"
+def evaluate_at_start(run: RLRun) -> None:
+    """Step 0: evaluate the starting model (a fresh run with ``eval.at_start``)."""
+    cfg = run.cfg
+    if cfg.eval.every and cfg.eval.at_start and run.start_step == 1:
+        env_options = _stage(cfg, run.state, 1).env_options
+        metrics = evaluate_and_log(
+            start_eval_config(cfg), run.rollout, run.run_dir, 0, run.log, run.world, env_options
         )
-    if (run_dir / "config.yaml").is_file():
-        # A run started here (it may still be running, or died before its first checkpoint): two
-        # runs writing one folder would interleave their metrics.
-        raise ConfigError(
-            f"{run_dir} already holds a run (config.yaml, no checkpoint yet): pass --name NEW for a new "
-            "run, or delete the folder if that run is over and you want its name back"
+        run.log.log(0, metrics)
+
+
+def begin_step(run: RLRun, step: int) -> Stage:
+    """The step's curriculum stage; its learning rate goes on the optimizer."""
+    stage = _stage(run.cfg, run.state, step)
+    if stage.lr is not None:
+        _set_lr(run.policy, stage.lr)
+    return stage
+
+
+def roll_out(run: RLRun, step: int, stage: Stage) -> tuple[list[Trajectory], dict[str, float]]:
+    """This rank's share of the step's groups, played with the engine; and the rollout's time."""
+    cfg, world = run.cfg, run.world
+    t0 = time.perf_counter()
+    run.engine.wake()
+    trajectories = run.rollout.rollout(
+        _train_seeds(cfg, step, world),
+        step=step,
+        sampling_seed=_step_seed(cfg, step, world),
+        temperature=stage.temperature,
+        reset_options=stage.env_options,
+        settings=stage.rollout,
+    )
+    run.engine.sleep()
+    _offset_groups(trajectories, cfg, world)
+    metrics = {"timing/rollout_s": time.perf_counter() - t0}
+    # Rollouts are where ranks spend the longest apart: a rank that died or hangs there is
+    # named here, within train.dist_timeout_s, instead of surfacing as an anonymous timeout.
+    meet(world, f"the end of step {step}'s rollout")
+    return trajectories, metrics
+
+
+def update_policy(run: RLRun, selected: list[Trajectory], step: int, stage: Stage) -> dict[str, float]:
+    """The policy update on the step's selected episodes, with its timing and throughput."""
+    policy = run.policy
+    t0 = time.perf_counter()
+    metrics = update(run.cfg, policy, selected, step, run.world, stage.temperature, behaviour_is=run.tis)
+    metrics["timing/update_s"] = time.perf_counter() - t0
+    metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
+        metrics["timing/update_s"], 1e-9
+    )
+    if policy.device.type == "cuda":
+        # Peak of the rollout and the update together (the step's high-water mark).
+        metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(policy.device) / 2**30
+        torch.cuda.reset_peak_memory_stats(policy.device)
+    return metrics
+
+
+def score_step(
+    run: RLRun, step: int, trajectories: list[Trajectory], metrics: dict[str, float]
+) -> dict[str, float]:
+    """The step's episode metrics over every rank's trajectories; rank 0 writes the trajectory file
+    and a sample. ``metrics``: the step's so far (the rollout's time gives its throughput)."""
+    all_trajs = [t for part in gather_objects(trajectories, run.world) for t in part]
+    out = rollout_metrics(all_trajs, "train", run.rollout.system_prompt)
+    sampled = sum(t.num_sampled_tokens for t in all_trajs)
+    out["perf/rollout_tokens_per_s"] = sampled / max(metrics["timing/rollout_s"], 1e-9)
+    if run.world.is_main:
+        write_jsonl(run.run_dir / "trajectories" / step_filename(step), all_trajs)
+        run.log.text(step, "samples/train", render_sample(all_trajs[0]))
+    return out
+
+
+def evaluate_if_due(run: RLRun, step: int, stage: Stage) -> dict[str, float]:
+    """The held-out evaluation when due (every ``eval.every`` steps and the last); the stage's limits."""
+    cfg = run.cfg
+    out: dict[str, float] = {}
+    if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
+        out.update(
+            evaluate_and_log(cfg, run.rollout, run.run_dir, step, run.log, run.world, stage.env_options)
         )
+    if cfg.curriculum.stages:
+        out.update(stage_metrics(cfg, stage))
+    return out
 
 
-#: What a start writes before its first step; a folder holding nothing more has no results to keep.
-SET_UP_FILES = {
-    "config.yaml",
-    "tb",
-    "metrics.jsonl",
-    "sft_data.jsonl",
-    "trajectories",
-    "eval",
-    "checkpoints",
-}
+def guard_and_log(run: RLRun, step: int, metrics: dict[str, float]) -> bool:
+    """The collapse guard's decision is carried out, the step's metrics logged and the next step's
+    curriculum stage chosen; True: the guard stops the run after this step."""
+    collapsed = _act_on(collapse_guard(run.cfg, run.state, metrics, step), run.state, metrics, run.log)
+    run.log.log(step, metrics)
+    run.state.curriculum = _next_curriculum(run.cfg, run.state.curriculum, step, metrics, run.log)
+    run.state.step = step
+    return collapsed
 
 
-def discard_failed_start(run_dir: Path) -> bool:
-    """Remove ``run_dir`` after a start that failed before its first step; return whether it did.
-
-    Removed only if it holds nothing but set-up output: ``config.yaml``, ``tb/``, an empty
-    ``metrics.jsonl``, ``sft_data.jsonl``, and no file under ``trajectories/``, ``eval/`` or
-    ``checkpoints/``, and a ``warm_start/`` folder that holds no more than that. Call it only for a folder this start created (it did not exist before), so no
-    other run's folder is ever touched; then the same run name can be used again.
-    """
-    import shutil
-
-    if not run_dir.is_dir() or not _holds_only_set_up(run_dir):
-        return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return True
-
-
-def _holds_only_set_up(run_dir: Path) -> bool:
-    for entry in run_dir.iterdir():
-        if entry.name == "warm_start" and entry.is_dir():  # a warm start's own run folder
-            if not _holds_only_set_up(entry):
-                return False
-            continue
-        if entry.name not in SET_UP_FILES:
-            return False
-        if entry.name in ("trajectories", "eval", "checkpoints") and any(entry.rglob("*")):
-            return False
-        if entry.name == "metrics.jsonl" and entry.stat().st_size > 0:
-            return False
-    return True
+def checkpoint_if_due(run: RLRun, step: int, collapsed: bool) -> None:
+    """Save every ``run.save_every`` steps, at the last, on Ctrl-C and before a collapse stop."""
+    cfg = run.cfg
+    due = cfg.run.save_every and step % cfg.run.save_every == 0
+    if due or step == cfg.train.steps or run.ctrl_c.requested or collapsed:
+        save(cfg, run.run_dir, run.state, run.policy, run.world)
+    run.log.advance(step)
+    if collapsed:
+        run.log.info(
+            f"agentrl: stopped after step {step} (collapse.action=stop), checkpoint saved; "
+            f"resume with --resume --name {cfg.run.name} once the recipe is changed"
+        )
+    elif run.ctrl_c.requested:
+        run.log.info(f"agentrl: stopped after step {step}; resume with --resume --name {cfg.run.name}")
 
 
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric rows newer than the checkpoint we resume from (they will be logged again)."""
-
-    rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+def log_summary(run: RLRun) -> None:
+    """The run's last line (rank 0): held-out success at the first and last evaluation."""
+    summary = summary_line(run.cfg, run.run_dir)
+    if summary:
+        run.log.info(summary)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -457,14 +432,13 @@ def _rank_groups(cfg: Config, world: World) -> range:
 
 
 def _train_seeds(cfg: Config, step: int, world: World) -> list[int]:
-    base = cfg.env.train_seed_start + (step - 1) * cfg.train.n_groups
-    return [base + g for g in _rank_groups(cfg, world)]
+    return seeds.train_env_seeds(cfg.env.train_seed_start, cfg.train.n_groups, step, _rank_groups(cfg, world))
 
 
 def _step_seed(cfg: Config, step: int, world: World) -> int:
     """The step's sampling seed, the same on every rank: episodes derive their own seeds from it
     (and their env seed and place in the group), so N ranks sample what 1 rank would."""
-    return cfg.train.seed * 1_000_003 + step * 101
+    return seeds.step_sampling_seed(cfg.train.seed, step)
 
 
 def _offset_groups(trajectories: list[Trajectory], cfg: Config, world: World) -> None:
@@ -497,41 +471,8 @@ def assign_step_credit(
 
 
 # ------------------------------------------------------------------------------------------------
-# Evaluation, saving, samples, Ctrl-C
+# Summary, weight sync, Ctrl-C
 # ------------------------------------------------------------------------------------------------
-
-
-def evaluate_and_log(
-    cfg: Config,
-    rollout: RolloutManager,
-    run_dir: Path,
-    step: int,
-    log: RunLogger,
-    world: World,
-    reset_options: dict[str, Any] | None = None,
-) -> dict[str, float]:
-    """Evaluate on the held-out seeds; write ``eval/step_N.jsonl`` and a console line; return metrics."""
-    t0 = time.perf_counter()
-    mine = run_eval(cfg, rollout, step, world, reset_options)
-    trajectories = [t for part in gather_objects(mine, world) for t in part]
-    metrics = eval_metrics(trajectories, "eval")
-    metrics["timing/eval_s"] = time.perf_counter() - t0
-    if world.is_main:
-        write_jsonl(run_dir / "eval" / step_filename(step), trajectories)
-        log.text(step, "samples/eval", _render_sample(trajectories[0]))
-        log.info(
-            f"eval step {step}: success {success_text(metrics)}, "
-            f"format-valid {metrics['eval/format_valid_rate']:.3f}, reward {metrics['eval/reward']:.3f}"
-        )
-    return metrics
-
-
-def success_text(metrics: dict[str, float]) -> str:
-    """``0.312 (5/16, 95% CI 0.14-0.56)`` from an evaluation's metrics."""
-    n = int(metrics["eval/episodes"])
-    rate = metrics["eval/success_rate"]
-    low, high = metrics["eval/success_ci_low"], metrics["eval/success_ci_high"]
-    return f"{rate:.3f} ({round(rate * n)}/{n}, 95% CI {low:.2f}-{high:.2f})"
 
 
 def summary_line(cfg: Config, run_dir: Path) -> str | None:
@@ -561,25 +502,6 @@ def _eval_rows(run_dir: Path) -> list[dict[str, Any]]:
     return [r for r in read_metrics(run_dir) if "eval/success_rate" in r and "eval/episodes" in r]
 
 
-def save(
-    cfg: Config,
-    run_dir: Path,
-    state: ckpt.TrainerState,
-    policy: Policy,
-    world: World,
-) -> Path:
-    """Checkpoint the policy and the trainer state (step and loop state), atomically."""
-    return ckpt.save_checkpoint(
-        run_dir,
-        state,
-        policy.ds_engine,
-        policy.model,
-        policy.tokenizer,
-        cfg.run.keep_checkpoints,
-        world.is_main,
-    )
-
-
 def sync_weights(
     cfg: Config, engine: Engine, policy: Policy, trajectories: list[Trajectory], world: World
 ) -> dict[str, float]:
@@ -604,16 +526,6 @@ def sync_weights(
         )
     metrics["engine/sync_logprob_gap"] = gap
     return metrics
-
-
-def _render_sample(traj: Trajectory) -> str:
-    lines = [
-        f"env {traj.env} seed {traj.seed} reward {traj.reward:+.2f} success {traj.success} end {traj.end_reason}"
-    ]
-    for i, turn in enumerate(traj.turns):
-        lines += [f"--- turn {i} observation", turn.observation, "--- reply", turn.reply]
-        lines.append(f"actions {turn.actions} reward {turn.reward:+.2f} {turn.format_error or ''}")
-    return "\n".join(lines)
 
 
 class _GracefulStop:

@@ -2,16 +2,20 @@
 
 Losses come from :mod:`agentrl.algorithms.losses` by name; normalisers (``LossTotals``) are over the whole
 mini-batch on every rank, so micro-batch and rank losses add up to exactly the mini-batch loss.
+
+May import: policy, checkpoint, metrics, logger, curriculum, distributed (in agentrl.training), and
+config, algorithms, replay, rollout, envs, models, suggest, seeds (lint-imports checks).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from agentrl import seeds
 from agentrl.algorithms.batching import MicroBatch, pack_micro_batches
 from agentrl.algorithms.losses import (
     LossTotals,
@@ -31,9 +35,13 @@ from agentrl.training.policy import Policy
 
 
 @dataclass
-class _LossTerms:
-    """What every micro-batch of one update shares: the loss functions and their settings."""
+class UpdateContext:
+    """What every micro-batch of one update shares: the run, the policy, the process group, and the
+    loss functions with their settings."""
 
+    cfg: Config
+    policy: Policy
+    world: World
     loss_fn: object
     aggregate: object
     kl_coef: float
@@ -43,6 +51,26 @@ class _LossTerms:
     """Correct for the engine's numerics with truncated importance sampling (``algo.tis``)."""
     proximal: dict[int, torch.Tensor] | None = None
     """Trainer log-probs before the update, by ``id(sample)`` (only when several passes need them)."""
+
+
+@dataclass
+class _Sums:
+    """An update's metrics as they accumulate: token-weighted sums and their token counts, maxima."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
+    maxes: dict[str, float] = field(default_factory=dict)
+    trained_tokens: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+
+    def add(self, metrics: dict[str, float], tokens: int) -> None:
+        self.trained_tokens += tokens
+        for k, v in metrics.items():
+            if k.endswith("_max"):
+                self.maxes[k] = max(self.maxes.get(k, v), v)
+                continue
+            self.sums[k] = self.sums.get(k, 0.0) + v * tokens
+            self.counts[k] = self.counts.get(k, 0.0) + tokens
 
 
 def update(
@@ -61,75 +89,79 @@ def update(
     trainer's; the PPO ratio is then taken against the trainer's own log-probs before the update
     and each token's loss weighted by the truncated importance weight (``algo.tis``)."""
     algo = cfg.algo
-    terms = _LossTerms(
+    ctx = UpdateContext(
+        cfg=cfg,
+        policy=policy,
+        world=world,
         loss_fn=get_policy_loss(algo.policy_loss.loss),
         aggregate=get_aggregation(algo.policy_loss.aggregation),
         kl_coef=kl_coef_at(algo.kl, step, cfg.train.steps) if algo.kl.enabled else 0.0,
         temperature=temperature if temperature > 0 else 1.0,
         tis=behaviour_is,
     )
-    needs_all = algo.kl.enabled or algo.entropy_coef != 0 or not algo.skip_zero_advantage
-    max_tokens = cfg.rollout.max_new_tokens * cfg.rollout.max_turns
-    rng = random.Random(cfg.train.seed * 7919 + step)
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    maxes: dict[str, float] = {}
-    trained_tokens = 0
-    grad_norms: list[float] = []
+    rng = random.Random(seeds.update_shuffle_seed(cfg.train.seed, step))
+    acc = _Sums()
     if behaviour_is and (algo.ppo_epochs > 1 or algo.mini_batches > 1):
         # After the first optimizer step the trainer's log-probs are no longer the pre-update ones:
         # take them for every sample now (one forward pass, no gradient).
-        terms.proximal = _proximal_logprobs(cfg, policy, trajectories, terms.temperature, needs_all)
+        ctx.proximal = _proximal_logprobs(cfg, policy, trajectories, ctx.temperature, _needs_all(cfg))
     policy.ds_engine.train()
-
     for epoch in range(algo.ppo_epochs):
         order = list(range(len(trajectories)))
         rng.shuffle(order)
         size = -(-len(order) // algo.mini_batches) if order else 0
         for mb in range(algo.mini_batches):
             chosen = [trajectories[i] for i in order[mb * size : (mb + 1) * size]]
-            samples = [s for t in chosen for s in t.samples if sum(s.loss_mask)]
-            # Normalisers over the whole mini-batch on every rank: micro-batch losses then sum to it.
-            n_tok, n_seq = all_reduce_sum([sum(sum(s.loss_mask[1:]) for s in samples), len(samples)], world)
-            totals = LossTotals(
-                tokens=max(1, int(n_tok)), sequences=max(1, int(n_seq)), max_tokens=max_tokens
-            )
-            if not needs_all:
-                samples = [s for s in samples if _has_advantage(s)]
-            micro = pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id)
-            # Every rank runs the same number of backward passes (DeepSpeed's gradient collectives).
-            n_micro = all_reduce_max(len(micro), world)
-            if n_micro == 0:
-                continue  # nothing to learn from: no optimizer step (Adam would still move the weights)
-            for i in range(n_micro):
-                batch = micro[i] if i < len(micro) else None
-                policy.ds_engine.set_gradient_accumulation_boundary(i == n_micro - 1)
-                first_pass = epoch == 0 and mb == 0
-                loss, m = _micro_step(cfg, policy, batch, totals, terms, world, first_pass)
-                policy.ds_engine.backward(loss)
-                if batch is None:
-                    continue
-                trained_tokens += batch.num_tokens
-                for k, v in m.items():
-                    if k.endswith("_max"):
-                        maxes[k] = max(maxes.get(k, v), v)
-                        continue
-                    sums[k] = sums.get(k, 0.0) + v * batch.num_tokens
-                    counts[k] = counts.get(k, 0.0) + batch.num_tokens
-            # ZeRO-2/3 compute the norm over their gradient partitions inside step(); below stage 2
-            # DeepSpeed does not report it, and the full gradients are right here.
-            norm = _grad_norm(policy) if cfg.train.zero_stage < 2 else None
-            policy.ds_engine.step()
-            if norm is None:
-                norm = float(policy.ds_engine.get_global_grad_norm() or 0.0)
-            grad_norms.append(norm)
+            _mini_batch(ctx, chosen, first_pass=epoch == 0 and mb == 0, acc=acc)
+    return _update_metrics(ctx, acc)
 
-    sums, counts, maxes, trained_tokens = _combine_ranks(sums, counts, maxes, trained_tokens, world)
+
+def _needs_all(cfg: Config) -> bool:
+    """Whether samples with all-zero advantages still train (KL and entropy terms act on them)."""
+    return cfg.algo.kl.enabled or cfg.algo.entropy_coef != 0 or not cfg.algo.skip_zero_advantage
+
+
+def _mini_batch(ctx: UpdateContext, chosen: list[Trajectory], first_pass: bool, acc: _Sums) -> None:
+    """One optimizer step over the samples of ``chosen``, summed over micro-batches."""
+    cfg, policy, world = ctx.cfg, ctx.policy, ctx.world
+    samples = [s for t in chosen for s in t.samples if sum(s.loss_mask)]
+    # Normalisers over the whole mini-batch on every rank: micro-batch losses then sum to it.
+    n_tok, n_seq = all_reduce_sum([sum(sum(s.loss_mask[1:]) for s in samples), len(samples)], world)
+    max_tokens = cfg.rollout.max_new_tokens * cfg.rollout.max_turns
+    totals = LossTotals(tokens=max(1, int(n_tok)), sequences=max(1, int(n_seq)), max_tokens=max_tokens)
+    if not _needs_all(cfg):
+        samples = [s for s in samples if _has_advantage(s)]
+    micro = pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id)
+    # Every rank runs the same number of backward passes (DeepSpeed's gradient collectives).
+    n_micro = all_reduce_max(len(micro), world)
+    if n_micro == 0:
+        return  # nothing to learn from: no optimizer step (Adam would still move the weights)
+    for i in range(n_micro):
+        batch = micro[i] if i < len(micro) else None
+        policy.ds_engine.set_gradient_accumulation_boundary(i == n_micro - 1)
+        loss, m = _micro_step(ctx, batch, totals, first_pass)
+        policy.ds_engine.backward(loss)
+        if batch is not None:
+            acc.add(m, batch.num_tokens)
+    # ZeRO-2/3 compute the norm over their gradient partitions inside step(); below stage 2
+    # DeepSpeed does not report it, and the full gradients are right here.
+    norm = _grad_norm(policy) if cfg.train.zero_stage < 2 else None
+    policy.ds_engine.step()
+    if norm is None:
+        norm = float(policy.ds_engine.get_global_grad_norm() or 0.0)
+    acc.grad_norms.append(norm)
+
+
+def _update_metrics(ctx: UpdateContext, acc: _Sums) -> dict[str, float]:
+    """The update's ``train/*`` metrics over every rank's tokens."""
+    sums, counts, maxes, trained_tokens = _combine_ranks(
+        acc.sums, acc.counts, acc.maxes, acc.trained_tokens, ctx.world
+    )
     out = {f"train/{k}": sums[k] / counts[k] for k in sums if counts.get(k)}
     out.update({f"train/{k}": v for k, v in maxes.items()})
-    out["train/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
-    out["train/lr"] = float(policy.ds_engine.get_lr()[0])
-    out["train/kl_coef"] = terms.kl_coef
+    out["train/grad_norm"] = float(np.mean(acc.grad_norms)) if acc.grad_norms else 0.0
+    out["train/lr"] = float(ctx.policy.ds_engine.get_lr()[0])
+    out["train/kl_coef"] = ctx.kl_coef
     out["train/trained_tokens"] = float(trained_tokens)
     out.setdefault("train/kl", 0.0)
     out.setdefault("train/clip_fraction", 0.0)
@@ -168,49 +200,44 @@ def _grad_norm(policy: Policy) -> float:
 
 
 def _micro_step(
-    cfg: Config,
-    policy: Policy,
-    batch: MicroBatch | None,
-    totals: LossTotals,
-    terms: _LossTerms,
-    world: World,
-    first_pass: bool,
+    ctx: UpdateContext, batch: MicroBatch | None, totals: LossTotals, first_pass: bool
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one micro-batch (already divided by the mini-batch totals) and its metrics.
 
     ``first_pass``: no optimizer step has happened yet in this update, so the trainer's log-probs
     here are the pre-update ones (what the engine's are compared with)."""
+    cfg, policy = ctx.cfg, ctx.policy
     if batch is None:
         # A rank with less data still joins the collective backward, with a zero loss.
         zero = sum(p.sum() * 0.0 for p in policy.model.parameters() if p.requires_grad)
         return zero, {}
     b = batch.to(policy.device)
-    temperature = terms.temperature
+    temperature = ctx.temperature
     trained = b.mask.bool()  # (B, L-1): the trained positions, the only ones any term below reads
     logits, logp = _trained_logprobs(policy, policy.ds_engine, b, temperature)  # (N, V), (B, L-1)
 
     # ---- behaviour (engine) vs trainer: the PPO "old" log-probs and the importance weights ----
-    proximal = _proximal_rows(terms.proximal, b) if terms.proximal is not None else None
+    proximal = _proximal_rows(ctx.proximal, b) if ctx.proximal is not None else None
     if proximal is None and first_pass:
         proximal = logp.detach()
     out: dict[str, float] = {}
     old, advantages = b.old_logprobs, b.advantages
     if proximal is not None:
         weights, tis_metrics = truncated_is_weights(proximal, b.old_logprobs, b.mask, cfg.algo.tis.cap)
-        keep = tis_metrics if terms.tis else {k: v for k, v in tis_metrics.items() if "mismatch" in k}
+        keep = tis_metrics if ctx.tis else {k: v for k, v in tis_metrics.items() if "mismatch" in k}
         out.update({k: float(v) for k, v in keep.items()})
-        if terms.tis:
+        if ctx.tis:
             # ppo_clip/reinforce are linear in the advantage per token: weighting it weights the loss.
             old, advantages = proximal, b.advantages * weights
 
-    loss, metrics = terms.loss_fn(logp, old, advantages, b.mask, totals, cfg.algo.policy_loss)
+    loss, metrics = ctx.loss_fn(logp, old, advantages, b.mask, totals, cfg.algo.policy_loss)
     out.update({k: float(v) for k, v in metrics.items()})
     # Per trained token of this micro-batch (update() averages micro-batches by their token counts).
     per_token = totals.tokens / max(1, b.num_tokens)
     out["policy_loss"] = float(loss.detach()) * per_token
     if cfg.algo.entropy_coef != 0:
         entropy = _scatter(entropy_from_logits(logits.float() / temperature), trained)  # (B, L-1)
-        loss = loss - cfg.algo.entropy_coef * terms.aggregate(entropy, b.mask, totals)
+        loss = loss - cfg.algo.entropy_coef * ctx.aggregate(entropy, b.mask, totals)
         out["entropy"] = float(masked_mean(entropy.detach(), b.mask))
     else:
         with torch.no_grad():  # metric only
@@ -219,12 +246,12 @@ def _micro_step(
             out["entropy"] = float(entropy_from_logits(picked).mean()) if picked.numel() else 0.0
     if cfg.algo.kl.enabled:
         ref_logp = _reference_logprobs(policy, b, temperature)
-        kl_loss, kl_m = kl_penalty(logp, ref_logp, b.mask, totals, cfg.algo.kl, terms.kl_coef)
+        kl_loss, kl_m = kl_penalty(logp, ref_logp, b.mask, totals, cfg.algo.kl, ctx.kl_coef)
         loss = loss + kl_loss
         out["kl"] = float(kl_m["kl"])
     out["loss"] = float(loss.detach()) * per_token  # what is minimised: + KL penalty - entropy bonus
     # DeepSpeed averages gradients over ranks; the totals are global, so undo the average.
-    return loss * world.size, out
+    return loss * ctx.world.size, out
 
 
 @torch.no_grad()

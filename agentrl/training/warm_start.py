@@ -11,7 +11,7 @@ with the usual tools::
 This is the recipe of RAGEN's SFT baseline and DeepSeek-R1's cold start, in one command: a small
 model rarely solves a puzzle by chance, so RL alone has nothing to reinforce.
 
-Imports: config, sft, trainer, checkpoint (this module sits above both loops).
+May import: config, sft, trainer, run, checkpoint (this module sits above both loops).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from pathlib import Path
 
 from agentrl.config import Config
 from agentrl.training import checkpoint as ckpt
+from agentrl.training.run import SET_UP_FILES, check_run_dir_free
 from agentrl.training.sft import sft
-from agentrl.training.trainer import SET_UP_FILES, check_run_dir_free, train
+from agentrl.training.trainer import train
 
 #: The warm start's folder inside the RL run's.
 WARM_START = "warm_start"

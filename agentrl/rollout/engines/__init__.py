@@ -4,6 +4,9 @@
 optional install). Every caller (training, in-loop eval, ``agentrl eval``, ``agentrl sft``, the
 benchmarks) starts its engine with :func:`start_engine`, so ``engine.name`` means the same
 everywhere. ``auto`` picks vLLM when it is installed and starts, else ``hf``, and says why.
+
+May import: chat, trajectory, logprobs (in agentrl.rollout), and envs, models, suggest, seeds
+(lint-imports checks).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ An engine never sees text. The rollout manager templates and tokenizes; the engi
 A third engine is one file implementing this protocol plus one line in ``ENGINES``
 (:mod:`agentrl.rollout.engines`); callers read what an engine can do from its :class:`EngineCapabilities`,
 never by probing for methods.
+
+May import: nothing from agentrl (every engine and the rollout manager stand on it).
 """
 
 from __future__ import annotations

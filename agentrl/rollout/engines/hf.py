@@ -4,6 +4,8 @@ A small explicit decoding loop rather than ``model.generate``: it returns the lo
 sampled token under exactly the distribution the trainer recomputes (``log_softmax(logits / T)``),
 drops finished rows from the batch (and from the KV cache) as soon as they stop, and seeds each
 call's sampling with its own ``torch.Generator`` so a rollout is reproducible.
+
+May import: agentrl.rollout.engines (base, EngineSetup), agentrl.rollout.logprobs, agentrl.models.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ from agentrl.rollout.logprobs import token_logprobs
 
 if TYPE_CHECKING:
     from agentrl.rollout.engines import EngineSetup
+
+
+def _sample(scaled: torch.Tensor, sampling: SamplingParams, row_gens: list[torch.Generator]) -> torch.Tensor:
+    """One token per row from the temperature-scaled logits (B, V), top-k/top-p filtered, each row
+    drawing from its generator (one call when all rows share one stream)."""
+    probs = _filter_logits(scaled, sampling.top_k, sampling.top_p).softmax(-1).cpu()
+    if all(g is row_gens[0] for g in row_gens):  # one shared stream: one call
+        return torch.multinomial(probs, 1, generator=row_gens[0]).squeeze(1)
+    # each row draws from its own stream
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, row_gens)])
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -111,24 +123,7 @@ class HFEngine:
         batch = len(prompts)
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
-        # The episodes of a GRPO group start from one prompt: prefill each distinct prompt once, then
-        # give every row a copy of its prompt's KV cache (the rows then sample independently).
-        distinct: dict[tuple[int, ...], int] = {}
-        if self.share_prompts:
-            row_prompt = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
-            unique = [list(p) for p in distinct]
-        else:
-            row_prompt, unique = list(range(batch)), prompts
-        width = max(len(p) for p in unique)
-        # Left padding keeps the next-token position at column -1 for every row.
-        input_ids = torch.full((len(unique), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(unique), width), dtype=torch.long)
-        for i, p in enumerate(unique):
-            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            attention[i, width - len(p) :] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-
+        last_logits, cache, attention, positions = self._prefill(prompts)
         greedy = sampling.temperature <= 0
         temperature = 1.0 if greedy else sampling.temperature
         stop = torch.tensor(sorted(set(sampling.stop_token_ids)) or [-1], device=device)
@@ -137,37 +132,16 @@ class HFEngine:
         logprobs: list[list[float]] = [[] for _ in range(batch)]
         reasons = ["length"] * batch
         rows = torch.arange(batch, device=device)  # original index of each row still generating
-
-        cache = DynamicCache()
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        last_logits = out.logits[:, -1, :]  # (unique, V)
-        if len(unique) < batch:
-            expand = torch.tensor(row_prompt, device=device)
-            cache.batch_select_indices(expand)
-            last_logits, attention, positions = last_logits[expand], attention[expand], positions[expand]
         next_pos = positions[:, -1:] + 1
         for _ in range(sampling.max_new_tokens):
             scaled = last_logits.float() / temperature  # (b, V)
             logp = torch.log_softmax(scaled, dim=-1)
-            if greedy:
-                chosen = scaled.argmax(-1)
-            else:
-                probs = _filter_logits(scaled, sampling.top_k, sampling.top_p).softmax(-1).cpu()
-                row_gens = [generators[r] for r in rows.tolist()]
-                if all(g is row_gens[0] for g in row_gens):  # one shared stream: one call
-                    chosen = torch.multinomial(probs, 1, generator=row_gens[0]).squeeze(1)
-                else:  # each row draws from its own stream
-                    chosen = torch.cat(
-                        [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, row_gens)]
-                    )
-                chosen = chosen.to(device)
+            chosen = (
+                scaled.argmax(-1)
+                if greedy
+                else _sample(scaled, sampling, [generators[r] for r in rows.tolist()])
+            )
+            chosen = chosen.to(device)
             chosen_logp = logp.gather(-1, chosen[:, None]).squeeze(1)
             for r, tok, lp in zip(rows.tolist(), chosen.tolist(), chosen_logp.tolist()):
                 tokens[r].append(tok)
@@ -193,6 +167,45 @@ class HFEngine:
             last_logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         return [Generation(tokens[i], logprobs[i], reasons[i]) for i in range(batch)]
+
+    def _prefill(
+        self, prompts: list[list[int]]
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+        """One forward pass over the prompts: the next-token logits (B, V), the KV cache, the
+        attention mask and the positions of every row (left-padded, so the next token is at -1)."""
+        device = self.device
+        # The episodes of a GRPO group start from one prompt: prefill each distinct prompt once, then
+        # give every row a copy of its prompt's KV cache (the rows then sample independently).
+        distinct: dict[tuple[int, ...], int] = {}
+        if self.share_prompts:
+            row_prompt = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+            unique = [list(p) for p in distinct]
+        else:
+            row_prompt, unique = list(range(len(prompts))), prompts
+        width = max(len(p) for p in unique)
+        # Left padding keeps the next-token position at column -1 for every row.
+        input_ids = torch.full((len(unique), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(unique), width), dtype=torch.long)
+        for i, p in enumerate(unique):
+            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            attention[i, width - len(p) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        last_logits = out.logits[:, -1, :]  # (unique, V)
+        if len(unique) < len(prompts):
+            expand = torch.tensor(row_prompt, device=device)
+            cache.batch_select_indices(expand)
+            last_logits, attention, positions = last_logits[expand], attention[expand], positions[expand]
+        return last_logits, cache, attention, positions
 
     def update_weights(self, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Nothing to copy: the engine samples from the trainer's own module."""

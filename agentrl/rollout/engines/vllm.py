@@ -26,6 +26,8 @@ What vLLM does to its host process, and what this file undoes (measured on the C
 
 A LoRA policy arrives here as full weights under the base model's names, its adapters merged by
 ``agentrl.rollout.weight_sync.policy_weights``: this engine never sees an adapter (docs/engines.md, "LoRA").
+
+May import: agentrl.rollout.engines (base, watchdog, EngineSetup), agentrl.seeds; vllm itself only when chosen.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import torch
 
 from agentrl.rollout.engines.base import EngineCapabilities, Generation, SamplingParams
 from agentrl.rollout.engines.watchdog import EngineTimeout, deadline
+from agentrl.seeds import engine_rank_seed
 
 if TYPE_CHECKING:
     from agentrl.rollout.engines import EngineSetup
@@ -190,7 +193,9 @@ class VLLMEngine:
     reference. ``colocate=False`` leaves vLLM's process layout alone.
     """
 
-    def __init__(
+    # The keyword arguments are the config's engine.vllm keys (docs/engines.md), each turned into
+    # vLLM's own settings here: one place reads them all.
+    def __init__(  # noqa: PLR0912, PLR0913, PLR0915
         self,
         model_path: str,
         *,
@@ -270,7 +275,7 @@ class VLLMEngine:
             kwargs["distributed_executor_backend"] = "external_launcher"
             # Ranks of one tensor-parallel group must sample the same tokens; groups must differ.
             rank = int(os.environ.get("RANK", os.environ["LOCAL_RANK"]))
-            kwargs["seed"] = seed + rank // tensor_parallel_size
+            kwargs["seed"] = engine_rank_seed(seed, rank, tensor_parallel_size)
         elif colocate:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             kwargs["distributed_executor_backend"] = "uni"

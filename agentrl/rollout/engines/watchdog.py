@@ -5,6 +5,8 @@ thread that runs the block (at its next Python bytecode: vLLM's engine loop is P
 thread is stuck in native code and does not return within ``grace_s`` more seconds, the process
 prints the same message and exits with status 124: files already written (checkpoints, trajectories,
 metrics) are complete, since the run writes them atomically.
+
+May import: nothing from agentrl.
 """
 
 from __future__ import annotations
