@@ -145,6 +145,7 @@ def test_collapse_config_mistakes_are_named(override, message):
     )
 
 
+@pytest.mark.slow  # a whole run until the guard stops it
 def test_forced_collapse_with_stop_ends_the_run_early_with_a_checkpoint(tmp_path, capsys):
     sets = ["train.steps=6", "run.save_every=0", "collapse.action=stop", "collapse.patience=2"]
     assert main(["train", *tiny_run_args("test_constant", "flat", tmp_path, *sets)]) == 0

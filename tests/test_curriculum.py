@@ -264,6 +264,7 @@ def _options(run: Path, step: int, split: str = "trajectories") -> list[dict]:
 FIXED = "[{steps: 2, env_options: {level: 1}, lr: 1e-3}, {steps: 2, env_options: {level: 2}, lr: 1e-4, temperature: 0.5}]"
 
 
+@pytest.mark.slow  # a run through every stage, then a resume
 def test_fixed_stages_set_options_lr_and_temperature_and_resume_in_stage(tmp_path):
     # float32 throughout (no bf16 autocast on CPUs that have it): the log-probs compare to 1e-4.
     assert main(["train", *_args(tmp_path, "fixed", FIXED, "eval.every=4", "train.autocast=off")]) == 0

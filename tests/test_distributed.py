@@ -83,6 +83,7 @@ def one_rank_run(tmp_path_factory) -> Path:
     return root / "one"
 
 
+@pytest.mark.slow  # launches two ranks
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed", "accelerate"])
 def test_two_ranks_match_one_rank(tmp_path, one_rank_run, launcher):
     result = _train(tmp_path, "two", 2, launcher=launcher)

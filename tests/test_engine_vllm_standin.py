@@ -385,6 +385,7 @@ def test_the_hf_engine_needs_no_push(tiny_model):
     assert not HFEngine(tiny_model, 0).capabilities.own_weights
 
 
+@pytest.mark.slow  # training runs through the adapter
 @pytest.mark.parametrize("zero_stage", [0, 3])
 def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, tmp_path, zero_stage):
     """The trainer's vLLM path end to end on CPU: canned samples, real pushes, real checks.
