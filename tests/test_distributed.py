@@ -113,6 +113,7 @@ def test_two_ranks_match_one_rank(tmp_path, one_rank_run, launcher):
         torch.testing.assert_close(w1[key], w2[key], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # launches two ranks
 def test_a_dead_rank_fails_the_job_quickly_and_resume_continues(tmp_path):
     import time
 
@@ -144,6 +145,7 @@ def test_a_dead_rank_fails_the_job_quickly_and_resume_continues(tmp_path):
     assert steps == [1, 2]
 
 
+@pytest.mark.slow  # launches two ranks
 def test_a_hung_rank_fails_the_job_within_the_timeout_naming_it(tmp_path):
     import time
 
@@ -163,6 +165,7 @@ def test_a_hung_rank_fails_the_job_within_the_timeout_naming_it(tmp_path):
     assert (tmp_path / "hang" / "checkpoints" / "step_000001" / "trainer_state.json").is_file()
 
 
+@pytest.mark.slow  # launches two ranks
 def test_sft_on_two_ranks_matches_one_rank(tmp_path):
     """Each rank trains on its share of every SFT batch (one rank's share may be empty)."""
     from safetensors.torch import load_file
@@ -193,6 +196,7 @@ def test_sft_on_two_ranks_matches_one_rank(tmp_path):
         torch.testing.assert_close(w1[key], w2[key], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # launches two ranks
 def test_zero3_with_the_vllm_stand_in_on_two_ranks(tmp_path):
     """ZeRO-3 shards the parameters over 2 ranks; each rank gathers them to push into its own engine
     (the stand-in in tests/fake_vllm, backed by the real tiny model) and checks the log-probs."""
