@@ -50,6 +50,10 @@ class EnvConfig:
     """Registered env name (``agentrl envs list``)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments for the env (``--set env.kwargs.num_boxes=2``)."""
+    train_options: dict[str, Any] = field(default_factory=dict)
+    """Reset options of training episodes only (``env.reset(options=...)``), under any curriculum
+    stage's own: which puzzles to practise on (Sokoban: ``{min_plan_length: 4}``, the long rooms a
+    warm start still fails). Evaluation plays the env as configured (or the curriculum's last stage)."""
     train_seed_start: int = 10000
     """Training step ``s`` (from 1) plays env seeds ``train_seed_start + (s-1)*n_groups + g``."""
     eval_seed_start: int = 0

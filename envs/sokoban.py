@@ -38,6 +38,10 @@ _ACTION_INDEX = {name.lower(): i for i, name in enumerate(ACTIONS)}
 MAX_ACTION_CHARS = 32
 #: How many seeds derived from one episode seed the generator may try before giving up.
 MAX_GENERATION_ATTEMPTS = 64
+#: The options ``SokobanEnv.reset`` takes.
+RESET_OPTIONS = frozenset({"dim_room", "num_boxes", "layout", "min_plan_length"})
+#: How many rooms ``reset(options={"min_plan_length": n})`` may draw before it gives up.
+MAX_PLAN_LENGTH_DRAWS = 200
 
 
 def parse_action(action: Any) -> int | None:
@@ -230,6 +234,14 @@ def _check_dim(dim_room: Any) -> tuple[int, int]:
     return dim
 
 
+def _check_min_plan_length(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(
+            f"min_plan_length must be an int >= 0 (moves of the room's shortest plan), got {n!r}"
+        )
+    return int(n)
+
+
 def _check_num_boxes(num_boxes: Any) -> int:
     if isinstance(num_boxes, bool) or not isinstance(num_boxes, (int, np.integer)) or num_boxes < 1:
         raise ValueError(f"num_boxes must be an int >= 1, got {num_boxes!r}")
@@ -342,7 +354,11 @@ class SokobanEnv(TextEnv):
     ``reset(seed=s)`` builds the room :func:`generate_room` gives for ``s`` and reports ``s`` as
     ``info["seed"]``; ``reset()`` without a seed draws one from ``self.np_random``, so a seeded
     env's sequence of rooms is reproducible too. ``options`` may hold ``dim_room`` and
-    ``num_boxes`` (this episode only) or ``layout``, a room in the env's symbols.
+    ``num_boxes`` (this episode only) or ``layout``, a room in the env's symbols, and
+    ``min_plan_length``: the first room whose shortest plan has at least that many moves among the
+    rooms of seeds ``s, s + 2**40, s + 2 * 2**40, ...`` (the one built is ``info["room_seed"]``;
+    ``reset(seed=s, options=...)`` rebuilds it). Training on the long rooms a warm start still
+    fails spends the rollouts where they can teach something.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -421,22 +437,62 @@ class SokobanEnv(TextEnv):
     ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = set(options) - {"dim_room", "num_boxes", "layout"}
+        unknown = set(options) - RESET_OPTIONS
         if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; known: dim_room, num_boxes, layout")
+            raise ValueError(
+                f"unknown reset options {sorted(unknown)}; known: {', '.join(sorted(RESET_OPTIONS))}"
+            )
+        min_plan = _check_min_plan_length(options.get("min_plan_length", 0))
+        if min_plan and "layout" in options:
+            raise ValueError("min_plan_length picks among generated rooms; a layout fixes the room: drop one")
         room_seed: int | None
         if "layout" in options:
             room = parse_layout(options["layout"])
             room_seed = None
+            self._set_room(room)
         else:
             # Without a seed, draw one from np_random: reproducible from the env's seed, and
             # reported in info so any episode can be rebuilt with reset(seed=info["seed"]).
             room_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2**63 - 1))
-            room = generate_room(
-                room_seed,
-                options.get("dim_room", self.dim_room),
-                options.get("num_boxes", self.num_boxes),
-            )
+            dim_room = options.get("dim_room", self.dim_room)
+            num_boxes = options.get("num_boxes", self.num_boxes)
+            # min_plan_length: candidate k is the room of seed + k * 2**40 (k = 0 first), so the
+            # rooms stay a function of the episode seed and never share a seed with a small
+            # (held-out) one. The plan solved here is cached for info and the oracle.
+            for k in range(MAX_PLAN_LENGTH_DRAWS):
+                candidate = room_seed + k * 2**40
+                self._set_room(generate_room(candidate, dim_room, num_boxes))
+                plan = self.oracle_actions() if min_plan else None
+                if not min_plan or (plan is not None and len(plan) >= min_plan):
+                    room = self._room
+                    break
+            else:
+                raise ValueError(
+                    f"no room with a plan of at least min_plan_length={min_plan} moves in "
+                    f"{MAX_PLAN_LENGTH_DRAWS} draws of {dim_room} rooms with {num_boxes} box(es): lower it"
+                )
+        info: dict[str, Any] = {
+            "success": self._on_target == len(self._targets),
+            "action_is_valid": True,
+            "seed": room_seed,
+            "dim_room": list(room.dim),
+            "num_boxes": len(room.boxes),
+            "player": list(room.player),
+            "boxes": [list(b) for b in room.boxes],
+            "targets": [list(t) for t in room.targets],
+            "boxes_on_target": self._on_target,
+            "steps": 0,
+        }
+        if min_plan and room_seed is not None:
+            info["room_seed"] = candidate
+        if self.plan_in_info:
+            plan = self.oracle_actions()
+            info["optimal_plan"] = plan
+            info["optimal_plan_length"] = None if plan is None else len(plan)
+        return self._observation(), info
+
+    def _set_room(self, room: SokobanRoom) -> None:
+        """Make ``room`` the episode's: its walls, floor, targets, boxes and player; no steps yet."""
         self._room = room
         h, w = room.dim
         self._floor = frozenset((r, c) for r in range(h) for c in range(w) if not room.walls[r, c])
@@ -452,24 +508,6 @@ class SokobanEnv(TextEnv):
         self._steps = 0
         self._on_target = len(self._boxes & self._targets)
         self._plan_cache = None
-
-        info: dict[str, Any] = {
-            "success": self._on_target == len(self._targets),
-            "action_is_valid": True,
-            "seed": room_seed,
-            "dim_room": list(room.dim),
-            "num_boxes": len(room.boxes),
-            "player": list(room.player),
-            "boxes": [list(b) for b in room.boxes],
-            "targets": [list(t) for t in room.targets],
-            "boxes_on_target": self._on_target,
-            "steps": 0,
-        }
-        if self.plan_in_info:
-            plan = self.oracle_actions()
-            info["optimal_plan"] = plan
-            info["optimal_plan_length"] = None if plan is None else len(plan)
-        return self._observation(), info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self._room is None:

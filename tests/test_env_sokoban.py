@@ -382,3 +382,37 @@ def test_demonstration_reply_gives_the_moves_its_thought_explains():
     )
     # Without a thought there is nothing to explain the moves: the plan's first max_actions.
     assert oracle_reply(think=False, max_actions=3)(env) == "<answer>Up || Up</answer>"
+
+
+def test_min_plan_length_picks_a_long_room_reproducibly() -> None:
+    env = SokobanEnv()
+    plain_obs, plain = env.reset(seed=10_003)
+    assert "room_seed" not in plain
+    # 0 is the plain room; a bar the plain room meets keeps it.
+    assert env.reset(seed=10_003, options={"min_plan_length": 0})[0] == plain_obs
+    assert env.reset(seed=10_003, options={"min_plan_length": plain["optimal_plan_length"]})[0] == plain_obs
+    bar = plain["optimal_plan_length"] + 3
+    obs, info = env.reset(seed=10_003, options={"min_plan_length": bar})
+    assert info["optimal_plan_length"] >= bar and obs != plain_obs
+    assert info["seed"] == 10_003
+    # The room built is the generator's room for room_seed, a seed far above any small held-out one.
+    k, rest = divmod(info["room_seed"] - 10_003, 2**40)
+    assert k >= 1 and rest == 0
+    assert env.reset(seed=info["room_seed"])[0] == obs
+    # Same seed and options, same room.
+    assert env.reset(seed=10_003, options={"min_plan_length": bar})[0] == obs
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_plan_length": -1}, "min_plan_length must be an int >= 0"),
+        ({"min_plan_length": 2.5}, "min_plan_length must be an int >= 0"),
+        ({"min_plan_length": 99}, "lower it"),
+        ({"min_plan_length": 3, "layout": "####\n#PXO#\n####"}, "drop one"),
+        ({"min_plan_lenght": 3}, "known: dim_room, layout, min_plan_length, num_boxes"),
+    ],
+)
+def test_bad_min_plan_length_is_refused_with_the_fix(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SokobanEnv().reset(seed=1, options=options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import envs_for_tests  # registers test_letters
@@ -28,6 +29,7 @@ REQUIRED_SCALARS = [
     "timing/update_s",
     "perf/rollout_tokens_per_s",
     "perf/train_tokens_per_s",
+    "perf/peak_rss_gb",
 ]
 
 
@@ -137,6 +139,9 @@ def test_update_moves_the_weights_and_logs_sane_numbers(tmp_path, tiny_model_pat
     assert row["train/logprob_mismatch_max"] < 1e-3
     assert "train/is_weight_mean" not in row  # the hf engine shares the trainer's numerics: no correction
     assert row["train/grad_norm"] > 0
+    # This process's resident high-water mark: at least the torch it imported, far below the machine's RAM.
+    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    assert 0.1 < row["perf/peak_rss_gb"] <= ram_gb
     after = _weights(tmp_path / "learn" / "checkpoints" / "step_000001" / "hf")
     before = _weights(Path(tiny_model_path))
     assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
@@ -293,3 +298,30 @@ def test_every_recipe_runs_a_step(tmp_path, recipe):
     # demonstrations need to finish (a Sokoban demonstration makes one push per turn).
     turns = [] if warm else ["--set", "rollout.max_turns=1"]
     assert main(["train", "--config", config, *args, *steps, *turns]) == 0
+
+
+@pytest.mark.slow  # a whole run
+def test_train_options_shape_training_rooms_only(tmp_path):
+    """env.train_options reach the training episodes' resets; evaluation plays the env as configured."""
+    args = _tiny_args(
+        tmp_path, "long", "train.steps=1", "eval.every=1", "env.train_options.min_plan_length=6", *LEARNING
+    )
+    assert main(["train", "--env", "sokoban", *args]) == 0
+    train_eps = [
+        json.loads(x) for x in (tmp_path / "long/trajectories/step_000001.jsonl").read_text().splitlines()
+    ]
+    eval_eps = [json.loads(x) for x in (tmp_path / "long/eval/step_000001.jsonl").read_text().splitlines()]
+    assert train_eps and all(e["reset_info"]["optimal_plan_length"] >= 6 for e in train_eps)
+    assert eval_eps and not any("room_seed" in e["reset_info"] for e in eval_eps)
+    from agentrl_envs.sokoban import SokobanEnv
+
+    plain = SokobanEnv(describe_positions=True)
+    for e in eval_eps:
+        assert e["reset_info"]["optimal_plan_length"] == plain.reset(seed=e["seed"])[1]["optimal_plan_length"]
+
+
+def test_reset_options_the_env_rejects_fail_before_the_run_starts(tmp_path, capsys):
+    args = _tiny_args(tmp_path, "typo", "train.steps=1", "env.train_options.min_plan_lenght=4")
+    assert main(["train", "--env", "sokoban", *args]) == 2
+    assert "unknown reset options ['min_plan_lenght']" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()

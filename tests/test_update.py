@@ -162,3 +162,22 @@ def test_loss_is_the_policy_term_minus_the_entropy_bonus(world, entropy_coef):
     assert out["train/entropy"] > 1.0  # a random tiny model: far from zero
     expected = out["train/policy_loss"] - entropy_coef * out["train/entropy"]
     assert out["train/loss"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_pre_update_scores_are_plain_numbers_not_graphs(world):
+    """The proximal pre-pass scores every trained sample before the first optimizer step; were it
+    to record autograd graphs, each row it keeps would hold its micro-batch's activations alive
+    (a 32-episode Sokoban update grew by ~15 GB that way and was OOM-killed)."""
+    from agentrl.training.update import proximal_logprobs
+
+    cfg, policy = _policy()
+    trajectories = _batch(policy.model, 0.0)
+    scores = proximal_logprobs(cfg, policy, trajectories, 1.0, needs_all=True)
+    assert len(scores) == len(trajectories)
+    for t in trajectories:
+        row = scores[id(t.samples[0])]
+        assert not row.requires_grad and row.grad_fn is None
+        # Row t scores token t+1 with the current weights: the engine's stored log-probs (shift 0).
+        stored = torch.tensor(t.samples[0].logprobs[1:])
+        mask = torch.tensor(t.samples[0].loss_mask[1:], dtype=torch.bool)
+        assert torch.allclose(row[mask], stored[mask], atol=1e-4)

@@ -12,6 +12,7 @@ May import: :mod:`agentrl.config`, :mod:`agentrl.training.policy`, :mod:`agentrl
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -38,6 +39,39 @@ def check_model(cfg: Config) -> None:
     from agentrl.models import resolve_model_path
 
     resolve_model_path(cfg.run.init or cfg.model.path)
+
+
+def check_reset_options(cfg: Config) -> None:
+    """Fail before anything is written if the env rejects the training episodes' reset options
+    (``env.train_options`` under each curriculum stage's ``env_options``): one probe reset each."""
+    from agentrl.envs.registry import make
+
+    option_sets = [{**cfg.env.train_options, **stage.env_options} for stage in cfg.curriculum.stages]
+    option_sets = [o for o in option_sets or [dict(cfg.env.train_options)] if o]
+    if not option_sets:
+        return
+    env = make(cfg.env.name, **cfg.env.kwargs)
+    try:
+        for options in option_sets:
+            try:
+                env.reset(seed=cfg.env.train_seed_start, options=options)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ConfigError(
+                    f"env {cfg.env.name!r} rejects the reset options {options} (env.train_options, "
+                    f"curriculum.stages[].env_options): {exc}"
+                ) from None
+    finally:
+        env.close()
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GiB (Linux and macOS; 0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes on macOS, KiB on Linux
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> int:

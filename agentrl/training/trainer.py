@@ -60,7 +60,14 @@ from agentrl.training.policy import (
     engine_dtype_for,
     seed_everything,
 )
-from agentrl.training.run import check_model, prepare_run_dir, save, set_up_process
+from agentrl.training.run import (
+    check_model,
+    check_reset_options,
+    peak_rss_gb,
+    prepare_run_dir,
+    save,
+    set_up_process,
+)
 from agentrl.training.update import update
 
 
@@ -138,6 +145,7 @@ def start_run(cfg: Config, resume: bool) -> RLRun:
     """Set up the process, the run folder, the policy (restored on ``resume``), its engine, the
     rollout manager and the logger."""
     check_model(cfg)
+    check_reset_options(cfg)
     device, world = set_up_process(cfg)
     if cfg.train.n_groups % world.size:
         raise ConfigError(
@@ -206,7 +214,7 @@ def roll_out(run: RLRun, step: int, stage: Stage) -> tuple[list[Trajectory], dic
         step=step,
         sampling_seed=_step_seed(cfg, step, world),
         temperature=stage.temperature,
-        reset_options=stage.env_options,
+        reset_options={**cfg.env.train_options, **(stage.env_options or {})} or None,
         settings=stage.rollout,
     )
     run.engine.sleep()
@@ -231,6 +239,9 @@ def update_policy(run: RLRun, selected: list[Trajectory], step: int, stage: Stag
         # Peak of the rollout and the update together (the step's high-water mark).
         metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(policy.device) / 2**30
         torch.cuda.reset_peak_memory_stats(policy.device)
+    # The process's resident high-water mark so far (engine, trainer and their buffers):
+    # what decides whether a laptop's RAM holds the run.
+    metrics["perf/peak_rss_gb"] = peak_rss_gb()
     return metrics
 
 

@@ -104,7 +104,7 @@ def update(
     if behaviour_is and (algo.ppo_epochs > 1 or algo.mini_batches > 1):
         # After the first optimizer step the trainer's log-probs are no longer the pre-update ones:
         # take them for every sample now (one forward pass, no gradient).
-        ctx.proximal = _proximal_logprobs(cfg, policy, trajectories, ctx.temperature, _needs_all(cfg))
+        ctx.proximal = proximal_logprobs(cfg, policy, trajectories, ctx.temperature, _needs_all(cfg))
     policy.ds_engine.train()
     for epoch in range(algo.ppo_epochs):
         order = list(range(len(trajectories)))
@@ -254,18 +254,18 @@ def _micro_step(
     return loss * ctx.world.size, out
 
 
-@torch.no_grad()
 def _has_advantage(sample: Sample) -> bool:
     """Whether any token of ``sample`` has a non-zero advantage (else its policy gradient is zero)."""
     return any(a != 0 for a in (sample.advantages or []))
 
 
-def _proximal_logprobs(
+@torch.no_grad()  # a score, not a loss: an autograd graph here would be kept alive with every row
+def proximal_logprobs(
     cfg: Config, policy: Policy, trajectories: list[Trajectory], temperature: float, needs_all: bool
 ) -> dict[int, torch.Tensor]:
     """The trainer's log-probs (T = ``temperature``) before the update of every sample the update
     will train (``needs_all``: every sample, else those with a non-zero advantage), by
-    ``id(sample)``: row ``t`` holds token ``t+1``, as in a micro-batch."""
+    ``id(sample)``: row ``t`` holds token ``t+1``, as in a micro-batch. Plain tensors (no grad)."""
     samples = [s for t in trajectories for s in t.samples if sum(s.loss_mask)]
     if not needs_all:  # zero-advantage samples are skipped by the update: no need to score them
         samples = [s for s in samples if _has_advantage(s)]

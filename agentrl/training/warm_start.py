@@ -22,7 +22,7 @@ from pathlib import Path
 
 from agentrl.config import Config
 from agentrl.training import checkpoint as ckpt
-from agentrl.training.run import SET_UP_FILES, check_run_dir_free
+from agentrl.training.run import SET_UP_FILES, check_reset_options, check_run_dir_free
 from agentrl.training.sft import sft
 from agentrl.training.trainer import train
 
@@ -38,8 +38,10 @@ def train_with_warm_start(cfg: Config, resume: bool = False) -> Path:
     """
     run_dir = Path(cfg.run.root) / cfg.run.name
     warm_dir = run_dir / WARM_START
+    # Both checks before the warm start's minutes, not after them.
+    check_reset_options(cfg)
     if not resume:
-        check_run_dir_free(run_dir)  # before the warm start's minutes, not after them
+        check_run_dir_free(run_dir)
     if ckpt.latest_checkpoint(warm_dir) is None:
         if warm_dir.exists():
             shutil.rmtree(warm_dir)  # an interrupted warm start: its data and updates are redone
