@@ -1,11 +1,13 @@
 """agentrl: train LLM agents with reinforcement learning on multi-turn text environments.
 
 ``import agentrl`` stays light (no torch): the env layer, the registry and the trajectory format.
+
+May import: agentrl.envs and agentrl.rollout.trajectory only (the public API; no torch).
 """
 
-from agentrl.env import TextEnv, check_env, text_space
-from agentrl.registry import EnvSpec, load_plugins, make, names, register, spec
-from agentrl.trajectory import Sample, Trajectory, Turn
+from agentrl.envs.env import TextEnv, check_env, text_space
+from agentrl.envs.registry import EnvSpec, load_plugins, make, names, register, spec
+from agentrl.rollout.trajectory import Sample, Trajectory, Turn
 
 __version__ = "0.1.0"
 

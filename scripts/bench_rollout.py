@@ -34,9 +34,9 @@ import time
 
 import torch
 
-from agentrl.engines import EngineSetup, start_engine
 from agentrl.models import load_tokenizer, resolve_model_path
-from agentrl.rollout import RolloutConfig, RolloutManager
+from agentrl.rollout.engines import EngineSetup, start_engine
+from agentrl.rollout.manager import RolloutConfig, RolloutManager
 
 
 class Recorder:

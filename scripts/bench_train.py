@@ -8,9 +8,9 @@ The script
    Token ids are random; the "rollout" log-probs are the model's own (one no-grad forward), so the
    PPO ratio starts at 1 as on-policy; advantages are a nonzero value per episode (+-0.5 to +-1.5),
    spread over its sampled tokens;
-2. builds the policy through the trainer's own code path (``agentrl.policy.build_policy``: the
+2. builds the policy through the trainer's own code path (``agentrl.training.policy.build_policy``: the
    model wrapped in DeepSpeed ZeRO-``--zero-stage`` with AdamW, grad clipping 1.0) and times
-   ``agentrl.update.update`` (one optimizer step over the batch: PPO-clip loss, token-mean);
+   ``agentrl.training.update.update`` (one optimizer step over the batch: PPO-clip loss, token-mean);
 3. times a bare PyTorch step on a separate copy of the same weights over the *same* micro-batches
    (``pack_micro_batches`` with the same token budget and padding): forward, ``log_softmax`` gather of
    the targets, loss ``sum(-logp * adv * mask) / n_masked``, backward per micro-batch, then
@@ -51,13 +51,13 @@ import time
 
 import torch
 
-from agentrl.batching import pack_micro_batches
+from agentrl.algorithms.batching import pack_micro_batches
 from agentrl.config import load_config
-from agentrl.distributed import init_distributed
 from agentrl.models import load_model, resolve_model_path
-from agentrl.policy import build_policy, quiet_libraries
-from agentrl.trajectory import Sample, Trajectory, Turn
-from agentrl.update import update
+from agentrl.rollout.trajectory import Sample, Trajectory, Turn
+from agentrl.training.distributed import init_distributed
+from agentrl.training.policy import build_policy, quiet_libraries
+from agentrl.training.update import update
 
 
 def synthetic_batch(n: int, tokens: int, vocab: int, seed: int) -> list[Trajectory]:
@@ -236,8 +236,8 @@ def main() -> None:
     print(f"ratio bare bf16 / bare fp32 (tokens/s): {t_bare / t_bare16:.3f}")
 
     if args.with_vllm:
-        from agentrl.engines import SamplingParams
-        from agentrl.engines.vllm import VLLMEngine
+        from agentrl.rollout.engines import SamplingParams
+        from agentrl.rollout.engines.vllm import VLLMEngine
 
         engine = VLLMEngine(
             resolve_model_path(cfg.model.path),

@@ -7,7 +7,7 @@ Candidates, each reading every line of the same file into ``Trajectory`` objects
 
 - ``current``: the reader before validation (``json.loads`` + ``Trajectory.from_dict`` building
   the dataclasses without any check), copied here as the baseline;
-- ``msgspec``: ``agentrl.trajectory.read_jsonl`` as shipped: msgspec decodes each line straight into
+- ``msgspec``: ``agentrl.rollout.trajectory.read_jsonl`` as shipped: msgspec decodes each line straight into
   the dataclasses, checking every field's type, then ``check_trajectory`` (spans, lengths, depth);
 - ``pydantic``: pydantic v2 ``TypeAdapter(Trajectory).validate_json(line, strict=True)`` and the same
   ``check_trajectory``;
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agentrl.trajectory import Sample, Trajectory, Turn, check_trajectory, read_jsonl, write_jsonl
+from agentrl.rollout.trajectory import Sample, Trajectory, Turn, check_trajectory, read_jsonl, write_jsonl
 
 
 def current_reader(path: Path) -> list[Trajectory]:

@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from agentrl.metrics import wilson_interval
-from agentrl.trajectory import Trajectory, read_jsonl, step_filename
+from agentrl.rollout.trajectory import Trajectory, read_jsonl, step_filename
+from agentrl.training.metrics import wilson_interval
 
 
 def eval_rows(run: Path) -> list[dict]:

@@ -9,7 +9,7 @@ import sys
 import time
 
 import agentrl
-from agentrl.env import TextEnv
+from agentrl.envs.env import TextEnv
 
 
 class LetterShareEnv(TextEnv):

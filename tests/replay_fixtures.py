@@ -1,7 +1,7 @@
 """Realistic run directories for the replay viewer's tests (and the README screenshot).
 
 ``make_run`` writes what the trainer writes: config.yaml, metrics.jsonl, trajectories/ and eval/
-step files via ``agentrl.trajectory.write_jsonl``, with sokoban episodes played by a tiny
+step files via ``agentrl.rollout.trajectory.write_jsonl``, with sokoban episodes played by a tiny
 simulator (so boards, rewards and success are consistent) and single-turn countdown episodes.
 Tokens come from a toy word-piece tokenizer in the chat-template shape the rollout manager uses:
 one growing sample per episode, prompt tokens masked 0, sampled reply tokens masked 1.
@@ -20,7 +20,7 @@ import random
 import re
 from pathlib import Path
 
-from agentrl.trajectory import Sample, Trajectory, Turn, step_filename, write_jsonl
+from agentrl.rollout.trajectory import Sample, Trajectory, Turn, step_filename, write_jsonl
 
 XSS_REPLY = (
     '<think>try <script>alert(1)</script> first</think><answer><img src=x onerror="alert(2)"></answer>'

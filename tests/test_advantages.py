@@ -1,4 +1,5 @@
-"""Advantage estimators against hand-computed numbers (arithmetic in the comments)."""
+"""Advantage estimators against hand-computed numbers (arithmetic in the comments), and the credit
+path that puts them onto tokens (agentrl.algorithms.credit)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 import torch
 
-from agentrl.advantages import (
+from agentrl.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageParams,
     TurnBatch,
@@ -19,6 +20,9 @@ from agentrl.advantages import (
     observation_key,
     select_groups_by_std,
 )
+from agentrl.algorithms.credit import assign_credit
+from agentrl.algorithms.rewards import ShapingParams
+from agentrl.rollout.trajectory import Sample, Trajectory, Turn
 
 S2 = math.sqrt(2.0)
 
@@ -258,3 +262,46 @@ def test_observation_key_is_stable() -> None:
     assert observation_key("#####\n#@ $.#") == observation_key("#####\n#@ $.#")
     assert observation_key("a") != observation_key("b")
     assert -(2**63) <= observation_key("a") < 2**63
+
+
+# ------------------------------------------------------------------------------------------------
+# The credit path: trajectories -> per-token advantages
+# ------------------------------------------------------------------------------------------------
+
+
+def _episode(group: int, seed: int, rewards: list[float]) -> Trajectory:
+    """One sample of 2 prompt tokens, then per turn 2 sampled tokens and 1 env token."""
+    ids, mask, turns = [1, 2], [0, 0], []
+    for r in rewards:
+        start = len(ids)
+        ids += [3, 4, 5]
+        mask += [1, 1, 0]
+        turns.append(
+            Turn(observation=f"o{len(turns)}", reply="r", reward=r, response_span=(start, start + 3))
+        )
+    sample = Sample(token_ids=ids, loss_mask=mask, logprobs=[0.0] * len(ids))
+    return Trajectory(env="t", seed=seed, group=group, turns=turns, samples=[sample])
+
+
+def test_assign_credit_puts_each_turns_advantage_on_its_sampled_tokens() -> None:
+    trajs = [_episode(0, 0, [1.0, 0.0]), _episode(0, 0, [0.0]), _episode(1, 1, [0.5]), _episode(1, 1, [0.5])]
+    credit = assign_credit(trajs, AdvantageParams(estimator="grpo"), ShapingParams())
+    expected = compute_advantages(TurnBatch.from_trajectories(trajs), AdvantageParams(estimator="grpo"))
+    assert expected.tolist()[:2] == pytest.approx(
+        [0.7071, 0.7071], abs=1e-3
+    )  # an episode's return, each turn
+    first = trajs[0].samples[0].advantages
+    assert first[:2] == [0.0, 0.0]  # the prompt
+    assert first[2:5] == pytest.approx([expected[0].item()] * 2 + [0.0])  # sampled, sampled, env token
+    assert first[5:8] == pytest.approx([expected[1].item()] * 2 + [0.0])
+    assert trajs[2].samples[0].advantages == [0.0] * 5  # a group without spread: zero everywhere
+    assert credit.selected == trajs
+    assert credit.metrics["train/kept_episode_fraction"] == 1.0
+    assert "train/shaping_bonus" not in credit.metrics
+
+
+def test_assign_credit_starpo_s_keeps_the_groups_with_spread() -> None:
+    trajs = [_episode(0, 0, [1.0]), _episode(0, 0, [0.0]), _episode(1, 1, [0.5]), _episode(1, 1, [0.5])]
+    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), keep_group_fraction=0.5)
+    assert credit.selected == trajs[:2]
+    assert credit.metrics["train/kept_episode_fraction"] == 0.5

@@ -111,21 +111,21 @@ def private_uses(source: str) -> set[str]:
 
 def test_private_uses_are_found():
     source = """
-import agentrl.registry as reg
+import agentrl.envs.registry as reg
 import agentrl
-from agentrl import trainer
-from agentrl.trainer import LoopState, _collapse_guard
+from agentrl.training import trainer
+from agentrl.training.trainer import LoopState, _collapse_guard
 from agentrl_envs import math_problems
 x = reg._plugins_loaded
 y = math_problems._level1
-z = agentrl.trainer._stage_settings
+z = agentrl.training.trainer._stage_settings
 ok = math_problems.LEVELS, trainer.train, reg.__name__, self._private, os._exit
 """
     assert private_uses(source) == {
-        "agentrl.trainer._collapse_guard",
-        "agentrl.registry._plugins_loaded",
+        "agentrl.training.trainer._collapse_guard",
+        "agentrl.envs.registry._plugins_loaded",
         "agentrl_envs.math_problems._level1",
-        "agentrl.trainer._stage_settings",
+        "agentrl.training.trainer._stage_settings",
     }
 
 

@@ -9,7 +9,7 @@ import gymnasium
 import pytest
 
 import agentrl
-from agentrl import registry as reg
+from agentrl.envs import registry as reg
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "guess_number"
 GYM_IDS = {

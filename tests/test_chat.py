@@ -10,7 +10,7 @@ import copy
 
 import pytest
 
-from agentrl.chat import ChatFormat, TemplateError
+from agentrl.rollout.chat import ChatFormat, TemplateError
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from agentrl.checkpoint import TrainerState
-from agentrl.curriculum import CurriculumState
+from agentrl.training.checkpoint import TrainerState
+from agentrl.training.curriculum import CurriculumState
 
 
 def test_trainer_state_round_trips_through_its_json_record():

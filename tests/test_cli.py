@@ -247,7 +247,7 @@ def test_a_start_that_fails_after_writing_its_folder_removes_it(tmp_path, tiny_m
 
 
 def test_only_a_folder_the_failed_start_wrote_is_removed(tmp_path, capsys, monkeypatch):
-    import agentrl.trainer
+    import agentrl.training.trainer
     from agentrl.config import ConfigError
 
     def failing_train(cfg, resume=False):
@@ -257,7 +257,7 @@ def test_only_a_folder_the_failed_start_wrote_is_removed(tmp_path, capsys, monke
         raise ConfigError("failed after writing the folder")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(agentrl.trainer, "train", failing_train)
+    monkeypatch.setattr(agentrl.training.trainer, "train", failing_train)
     plain = ["--set", "sft.warm_start=false"]  # the recipe's warm start would run before train
     assert run_main(["train", "--env", "sokoban", "--name", "new", *plain], capsys)[0] == 2
     assert not (tmp_path / "runs" / "new").exists()
@@ -267,7 +267,7 @@ def test_only_a_folder_the_failed_start_wrote_is_removed(tmp_path, capsys, monke
 
 
 def test_a_run_with_results_is_never_discarded(tmp_path):
-    from agentrl.trainer import discard_failed_start
+    from agentrl.training.run import discard_failed_start
 
     run = tmp_path / "run"
     (run / "tb").mkdir(parents=True)

@@ -8,12 +8,12 @@ import json
 import pytest
 from envs_for_tests import tiny_run_args  # also registers test_constant
 
-from agentrl.checkpoint import TrainerState
+from agentrl.algorithms.collapse import detect, signals
 from agentrl.cli import main
-from agentrl.collapse import detect, signals
 from agentrl.config import ConfigError, load_config
-from agentrl.metrics import echoes_instructions, instruction_echo_rate, word_ngrams
-from agentrl.trainer import collapse_guard
+from agentrl.training.checkpoint import TrainerState
+from agentrl.training.metrics import echoes_instructions, instruction_echo_rate, word_ngrams
+from agentrl.training.trainer import collapse_guard
 
 ZERO, DISTINCT, ECHO = (
     "train/zero_adv_group_fraction",
@@ -145,6 +145,7 @@ def test_collapse_config_mistakes_are_named(override, message):
     )
 
 
+@pytest.mark.slow  # a whole run until the guard stops it
 def test_forced_collapse_with_stop_ends_the_run_early_with_a_checkpoint(tmp_path, capsys):
     sets = ["train.steps=6", "run.save_every=0", "collapse.action=stop", "collapse.patience=2"]
     assert main(["train", *tiny_run_args("test_constant", "flat", tmp_path, *sets)]) == 0
@@ -162,8 +163,8 @@ def test_forced_collapse_with_stop_ends_the_run_early_with_a_checkpoint(tmp_path
 
 
 def test_distinct_replies_across_puzzles_counts_one_episode_per_puzzle():
-    from agentrl.metrics import distinct_across_puzzles
-    from agentrl.trajectory import Trajectory, Turn
+    from agentrl.rollout.trajectory import Trajectory, Turn
+    from agentrl.training.metrics import distinct_across_puzzles
 
     def traj(seed: int, group: int, reply: str) -> Trajectory:
         return Trajectory(env="e", seed=seed, group=group, turns=[Turn(observation="o", reply=reply)])

@@ -15,8 +15,8 @@ from envs_for_tests import tiny_run_args
 
 from agentrl.cli import main
 from agentrl.config import ConfigError, configs_dir, from_dict, load_config
-from agentrl.curriculum import CurriculumState, advance, decide, stage_at
-from agentrl.env import TextEnv
+from agentrl.envs.env import TextEnv
+from agentrl.training.curriculum import CurriculumState, advance, decide, stage_at
 
 # ------------------------------------------------------------------------------------------------
 # Pure logic
@@ -160,14 +160,14 @@ def test_stages_set_rollout_limits_typed_and_round_trip():
     assert second.rollout.overrides() == {"max_context_tokens": 1024} and second.rollout.max_turns is None
     assert from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
     from agentrl.config import StageRolloutConfig
-    from agentrl.rollout import PER_CALL_SETTINGS
+    from agentrl.rollout.manager import PER_CALL_SETTINGS
 
     # The stage keys are exactly the settings the rollout manager takes per call.
     assert tuple(f.name for f in dataclasses.fields(StageRolloutConfig)) == PER_CALL_SETTINGS
 
 
 def test_stage_settings_and_metrics_fill_in_the_runs_limits():
-    from agentrl.trainer import stage_metrics, stage_settings
+    from agentrl.training.trainer import stage_metrics, stage_settings
 
     staged = (
         "curriculum.stages=[{steps: 1, rollout: {max_new_tokens: 64, max_context_tokens: 512}}, {steps: 1}]"
@@ -264,6 +264,7 @@ def _options(run: Path, step: int, split: str = "trajectories") -> list[dict]:
 FIXED = "[{steps: 2, env_options: {level: 1}, lr: 1e-3}, {steps: 2, env_options: {level: 2}, lr: 1e-4, temperature: 0.5}]"
 
 
+@pytest.mark.slow  # a run through every stage, then a resume
 def test_fixed_stages_set_options_lr_and_temperature_and_resume_in_stage(tmp_path):
     # float32 throughout (no bf16 autocast on CPUs that have it): the log-probs compare to 1e-4.
     assert main(["train", *_args(tmp_path, "fixed", FIXED, "eval.every=4", "train.autocast=off")]) == 0

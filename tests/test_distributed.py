@@ -13,9 +13,9 @@ import torch
 import agentrl  # noqa: F401  isort: skip
 from envs_for_tests import subprocess_env, tiny_run_args  # also registers test_letters
 
-from agentrl.engines.hf import HFEngine
 from agentrl.models import load_model, load_tokenizer
-from agentrl.rollout import RolloutConfig, RolloutManager
+from agentrl.rollout.engines.hf import HFEngine
+from agentrl.rollout.manager import RolloutConfig, RolloutManager
 
 
 def test_an_episode_samples_the_same_whatever_else_is_in_the_batch(tiny_model_path):
@@ -83,6 +83,7 @@ def one_rank_run(tmp_path_factory) -> Path:
     return root / "one"
 
 
+@pytest.mark.slow  # launches two ranks
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed", "accelerate"])
 def test_two_ranks_match_one_rank(tmp_path, one_rank_run, launcher):
     result = _train(tmp_path, "two", 2, launcher=launcher)
@@ -112,6 +113,7 @@ def test_two_ranks_match_one_rank(tmp_path, one_rank_run, launcher):
         torch.testing.assert_close(w1[key], w2[key], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # launches two ranks
 def test_a_dead_rank_fails_the_job_quickly_and_resume_continues(tmp_path):
     import time
 
@@ -143,6 +145,7 @@ def test_a_dead_rank_fails_the_job_quickly_and_resume_continues(tmp_path):
     assert steps == [1, 2]
 
 
+@pytest.mark.slow  # launches two ranks
 def test_a_hung_rank_fails_the_job_within_the_timeout_naming_it(tmp_path):
     import time
 
@@ -162,6 +165,7 @@ def test_a_hung_rank_fails_the_job_within_the_timeout_naming_it(tmp_path):
     assert (tmp_path / "hang" / "checkpoints" / "step_000001" / "trainer_state.json").is_file()
 
 
+@pytest.mark.slow  # launches two ranks
 def test_sft_on_two_ranks_matches_one_rank(tmp_path):
     """Each rank trains on its share of every SFT batch (one rank's share may be empty)."""
     from safetensors.torch import load_file
@@ -192,6 +196,7 @@ def test_sft_on_two_ranks_matches_one_rank(tmp_path):
         torch.testing.assert_close(w1[key], w2[key], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # launches two ranks
 def test_zero3_with_the_vllm_stand_in_on_two_ranks(tmp_path):
     """ZeRO-3 shards the parameters over 2 ranks; each rank gathers them to push into its own engine
     (the stand-in in tests/fake_vllm, backed by the real tiny model) and checks the log-probs."""

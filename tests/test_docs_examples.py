@@ -1,4 +1,5 @@
-"""Every ``--set KEY=VALUE`` shown to a user loads, and every config key is read by something.
+"""Every ``--set KEY=VALUE`` shown to a user loads, every ``agentrl ...`` command shown parses (and
+its ``--config``, ``--env`` and ``--set`` load), and every config key is read by something.
 
 The examples come from ``agentrl train --help``, ``agentrl sft --help``, README.md and docs/*.md;
 each is loaded with :func:`agentrl.config.load_config` in the context its command gives it (its
@@ -18,9 +19,9 @@ from pathlib import Path
 import pytest
 
 import agentrl
-from agentrl.cli import main
+from agentrl.cli import build_parser, main
 from agentrl.config import Config, ConfigError, load_config
-from agentrl.rollout import RolloutConfig
+from agentrl.rollout.manager import RolloutConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -133,6 +134,57 @@ def test_a_wrong_key_in_an_example_fails():
         load_example(missing)
 
 
+# ------------------------------------------------------------------------------------------------
+# Every `agentrl ...` command of the docs and of --help parses, and its config loads
+# ------------------------------------------------------------------------------------------------
+
+_COMMAND = re.compile(r"\bagentrl (?:train|sft|eval|replay|envs|play)\b[^`#|(\n]*")
+
+
+def extract_commands(text: str, where: str) -> list[tuple[str, list[str]]]:
+    """``(where, argv)`` of every ``agentrl SUBCOMMAND ...`` of ``text`` (continuation lines joined;
+    up to a backtick, a ``#`` comment, a ``|`` or a parenthesis). A command with a placeholder
+    (``...``, ``NAME``-style capitals, a shell variable) is kept: argparse must still take it."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    out = []
+    for match in _COMMAND.finditer(joined):
+        argv = match.group(0).split()[1:]
+        if argv[-1:] in (["--from"], ["--env"], ["--config"]):  # the option named in prose
+            continue
+        line = joined.count("\n", 0, match.start()) + 1
+        out.append((f"{where}:{line}", argv))
+    return out
+
+
+def _doc_commands() -> list[tuple[str, list[str]]]:
+    out = []
+    for path in DOC_FILES:
+        out += extract_commands(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    return out
+
+
+def test_the_docs_show_commands():
+    commands = [argv[0] for _, argv in _doc_commands()]
+    assert {"train", "sft", "eval", "replay", "envs", "play"} <= set(commands), commands
+
+
+@pytest.mark.parametrize(("where", "argv"), _doc_commands(), ids=lambda x: x if isinstance(x, str) else None)
+def test_doc_command_parses_and_its_config_loads(where, argv):
+    args = build_parser().parse_args(argv)  # SystemExit (argparse's usage error) fails the test
+    if args.command not in ("train", "sft", "eval") or "..." in argv:
+        return
+    env = args.env if args.env in agentrl.names() else None
+    config_file = str(ROOT / args.config) if args.config and (ROOT / args.config).is_file() else None
+    overrides = [o for o in args.overrides if not _is_placeholder(*o.partition("=")[::2])]
+    load_config(config_file=config_file, env=env or (None if config_file else "sokoban"), overrides=overrides)
+
+
+def test_a_wrong_option_in_a_command_fails():
+    [(_, argv)] = extract_commands("run `agentrl train --env sokoban --step 3`", "negative")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+
+
 def test_placeholders_are_skipped():
     text = "--set env.kwargs.KEY=VALUE --set run.root=$RUNS --set run.name=NAME --set train.steps=..."
     assert extract(text, "placeholders") == []
@@ -227,9 +279,9 @@ def logged_metric_names() -> list[tuple[str, ...]]:
     update.py), found by calling the loss functions on a tiny batch."""
     import torch
 
-    from agentrl.losses import POLICY_LOSSES, LossTotals, PolicyLossParams, truncated_is_weights
-    from agentrl.rollout import PER_CALL_SETTINGS
-    from agentrl.trajectory import END_REASONS
+    from agentrl.algorithms.losses import POLICY_LOSSES, LossTotals, PolicyLossParams, truncated_is_weights
+    from agentrl.rollout.manager import PER_CALL_SETTINGS
+    from agentrl.rollout.trajectory import END_REASONS
 
     names: set[tuple[str, ...]] = set()
     for path in (ROOT / "agentrl").rglob("*.py"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentrl.engines.base import Engine, SamplingParams
-from agentrl.engines.hf import HFEngine
-from agentrl.losses import token_logprobs
+from agentrl.rollout.engines.base import Engine, SamplingParams
+from agentrl.rollout.engines.hf import HFEngine
+from agentrl.rollout.logprobs import token_logprobs
 
 PROMPTS = [[100, 200, 300], [1000, 2000], [5000, 6000, 7000, 8000, 9000]]
 

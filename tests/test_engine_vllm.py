@@ -60,7 +60,7 @@ def engine(model_path):
     """One real vLLM engine for the module, started with the host's RNG seeded and 2 threads.
 
     Yields ``(engine, host)``: ``host`` records what the process looked like around the start."""
-    from agentrl.engines.vllm import VLLMEngine
+    from agentrl.rollout.engines.vllm import VLLMEngine
 
     torch.set_num_threads(2)
     random.seed(11)
@@ -78,7 +78,7 @@ def engine(model_path):
 
 
 def _sampling(**kw):
-    from agentrl.engines import SamplingParams
+    from agentrl.rollout.engines import SamplingParams
 
     return SamplingParams(**kw)
 
@@ -101,7 +101,7 @@ def test_start_keeps_the_callers_seeding_and_threads(engine):
 
 
 def test_greedy_equals_the_hf_engine(engine, trainer, chat_prompts):
-    from agentrl.engines.hf import HFEngine
+    from agentrl.rollout.engines.hf import HFEngine
 
     eng, _ = engine
     sampling = _sampling(max_new_tokens=24, temperature=0.0)
@@ -113,7 +113,7 @@ def test_greedy_equals_the_hf_engine(engine, trainer, chat_prompts):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_match_a_transformers_recomputation(engine, trainer, chat_prompts, temperature):
-    from agentrl.losses import token_logprobs
+    from agentrl.rollout.logprobs import token_logprobs
 
     eng, _ = engine
     gens = eng.generate(chat_prompts, _sampling(max_new_tokens=32, temperature=temperature, seed=3))
@@ -176,7 +176,7 @@ def _perturbed(trainer: torch.nn.Module, scale: float, only: str | None = None) 
 
 
 def _gap(eng, model, prompts) -> float:
-    from agentrl.weight_sync import logprob_gap
+    from agentrl.rollout.weight_sync import logprob_gap
 
     return logprob_gap(eng, model, prompts, torch.device("cpu"))
 
@@ -187,7 +187,7 @@ def test_a_push_moves_the_engine_to_the_new_weights(engine, trainer, chat_prompt
     head) is pushed; the engine's log-probs then match the perturbed model's, not the original's."""
     import copy
 
-    from agentrl.weight_sync import SYNC_TOLERANCE
+    from agentrl.rollout.weight_sync import SYNC_TOLERANCE
 
     eng, _ = engine
     new = _perturbed(trainer, 0.05, only)
@@ -201,7 +201,7 @@ def test_a_push_moves_the_engine_to_the_new_weights(engine, trainer, chat_prompt
         assert stale > 10 * SYNC_TOLERANCE["float32"], stale  # the check would have caught a missed push
         # Sampling follows the new weights too (the prefix cache was reset).
         greedy = _sampling(max_new_tokens=8, temperature=0.0)
-        from agentrl.engines.hf import HFEngine
+        from agentrl.rollout.engines.hf import HFEngine
 
         assert [g.token_ids for g in eng.generate(chat_prompts, greedy)] == [
             g.token_ids for g in HFEngine(moved, pad_token_id=2).generate(chat_prompts, greedy)
@@ -217,10 +217,10 @@ def test_the_post_sync_check_stops_a_stale_layer(engine, trainer, chat_prompts):
     from types import SimpleNamespace
 
     from agentrl.config import load_config
-    from agentrl.distributed import World
-    from agentrl.trainer import sync_weights
-    from agentrl.trajectory import Sample, Trajectory
-    from agentrl.weight_sync import WeightSyncError
+    from agentrl.rollout.trajectory import Sample, Trajectory
+    from agentrl.rollout.weight_sync import WeightSyncError
+    from agentrl.training.distributed import World
+    from agentrl.training.trainer import sync_weights
 
     eng, _ = engine
     cfg = load_config(env="sokoban")
@@ -258,7 +258,7 @@ def test_the_post_sync_check_stops_a_stale_layer(engine, trainer, chat_prompts):
 
 
 def test_a_stuck_generate_ends_with_a_timeout(engine, chat_prompts):
-    from agentrl.engines.watchdog import EngineTimeout
+    from agentrl.rollout.engines.watchdog import EngineTimeout
 
     eng, _ = engine
     eng.generate_timeout_s = 0.3

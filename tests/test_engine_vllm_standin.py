@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentrl.engines import ENGINES, Engine, SamplingParams
-from agentrl.engines.vllm import VLLMEngine
+from agentrl.rollout.engines import ENGINES, Engine, SamplingParams
+from agentrl.rollout.engines.vllm import VLLMEngine
 
 FAKE_DIR = Path(__file__).parent / "fake_vllm"
 
@@ -67,7 +67,7 @@ def _calls(engine: VLLMEngine, *names: str) -> list[tuple[str, object]]:
 
 
 def test_module_imports_without_vllm():
-    code = "import sys, agentrl.engines.vllm; assert 'vllm' not in sys.modules"
+    code = "import sys, agentrl.rollout.engines.vllm; assert 'vllm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
@@ -167,7 +167,7 @@ def test_greedy_mapping(fake_vllm):
 def test_truncated_sampling_is_sent_and_warned_once(fake_vllm, caplog: pytest.LogCaptureFixture):
     engine = _engine()
     sampling = SamplingParams(temperature=1.0, top_p=0.9, top_k=20)
-    with caplog.at_level(logging.WARNING, logger="agentrl.engines.vllm"):
+    with caplog.at_level(logging.WARNING, logger="agentrl.rollout.engines.vllm"):
         engine.generate([[1]], sampling)
         engine.generate([[1]], sampling)
     params = _calls(engine, "generate")[0][1][1]
@@ -336,7 +336,7 @@ def _trainer_copy(tiny_model_path: str) -> torch.nn.Module:
 
 
 def test_prompt_logprobs_match_the_trainer_only_after_the_push(fake_vllm, tiny_model_path):
-    from agentrl.weight_sync import logprob_gap, policy_weights
+    from agentrl.rollout.weight_sync import logprob_gap, policy_weights
 
     engine = VLLMEngine(tiny_model_path)
     trainer = _trainer_copy(tiny_model_path)
@@ -351,10 +351,10 @@ def test_sync_weights_stops_the_run_when_weights_do_not_arrive(fake_vllm, tiny_m
     from types import SimpleNamespace
 
     from agentrl.config import load_config
-    from agentrl.distributed import World
-    from agentrl.trainer import sync_weights
-    from agentrl.trajectory import Sample, Trajectory
-    from agentrl.weight_sync import WeightSyncError
+    from agentrl.rollout.trajectory import Sample, Trajectory
+    from agentrl.rollout.weight_sync import WeightSyncError
+    from agentrl.training.distributed import World
+    from agentrl.training.trainer import sync_weights
 
     cfg = load_config(env="countdown", model=tiny_model_path)
     trainer = _trainer_copy(tiny_model_path)
@@ -380,11 +380,12 @@ def test_sync_weights_stops_the_run_when_weights_do_not_arrive(fake_vllm, tiny_m
 
 
 def test_the_hf_engine_needs_no_push(tiny_model):
-    from agentrl.engines.hf import HFEngine
+    from agentrl.rollout.engines.hf import HFEngine
 
     assert not HFEngine(tiny_model, 0).capabilities.own_weights
 
 
+@pytest.mark.slow  # training runs through the adapter
 @pytest.mark.parametrize("zero_stage", [0, 3])
 def test_training_with_the_vllm_adapter_pushes_and_checks_every_step(fake_vllm, tmp_path, zero_stage):
     """The trainer's vLLM path end to end on CPU: canned samples, real pushes, real checks.
@@ -423,9 +424,9 @@ def test_policy_weights_gathers_zero3_shards_into_full_tensors(tiny_model_path):
     import deepspeed
 
     from agentrl.config import configs_dir
-    from agentrl.distributed import init_distributed
     from agentrl.models import load_model
-    from agentrl.weight_sync import policy_weights
+    from agentrl.rollout.weight_sync import policy_weights
+    from agentrl.training.distributed import init_distributed
 
     init_distributed("cpu")
     reference, model = load_model(tiny_model_path), load_model(tiny_model_path)
@@ -441,7 +442,7 @@ def test_policy_weights_gathers_zero3_shards_into_full_tensors(tiny_model_path):
 def test_kv_cache_is_sized_to_the_rollout_and_capped_by_memory(tiny_model_path):
     import json
 
-    from agentrl.engines.vllm import kv_cache_bytes
+    from agentrl.rollout.engines.vllm import kv_cache_bytes
 
     cfg = json.loads((Path(tiny_model_path) / "config.json").read_text())
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]

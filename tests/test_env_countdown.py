@@ -20,7 +20,7 @@ from agentrl_envs.countdown import (
     solve,
 )
 
-from agentrl.env import HOSTILE_ACTIONS
+from agentrl.envs.env import HOSTILE_ACTIONS
 
 
 def test_check_env_passes():

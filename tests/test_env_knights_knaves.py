@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from agentrl_envs.knights_knaves import KnightsKnavesEnv, evaluate, parse_answer, render_statement
 
-from agentrl.env import HOSTILE_ACTIONS
+from agentrl.envs.env import HOSTILE_ACTIONS
 
 
 def test_check_env_passes():

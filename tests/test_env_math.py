@@ -18,7 +18,7 @@ from agentrl_envs import math_problems
 from agentrl_envs.math_env import MathEnv, extract_answer, extract_boxed, load_problems, refusal_reason
 from agentrl_envs.math_problems import LEVELS, generate_problem, generate_worked_problem
 
-from agentrl.env import HOSTILE_ACTIONS
+from agentrl.envs.env import HOSTILE_ACTIONS
 
 
 def test_check_env_passes():

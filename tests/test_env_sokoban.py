@@ -15,7 +15,7 @@ import pytest
 from agentrl_envs.sokoban import SokobanEnv, generate_room, parse_action, parse_layout
 from agentrl_envs.sokoban_solver import solve
 
-from agentrl.env import HOSTILE_ACTIONS
+from agentrl.envs.env import HOSTILE_ACTIONS
 
 # Two boxes: the one at (1,2) starts on its target, the one at (2,4) is next to the other target.
 LAYOUT = """
@@ -371,7 +371,7 @@ def test_oracle_turn_actions_are_the_whole_plan_without_a_single_box_off_target(
 
 
 def test_demonstration_reply_gives_the_moves_its_thought_explains():
-    from agentrl.sft import oracle_reply
+    from agentrl.training.sft import oracle_reply
 
     env = SokobanEnv(describe_positions=True)
     env.reset(options={"layout": "######\n#O___#\n#____#\n#X___#\n#P___#\n######"})

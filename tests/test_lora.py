@@ -17,7 +17,7 @@ import torch
 from envs_for_tests import run_agentrl
 
 from agentrl.config import ConfigError, configs_dir, load_config
-from agentrl.weight_sync import logprob_gap, merged_lora_weight, policy_weights, trainer_logprobs
+from agentrl.rollout.weight_sync import logprob_gap, merged_lora_weight, policy_weights, trainer_logprobs
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
 
@@ -190,8 +190,8 @@ def vllm_model_path() -> str:
 @pytest.mark.slow
 @needs_vllm
 def test_a_lora_push_makes_vllm_score_like_the_adapted_trainer(vllm_model_path):
-    from agentrl.engines.vllm import VLLMEngine
     from agentrl.models import load_model
+    from agentrl.rollout.engines.vllm import VLLMEngine
 
     engine = VLLMEngine(vllm_model_path, dtype="float32", max_model_len=512, kv_cache_memory_bytes=1 << 28)
     try:
@@ -254,8 +254,8 @@ def test_the_lora_recipe_trains_on_vllm_from_the_cli(tmp_path, vllm_model_path):
 def _stored_gap(model_dir, trajectories: list[dict]) -> float:
     """Mean |stored rollout log-prob - recomputed| over sampled tokens, under the model in ``model_dir``
     (a checkpoint's ``hf/`` folder holds the adapters merged)."""
-    from agentrl.losses import token_logprobs
     from agentrl.models import load_model
+    from agentrl.rollout.logprobs import token_logprobs
 
     model = load_model(str(model_dir)).eval()
     gaps = []

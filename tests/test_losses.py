@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agentrl.losses import (
+from agentrl.algorithms.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
     POLICY_LOSSES,
@@ -20,8 +20,8 @@ from agentrl.losses import (
     get_policy_loss,
     kl_coef_at,
     kl_penalty,
-    token_logprobs,
 )
+from agentrl.rollout.logprobs import token_logprobs
 
 LN = math.log
 
@@ -259,7 +259,7 @@ def test_lookup_errors() -> None:
 
 
 def test_truncated_is_weights_by_hand():
-    from agentrl.losses import TISParams, truncated_is_weights
+    from agentrl.algorithms.losses import TISParams, truncated_is_weights
 
     proximal = torch.tensor([[-1.0, -2.0, -0.2, -3.0]])
     behaviour = torch.tensor([[-1.5, -1.0, -1.2, -0.1]])

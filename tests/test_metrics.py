@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentrl.logger import progress_text
-from agentrl.metrics import wilson_interval
+from agentrl.training.logger import progress_text
+from agentrl.training.metrics import wilson_interval
 
 
 def test_wilson_interval_by_hand():
@@ -34,7 +34,7 @@ def test_summary_line_from_a_runs_metrics(tmp_path):
     import json
 
     from agentrl.config import load_config
-    from agentrl.trainer import summary_line
+    from agentrl.training.trainer import summary_line
 
     cfg = load_config(env="sokoban")
     rows = [

@@ -15,8 +15,8 @@ import gymnasium
 import pytest
 
 import agentrl
-from agentrl import registry as reg
-from agentrl.env import TextEnv
+from agentrl.envs import registry as reg
+from agentrl.envs.env import TextEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "guess_number"

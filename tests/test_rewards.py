@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from agentrl.rewards import (
+from agentrl.algorithms.rewards import (
     ShapingParams,
     cosine_length_reward,
     length_penalty,
@@ -172,7 +172,7 @@ def test_cosine_reward_end_to_end_follows_the_stage_budget(tmp_path) -> None:
     from envs_for_tests import tiny_run_args
 
     from agentrl.cli import main
-    from agentrl.trajectory import read_jsonl
+    from agentrl.rollout.trajectory import read_jsonl
 
     stages = "[{steps: 1, env_options: {succeed: true}}, {steps: 1, env_options: {succeed: false}, rollout: {max_new_tokens: 4}}]"
     args = tiny_run_args(

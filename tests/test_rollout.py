@@ -16,13 +16,13 @@ import torch
 from test_chat import TEMPLATES, build, think_dropping_tokenizer
 
 import agentrl
-from agentrl.chat import ChatFormat
-from agentrl.engines.base import Generation, SamplingParams
-from agentrl.engines.hf import HFEngine
-from agentrl.env import TextEnv
-from agentrl.losses import token_logprobs
-from agentrl.rollout import RolloutConfig, RolloutManager, parse_reply
-from agentrl.trajectory import read_jsonl, write_jsonl
+from agentrl.envs.env import TextEnv
+from agentrl.rollout.chat import ChatFormat
+from agentrl.rollout.engines.base import Generation, SamplingParams
+from agentrl.rollout.engines.hf import HFEngine
+from agentrl.rollout.logprobs import token_logprobs
+from agentrl.rollout.manager import RolloutConfig, RolloutManager, parse_reply
+from agentrl.rollout.trajectory import read_jsonl, write_jsonl
 
 # ------------------------------------------------------------------------------------------------
 # Helpers: engines, a counting test env, stream checks
@@ -639,7 +639,7 @@ def test_loss_mask_under_templates(tokenizer, name):
 def test_template_that_is_not_append_only_falls_back_to_window(tokenizer, caplog):
     tok = think_dropping_tokenizer(tokenizer)
     script = [[reply("a")] * 2, [reply("b")] * 2, [reply("c")] * 2]
-    with caplog.at_level(logging.WARNING, logger="agentrl.rollout"):
+    with caplog.at_level(logging.WARNING, logger="agentrl.rollout.manager"):
         trajs, engine, mgr = rollout(tok, script, env="test-counter", group_size=2, max_turns=3)
     assert mgr.context_mode == "window"
     assert any("not append-only" in r.getMessage() and "window" in r.getMessage() for r in caplog.records)

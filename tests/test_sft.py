@@ -9,11 +9,11 @@ import pytest
 
 import agentrl  # noqa: F401  isort: skip
 from agentrl.cli import main
-from agentrl.engines.hf import HFEngine
 from agentrl.models import load_model
-from agentrl.rollout import RolloutConfig, RolloutManager
-from agentrl.sft import oracle_reply, successful_episodes
-from agentrl.trajectory import write_jsonl
+from agentrl.rollout.engines.hf import HFEngine
+from agentrl.rollout.manager import RolloutConfig, RolloutManager
+from agentrl.rollout.trajectory import write_jsonl
+from agentrl.training.sft import oracle_reply, successful_episodes
 
 
 @pytest.fixture()
@@ -59,6 +59,7 @@ def test_demonstrations_are_templated_exactly_as_rl_episodes(manager, tokenizer)
         assert not any(sample.loss_mask[later[0] : later[1]])
 
 
+@pytest.mark.slow  # SFT then RL, end to end
 def test_sft_learns_and_rl_starts_from_it(tmp_path):
     sets = [
         f"run.root={tmp_path}",
@@ -142,6 +143,7 @@ def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # SFT then RL, end to end
 def test_train_with_a_warm_start_is_one_command_and_resumes_without_redoing_it(tmp_path, capsys):
     """sft.warm_start: the SFT run in RUN/warm_start (base evaluated at its step 0, nothing after),
     then RL from its checkpoint in RUN; the last line reads base -> warm start -> final; --resume

@@ -66,6 +66,7 @@ def _scalar_tags(tb_dir: Path) -> set[str]:
     return set(acc.Tags()["scalars"])
 
 
+@pytest.mark.slow  # several whole runs
 @pytest.mark.parametrize("env", ["sokoban", "countdown", "knights_knaves", "math"])
 def test_train_two_steps_eval_export_and_resume(tmp_path, env):
     args = _tiny_args(tmp_path, "run", "train.steps=2", "eval.every=2")
@@ -104,6 +105,7 @@ LEARNING = (
 )
 
 
+@pytest.mark.slow  # several whole runs
 def test_resume_gives_the_same_steps_3_and_4(tmp_path):
     straight = _tiny_args(tmp_path, "straight", "train.steps=4", "eval.every=0", *LEARNING)
     assert main(["train", "--env", "test_letters", *straight]) == 0
@@ -205,6 +207,7 @@ def test_training_options_run_and_update(tmp_path, extra):
     assert not any("lora" in name for name, _ in model.named_parameters())  # adapters merged on export
 
 
+@pytest.mark.slow  # several whole runs
 def test_eval_reads_a_runs_checkpoint(tmp_path, capsys):
     args = _tiny_args(tmp_path, "src", "train.steps=1", "eval.every=0", *LEARNING[:2])
     assert main(["train", "--env", "test_letters", *args]) == 0
@@ -233,6 +236,7 @@ def test_eval_reads_a_runs_checkpoint(tmp_path, capsys):
     assert len((out / "eval.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow  # several whole runs
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     """The first SIGINT finishes the current step, saves and exits 0; --resume continues after it."""
     import signal
@@ -268,6 +272,7 @@ def yaml_load(path: str) -> dict:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
+@pytest.mark.slow  # several whole runs
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_runs_a_step(tmp_path, recipe):
     """Smoke test of each recipe: its own settings, sizes cut down, the tiny model."""
@@ -296,6 +301,7 @@ def test_every_recipe_runs_a_step(tmp_path, recipe):
     assert main(["train", "--config", config, *args, *steps, *turns]) == 0
 
 
+@pytest.mark.slow  # a whole run
 def test_train_options_shape_training_rooms_only(tmp_path):
     """env.train_options reach the training episodes' resets; evaluation plays the env as configured."""
     args = _tiny_args(
@@ -328,7 +334,7 @@ def _rss_mb() -> float:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_release_memory_returns_freed_heap_to_the_os():
-    from agentrl.policy import release_memory
+    from agentrl.training.policy import release_memory
 
     # 3000 tensors of 100 KB (below glibc's mmap threshold: they live in the heap); free every
     # other one, so the holes cannot be trimmed off the heap's top by free() itself.

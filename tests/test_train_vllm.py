@@ -25,8 +25,8 @@ pytestmark = [
 
 def _gaps(model_dir: Path, trajectories: list[dict], temperature: float) -> torch.Tensor:
     """|stored - recomputed| log-prob of every sampled token, under the model in ``model_dir``."""
-    from agentrl.losses import token_logprobs
     from agentrl.models import load_model
+    from agentrl.rollout.logprobs import token_logprobs
 
     model = load_model(str(model_dir)).eval()
     gaps = []

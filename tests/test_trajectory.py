@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_fixtures import make_step  # noqa: E402
 
-from agentrl.trajectory import (  # noqa: E402
+from agentrl.rollout.trajectory import (  # noqa: E402
     MAX_DEPTH,
     RecordError,
     Trajectory,
@@ -272,6 +272,7 @@ def test_from_dict_rejects_what_is_not_a_record():
             Trajectory.from_dict(bad)
 
 
+@pytest.mark.slow  # many property-based examples
 def test_truncation_at_every_byte_of_a_real_step_file(tmp_path):
     """A run killed mid-write, at every possible byte: the complete records back, the cut one warned."""
     first, second = 5, 2  # the two countdown episodes: a real file, and a short one (one read per byte)
@@ -306,6 +307,7 @@ SWAPS = [None, True, 7, 1.5, "text", [], [1, 2], {}, {"a": 1}]
 
 @FUZZ
 @given(values=st.lists(JSON_VALUES, min_size=1, max_size=4), where=st.lists(st.integers(0, 3), max_size=4))
+@pytest.mark.slow  # many property-based examples
 def test_random_json_values_never_raise_and_never_hide_good_records(tmp_path_factory, values, where):
     lines: list[str] = list(LINES)
     for k, value in enumerate(values):
@@ -325,6 +327,7 @@ def test_random_bytes_never_raise(tmp_path_factory, blob):
 
 @FUZZ
 @given(data=st.data())
+@pytest.mark.slow  # many property-based examples
 def test_a_type_swap_anywhere_is_skipped_naming_its_field(tmp_path_factory, data):
     i = data.draw(st.integers(0, len(LINES) - 1), label="record")
     record = json.loads(LINES[i])
@@ -340,6 +343,7 @@ def test_a_type_swap_anywhere_is_skipped_naming_its_field(tmp_path_factory, data
 
 @FUZZ
 @given(data=st.data())
+@pytest.mark.slow  # many property-based examples
 def test_a_deleted_field_either_defaults_or_is_skipped(tmp_path_factory, data):
     i = data.draw(st.integers(0, len(LINES) - 1), label="record")
     record = json.loads(LINES[i])

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from agentrl.config import load_config
-from agentrl.distributed import init_distributed
-from agentrl.losses import token_logprobs
-from agentrl.policy import autocast_for, build_policy, engine_dtype_for, split_lm
-from agentrl.trajectory import Sample, Trajectory
-from agentrl.update import update
+from agentrl.rollout.logprobs import token_logprobs
+from agentrl.rollout.trajectory import Sample, Trajectory
+from agentrl.training.distributed import init_distributed
+from agentrl.training.policy import autocast_for, build_policy, engine_dtype_for, split_lm
+from agentrl.training.update import update
 
 
 def _batch(model: torch.nn.Module, shift: float, n: int = 4, length: int = 40) -> list[Trajectory]:
@@ -168,7 +168,7 @@ def test_the_pre_update_scores_are_plain_numbers_not_graphs(world):
     """The proximal pre-pass scores every trained sample before the first optimizer step; were it
     to record autograd graphs, each row it keeps would hold its micro-batch's activations alive
     (a 32-episode Sokoban update grew by ~15 GB that way and was OOM-killed)."""
-    from agentrl.update import proximal_logprobs
+    from agentrl.training.update import proximal_logprobs
 
     cfg, policy = _policy()
     trajectories = _batch(policy.model, 0.0)

@@ -2,6 +2,9 @@
 
 ``serve(run_dir)`` starts a local server (see ``server.py``); ``export_html(run_dir, out)`` writes a
 self-contained page (see ``export.py``). Both read the run through ``data.RunData``. docs/replay.md.
+
+May import: agentrl.rollout.trajectory only (the records it shows); no torch, transformers, DeepSpeed
+or vLLM (import-linter's "stay light" contract).
 """
 
 from agentrl.replay.data import RunData

@@ -7,10 +7,12 @@ Only files under the run directory are ever opened: paths are built from validat
 (a split name from a fixed table, an integer step) and checked again after resolving symlinks.
 A run may still be training, so nothing is cached without its (mtime, size) key.
 
-No file content can make a method raise: step files are read by ``agentrl.trajectory.read_jsonl``,
+No file content can make a method raise: step files are read by ``agentrl.rollout.trajectory.read_jsonl``,
 which returns only records that follow the schema (so every field has the type the page expects)
 and a warning for each line it skipped; metrics and config are read as leniently. What cannot be
 read becomes a warning in the response, shown in the page's warning bar.
+
+May import: agentrl.rollout.trajectory only; light (no torch).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from agentrl.trajectory import Trajectory, read_jsonl, step_filename
+from agentrl.rollout.trajectory import Trajectory, read_jsonl, step_filename
 
 #: Split name -> folder in the run directory. The only folders the viewer reads trajectories from.
 SPLITS: dict[str, str] = {"train": "trajectories", "eval": "eval"}

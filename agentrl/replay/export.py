@@ -13,6 +13,8 @@ steps it holds in full.
 
 Records the reader skipped (malformed lines) are left out and listed in the page's warning bar from
 the start, each as ``split step N: FILE:LINE: skipped a malformed record: FIELD: REASON``.
+
+May import: agentrl.replay.data and .server; light (no torch).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Nothing is served by path: ``/`` is the page, ``/static/NAME`` one of the assets
 ``/api/ROUTE`` a function of validated query parameters. So no URL, encoded or not, can name a
 file of its own choosing. The server binds 127.0.0.1 by default and then also checks the Host
 header, so a web page in the user's browser cannot reach it through DNS rebinding.
+
+May import: agentrl.replay.data; light (no torch).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A stand-in for the ``vllm`` package, for tests on machines without vLLM or a GPU.
 
-It mirrors only the surface :mod:`agentrl.engines.vllm` uses, with the signatures and defaults of
+It mirrors only the surface :mod:`agentrl.rollout.engines.vllm` uses, with the signatures and defaults of
 recent vLLM releases (``SamplingParams.top_k`` defaults to 0 = disabled, ``logprobs=0`` returns the
 sampled token's log-prob). It records every call in ``LLM.calls`` so tests can check what the
 adapter sent and in which order, and it emulates sleep-mode bookkeeping strictly: generating with

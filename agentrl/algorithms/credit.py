@@ -1,0 +1,98 @@
+"""Credit assignment: the one path from finished trajectories to per-token advantages.
+
+:func:`assign_credit` is all the trainer calls, once a step:
+
+1. **rewards**: the shaping terms switched on (:func:`~agentrl.algorithms.rewards.shaping_bonus`)
+   join each episode's last-turn reward;
+2. **turns**: :meth:`TurnBatch.from_trajectories <agentrl.algorithms.advantages.TurnBatch.from_trajectories>`
+   flattens the episodes into one row per turn;
+3. **advantages**: the estimator named in the config gives one advantage per turn;
+4. **tokens**: each turn's advantage is written onto the tokens the model sampled in that turn
+   (``Sample.advantages``; 0 on prompt and env tokens);
+5. **StarPO-S**: below ``keep_group_fraction`` < 1 only the groups with the widest reward spread
+   go on to the update.
+
+May import: :mod:`agentrl.algorithms.advantages`, :mod:`agentrl.algorithms.rewards`,
+:mod:`agentrl.rollout.trajectory`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from agentrl.algorithms.advantages import (
+    AdvantageParams,
+    TurnBatch,
+    compute_advantages,
+    select_groups_by_std,
+)
+from agentrl.algorithms.rewards import ShapingParams, shaping_bonus
+from agentrl.rollout.trajectory import Trajectory
+
+
+@dataclass
+class Credit:
+    """What :func:`assign_credit` hands the update."""
+
+    selected: list[Trajectory]
+    """The trajectories that go on to the update (all of them, or StarPO-S's kept groups), their
+    samples carrying per-token advantages."""
+    metrics: dict[str, float]
+    """``train/advantage_abs_mean``, ``train/kept_episode_fraction`` and, with shaping,
+    ``train/shaping_bonus``."""
+
+
+def assign_credit(
+    trajectories: Sequence[Trajectory],
+    advantage: AdvantageParams,
+    shaping: ShapingParams,
+    keep_group_fraction: float = 1.0,
+    max_reply_tokens: int | None = None,
+) -> Credit:
+    """Shaped rewards -> per-turn advantages -> per-token advantages on every sample of
+    ``trajectories``; then the StarPO-S group filter keeping the top ``keep_group_fraction`` of
+    groups by in-group reward std. ``max_reply_tokens``: the episode's reply budget, the cosine
+    reward's default ``L_max``."""
+    bonus = None
+    if shaping.enabled:
+        bonus = shaping_bonus(
+            ["\n".join(t.reply for t in traj.turns) for traj in trajectories],
+            torch.tensor([traj.num_sampled_tokens for traj in trajectories], dtype=torch.float32),
+            torch.tensor([traj.success for traj in trajectories]),
+            torch.tensor([traj.group for traj in trajectories]),
+            shaping,
+            max_tokens=max_reply_tokens,
+        )
+    batch = TurnBatch.from_trajectories(trajectories, bonus)
+    advantages = compute_advantages(batch, advantage)
+    advantages_onto_tokens(trajectories, batch, advantages)
+    metrics = {"train/advantage_abs_mean": float(advantages.abs().mean()) if advantages.numel() else 0.0}
+    if bonus is not None:
+        metrics["train/shaping_bonus"] = float(bonus.mean())
+    selected = list(trajectories)
+    if keep_group_fraction < 1.0:
+        keep = select_groups_by_std(batch.episode_return(), batch.episode_group(), keep_group_fraction)
+        selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
+    metrics["train/kept_episode_fraction"] = len(selected) / max(1, len(trajectories))
+    return Credit(selected, metrics)
+
+
+def advantages_onto_tokens(
+    trajectories: Sequence[Trajectory], batch: TurnBatch, advantages: torch.Tensor
+) -> None:
+    """Write per-token advantages into each sample: a turn's value on its sampled tokens, 0 elsewhere."""
+    per_episode: dict[tuple[int, int], float] = {}
+    for row in range(batch.num_turns):
+        per_episode[(int(batch.episode[row]), int(batch.turn[row]))] = float(advantages[row])
+    for e, traj in enumerate(trajectories):
+        for sample in traj.samples:
+            sample.advantages = [0.0] * len(sample.token_ids)
+        for t, turn in enumerate(traj.turns):
+            value = per_episode.get((e, t), 0.0)
+            sample = traj.samples[turn.sample]
+            start, end = turn.response_span
+            for i in range(start, end):
+                sample.advantages[i] = value if sample.loss_mask[i] else 0.0

@@ -1,0 +1,149 @@
+"""Checkpoints: DeepSpeed state for exact resume plus an HF model folder, written atomically.
+
+Layout of ``runs/NAME/checkpoints/step_000123/``:
+
+- ``ds/``: DeepSpeed's engine state (weights, optimizer, LR scheduler);
+- ``hf/``: ``save_pretrained`` model and tokenizer (LoRA adapters merged), loadable by
+  ``AutoModelForCausalLM.from_pretrained`` and by ``agentrl eval --model``;
+- ``trainer_state.json`` and ``rng.pt``: the step, the loop's state (:class:`TrainerState`) and
+  the random generators.
+
+Everything is written into a hidden temp folder first and renamed into place, so a crash in the
+middle of a save leaves the previous checkpoint as the latest usable one.
+
+May import: curriculum, distributed (in agentrl.training), and config, algorithms, replay, rollout,
+envs, models, suggest, seeds (lint-imports checks).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentrl.training.curriculum import CurriculumState
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """What a run resumes from besides the weights, the optimizer and the random generators: the
+    last step and the training loop's own state. Checkpoints save it whole (``trainer_state.json``,
+    in the same atomic write as the weights); ``--resume`` restores it whole."""
+
+    step: int
+    """The last completed training step."""
+    curriculum: CurriculumState = field(default_factory=CurriculumState)
+    """Where the curriculum stands: the stage the next step plays (0 without a curriculum)."""
+    keep_group_fraction: float = 1.0
+    """StarPO-S keep fraction in force (``collapse.action=filter`` may lower it during the run)."""
+    guard_history: list[dict[str, float]] = field(default_factory=list)
+    """The collapse guard's watched metrics of the latest ``collapse.patience`` steps."""
+    warning: bool = False
+    """Whether the last step raised a collapse warning (a new warning prints one console line)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``trainer_state.json`` record: ``step``, ``stage`` and the loop's state under ``loop``."""
+        return {
+            "step": self.step,
+            "stage": self.curriculum.stage,
+            "loop": {
+                "curriculum": self.curriculum.to_dict(),
+                "keep_group_fraction": self.keep_group_fraction,
+                "guard_history": self.guard_history,
+                "warning": self.warning,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerState:
+        """The state of a ``trainer_state.json`` record; one without ``loop`` (written before the
+        loop's state was saved) starts the loop afresh in its ``stage``."""
+        loop = data.get("loop") or {}
+        curriculum = loop.get("curriculum")
+        return cls(
+            step=int(data["step"]),
+            curriculum=CurriculumState.from_dict(curriculum)
+            if curriculum is not None
+            else CurriculumState(stage=int(data.get("stage", 0))),
+            keep_group_fraction=float(loop.get("keep_group_fraction", 1.0)),
+            guard_history=list(loop.get("guard_history", [])),
+            warning=bool(loop.get("warning", False)),
+        )
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:06d}"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (temp folders of interrupted saves are ignored)."""
+    done = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def _hf_export(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
+    if hasattr(model, "merge_and_unload"):  # peft: export plain merged weights
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    state: TrainerState,
+    ds_engine: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    keep: int = 2,
+    is_main: bool = True,
+) -> Path:
+    """Save atomically; keep the newest ``keep`` checkpoints (0: all). Collective under DeepSpeed."""
+    final = checkpoint_dir(run_dir, state.step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    ds_engine.save_checkpoint(str(tmp), tag="ds")  # every rank writes its own shards
+    if is_main:
+        _hf_export(model, tokenizer, tmp / "hf")
+        torch.save(
+            {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            tmp / "rng.pt",
+        )
+        (tmp / STATE_FILE).write_text(json.dumps(state.to_dict()))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep > 0:
+            for old in sorted((run_dir / "checkpoints").glob("step_*"))[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load_checkpoint(path: Path, ds_engine: Any) -> TrainerState:
+    """Restore DeepSpeed state and RNGs from ``path``; return the trainer state to continue from."""
+    load_path, _ = ds_engine.load_checkpoint(str(path), tag="ds")
+    if load_path is None:
+        raise FileNotFoundError(f"{path}/ds holds no DeepSpeed checkpoint; the checkpoint is incomplete")
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    return TrainerState.from_dict(json.loads((path / STATE_FILE).read_text()))
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()

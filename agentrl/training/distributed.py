@@ -1,0 +1,123 @@
+"""Process-group set-up and the few collectives the trainer needs (gloo on CPU, NCCL on GPU).
+
+A plain ``agentrl train`` is a world of one process; under ``deepspeed``, ``torchrun`` or
+``accelerate launch`` the launcher's environment variables (RANK, WORLD_SIZE...) are used as is.
+
+May import: config, algorithms, replay, rollout, envs, models, suggest, seeds (the stages below
+agentrl.training; lint-imports checks).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+
+_Number = TypeVar("_Number", int, float)
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    timeout_s: float = 1800.0
+    """Seconds a rank waits for the others at a collective before the job fails."""
+    monitor: Any = field(default=None, compare=False, repr=False)
+    """A gloo process group for :func:`meet` (the default group itself when it is gloo)."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(device: str, timeout_s: int = 1800) -> World:
+    """Initialise DeepSpeed's process group (a world of one when no launcher set one up)."""
+    import deepspeed
+
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
+    if not torch.distributed.is_initialized():
+        # A process group that existed before was destroyed (vLLM tears down the default group when
+        # its in-process engine goes away): DeepSpeed's cached clone of the old world group would then
+        # be passed to the new one ("Group ... is not registered"). Forget it before re-initialising.
+        from deepspeed.utils import groups
+
+        groups._WORLD_GROUP = None
+        backend = "nccl" if device == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+    size = torch.distributed.get_world_size()
+    monitor = None
+    if size > 1:
+        # monitored_barrier exists only on gloo; NCCL jobs get a small gloo group beside their own.
+        gloo = torch.distributed.get_backend() == "gloo"
+        monitor = None if gloo else torch.distributed.new_group(backend="gloo")
+    return World(
+        rank=torch.distributed.get_rank(),
+        size=size,
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        timeout_s=float(timeout_s),
+        monitor=monitor,
+    )
+
+
+class RankFailure(RuntimeError):
+    """Some rank did not reach a meeting point in time: it died or hangs."""
+
+
+def meet(world: World, where: str) -> None:
+    """All ranks meet here; if one does not arrive within ``world.timeout_s``, the job fails naming it.
+
+    A plain collective that times out says only that it timed out; gloo's monitored barrier tells
+    rank 0 which ranks never came, and rank 0's error then names them.
+    """
+    if world.size == 1:
+        return
+    try:
+        torch.distributed.monitored_barrier(
+            group=world.monitor, timeout=timedelta(seconds=world.timeout_s), wait_all_ranks=True
+        )
+    except RuntimeError as exc:
+        raise RankFailure(
+            f"rank {world.rank}: ranks did not all reach '{where}' within train.dist_timeout_s="
+            f"{world.timeout_s:.0f} s, so one died or hangs ({exc}). Fix what failed there (its log names "
+            "the error), then continue with --resume from the last checkpoint."
+        ) from None
+
+
+def gather_objects(obj: Any, world: World) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a list of one in a world of one)."""
+    if world.size == 1:
+        return [obj]
+    out: list[Any] = [None] * world.size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: list[float], world: World) -> list[float]:
+    if world.size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_max(value: _Number, world: World) -> _Number:
+    """The largest ``value`` over all ranks, of the type given (int or float)."""
+    if world.size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64 if isinstance(value, int) else torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return type(value)(t.item())

@@ -1,0 +1,181 @@
+"""What every run (RL and SFT) shares: the process's set-up, the run folder, the checkpoint save.
+
+The building blocks below both loops: :mod:`agentrl.training.trainer` and
+:mod:`agentrl.training.sft` call them, and neither imports the other. The run folder's layout:
+``config.yaml``, ``metrics.jsonl``, ``tb/``, ``trajectories/``, ``eval/``, ``checkpoints/``
+(docs/trajectories.md, :mod:`agentrl.training.checkpoint`).
+
+May import: :mod:`agentrl.config`, :mod:`agentrl.training.policy`, :mod:`agentrl.training.checkpoint`,
+:mod:`agentrl.training.logger`, :mod:`agentrl.training.distributed`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from agentrl.config import Config, ConfigError
+from agentrl.training import checkpoint as ckpt
+from agentrl.training.distributed import World, init_distributed, meet
+from agentrl.training.logger import read_metrics
+from agentrl.training.policy import Policy, device_for, quiet_libraries
+
+
+def set_up_process(cfg: Config) -> tuple[torch.device, World]:
+    """This process's part of any run (train, sft): quiet libraries, threads, device, process group."""
+    quiet_libraries()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = device_for(cfg)
+    return device, init_distributed(device.type, timeout_s=cfg.train.dist_timeout_s)
+
+
+def check_model(cfg: Config) -> None:
+    """Fail before anything is written if the model to start from cannot be found (``--model``,
+    ``--init``): a typo or an offline hub id then leaves no run folder and the run name stays free."""
+    from agentrl.models import resolve_model_path
+
+    resolve_model_path(cfg.run.init or cfg.model.path)
+
+
+def check_reset_options(cfg: Config) -> None:
+    """Fail before anything is written if the env rejects the training episodes' reset options
+    (``env.train_options`` under each curriculum stage's ``env_options``): one probe reset each."""
+    from agentrl.envs.registry import make
+
+    option_sets = [{**cfg.env.train_options, **stage.env_options} for stage in cfg.curriculum.stages]
+    option_sets = [o for o in option_sets or [dict(cfg.env.train_options)] if o]
+    if not option_sets:
+        return
+    env = make(cfg.env.name, **cfg.env.kwargs)
+    try:
+        for options in option_sets:
+            try:
+                env.reset(seed=cfg.env.train_seed_start, options=options)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ConfigError(
+                    f"env {cfg.env.name!r} rejects the reset options {options} (env.train_options, "
+                    f"curriculum.stages[].env_options): {exc}"
+                ) from None
+    finally:
+        env.close()
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GiB (Linux and macOS; 0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes on macOS, KiB on Linux
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, world: World) -> int:
+    """Create (or check, on resume) the run directory; refuse to overwrite a run."""
+    if resume:
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest is None:
+            raise ConfigError(
+                f"--resume: {run_dir} has no complete checkpoint; check --name (runs: "
+                f"{', '.join(sorted(p.name for p in run_dir.parent.glob('*'))) or '-'})"
+            )
+        if world.is_main:
+            step = int(latest.name.split("_")[1])
+            _truncate_metrics(run_dir, step)
+        return 0
+    check_run_dir_free(run_dir)
+    # Every rank has checked the folder before rank 0 writes into it (else the others would find
+    # this very run's config.yaml and refuse).
+    meet(world, "the run folder check")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    return 1
+
+
+def check_run_dir_free(run_dir: Path) -> None:
+    """Refuse a folder that already holds a run (a new run must never write into another's)."""
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise ConfigError(
+            f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or --name NEW for a new run"
+        )
+    if (run_dir / "config.yaml").is_file():
+        # A run started here (it may still be running, or died before its first checkpoint): two
+        # runs writing one folder would interleave their metrics.
+        raise ConfigError(
+            f"{run_dir} already holds a run (config.yaml, no checkpoint yet): pass --name NEW for a new "
+            "run, or delete the folder if that run is over and you want its name back"
+        )
+
+
+#: What a start writes before its first step; a folder holding nothing more has no results to keep.
+SET_UP_FILES = {
+    "config.yaml",
+    "tb",
+    "metrics.jsonl",
+    "sft_data.jsonl",
+    "trajectories",
+    "eval",
+    "checkpoints",
+}
+
+
+def discard_failed_start(run_dir: Path) -> bool:
+    """Remove ``run_dir`` after a start that failed before its first step; return whether it did.
+
+    Removed only if it holds nothing but set-up output: ``config.yaml``, ``tb/``, an empty
+    ``metrics.jsonl``, ``sft_data.jsonl``, and no file under ``trajectories/``, ``eval/`` or
+    ``checkpoints/``, and a ``warm_start/`` folder that holds no more than that. Call it only for a folder this start created (it did not exist before), so no
+    other run's folder is ever touched; then the same run name can be used again.
+    """
+    import shutil
+
+    if not run_dir.is_dir() or not _holds_only_set_up(run_dir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
+def _holds_only_set_up(run_dir: Path) -> bool:
+    for entry in run_dir.iterdir():
+        if entry.name == "warm_start" and entry.is_dir():  # a warm start's own run folder
+            if not _holds_only_set_up(entry):
+                return False
+            continue
+        if entry.name not in SET_UP_FILES:
+            return False
+        if entry.name in ("trajectories", "eval", "checkpoints") and any(entry.rglob("*")):
+            return False
+        if entry.name == "metrics.jsonl" and entry.stat().st_size > 0:
+            return False
+    return True
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric rows newer than the checkpoint we resume from (they will be logged again)."""
+
+    rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def save(
+    cfg: Config,
+    run_dir: Path,
+    state: ckpt.TrainerState,
+    policy: Policy,
+    world: World,
+) -> Path:
+    """Checkpoint the policy and the trainer state (step and loop state), atomically."""
+    return ckpt.save_checkpoint(
+        run_dir,
+        state,
+        policy.ds_engine,
+        policy.model,
+        policy.tokenizer,
+        cfg.run.keep_checkpoints,
+        world.is_main,
+    )

@@ -1,0 +1,567 @@
+"""``train(cfg)``: the RL loop, a handful of named phases called in order, each a function below.
+
+Set-up (:func:`start_run`) builds the policy, the engine, the rollout manager and the logger, and
+restores the loop's state on resume. Then each step:
+
+1. **stage**: the curriculum stage of the step sets env options, lr and temperature;
+2. **roll out** (:func:`roll_out`): ``n_groups x group_size`` episodes (a group shares one env seed);
+3. **credit** (:func:`assign_step_credit`): shaped rewards -> per-turn advantages -> the sampled
+   tokens of each turn; StarPO-S keeps the top groups by in-group reward std;
+4. **update** (:func:`update_policy`): ``ppo_epochs`` passes of ``mini_batches`` optimizer steps,
+   each a sum of micro-batches of at most ``micro_batch_tokens`` tokens (DeepSpeed accumulates);
+5. **sync** (:func:`sync_weights`) the engine's weights (a no-op for the ``hf`` engine);
+6. **score** (:func:`score_step`): the step's metrics over every rank's episodes, its trajectory file;
+7. **evaluate** (:func:`evaluate_if_due`) on the held-out seeds when due;
+8. **log** (:func:`guard_and_log`): the collapse guard decides (warn, stop, filter), the metrics are
+   written, the curriculum picks the next step's stage;
+9. **checkpoint** (:func:`checkpoint_if_due`) when due, on Ctrl-C and before a stop.
+
+Curriculum stage logic lives in :mod:`agentrl.training.curriculum`, collapse detection in
+:mod:`agentrl.algorithms.collapse`, the credit path in :mod:`agentrl.algorithms.credit`, what RL
+shares with SFT in :mod:`agentrl.training.run`.
+
+May import: every module of :mod:`agentrl.training` but ``sft`` and ``warm_start``, and the stages below.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl import seeds
+from agentrl.algorithms.collapse import GuardDecision, decide, detect, signals
+from agentrl.algorithms.credit import Credit, assign_credit
+from agentrl.config import Config, ConfigError
+from agentrl.rollout.engines.base import Engine
+from agentrl.rollout.manager import PER_CALL_SETTINGS, RolloutManager
+from agentrl.rollout.trajectory import Trajectory, step_filename, write_jsonl
+from agentrl.rollout.weight_sync import (
+    WeightSyncError,
+    logprob_gap,
+    policy_weights,
+    probe_prompts,
+    sync_tolerance,
+)
+from agentrl.training import checkpoint as ckpt
+from agentrl.training.curriculum import CurriculumState, advance, stage_at
+from agentrl.training.distributed import World, all_reduce_max, gather_objects, meet
+from agentrl.training.evaluate import evaluate_and_log, start_eval_config, success_text
+from agentrl.training.logger import RunLogger, read_metrics, render_sample
+from agentrl.training.metrics import rollout_metrics
+from agentrl.training.policy import (
+    Policy,
+    build_engine,
+    build_policy,
+    engine_dtype_for,
+    release_memory,
+    seed_everything,
+)
+from agentrl.training.run import (
+    check_model,
+    check_reset_options,
+    peak_rss_gb,
+    prepare_run_dir,
+    save,
+    set_up_process,
+)
+from agentrl.training.update import update
+
+
+@dataclass
+class Stage:
+    """What the current curriculum stage sets for one step (without a curriculum: the config's own)."""
+
+    index: int
+    env_options: dict[str, Any] | None
+    """Reset options of every episode (``None``: the env's defaults)."""
+    lr: float | None
+    """Learning rate to put on the optimizer (``None``: leave the schedule alone)."""
+    temperature: float
+    """Rollout sampling temperature; the trainer's log-probs use the same one."""
+    rollout: dict[str, int] = field(default_factory=dict)
+    """Rollout settings the stage sets for its steps (``max_new_tokens``...; empty: the run's own)."""
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Run (or resume) training as configured; return the run directory."""
+    run = start_run(cfg, resume)
+    try:
+        evaluate_at_start(run)
+        for step in range(run.start_step, cfg.train.steps + 1):
+            stage = begin_step(run, step)
+            trajectories, metrics = roll_out(run, step, stage)
+            credit = assign_step_credit(cfg, trajectories, run.state.keep_group_fraction, stage)
+            metrics.update(credit.metrics)
+            metrics.update(update_policy(run, credit.selected, step, stage))
+            metrics.update(sync_weights(cfg, run.engine, run.policy, trajectories, run.world))
+            metrics.update(score_step(run, step, trajectories, metrics))
+            metrics.update(evaluate_if_due(run, step, stage))
+            stop = guard_and_log(run, step, metrics)
+            checkpoint_if_due(run, step, stop)
+            if stop or run.ctrl_c.requested:
+                break
+        if run.world.is_main:
+            log_summary(run)
+    finally:
+        run.close()
+    return run.run_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# Set-up
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RLRun:
+    """Everything the loop's phases share: the config, the process, the run folder, the policy and
+    its engine, the rollout manager, the logger and the loop's state (:class:`TrainerState`)."""
+
+    cfg: Config
+    world: World
+    run_dir: Path
+    start_step: int
+    policy: Policy
+    engine: Engine
+    rollout: RolloutManager
+    log: RunLogger
+    state: ckpt.TrainerState
+    tis: bool
+    """Correct for the engine's numerics (truncated importance sampling, ``algo.tis``)."""
+    ctrl_c: _GracefulStop
+
+    def close(self) -> None:
+        self.ctrl_c.restore()
+        self.rollout.close()
+        self.engine.close()
+        self.log.close()
+
+
+def start_run(cfg: Config, resume: bool) -> RLRun:
+    """Set up the process, the run folder, the policy (restored on ``resume``), its engine, the
+    rollout manager and the logger."""
+    check_model(cfg)
+    check_reset_options(cfg)
+    device, world = set_up_process(cfg)
+    if cfg.train.n_groups % world.size:
+        raise ConfigError(
+            f"train.n_groups={cfg.train.n_groups} must be divisible by the {world.size} ranks: each rank plays "
+            "whole groups (group-relative advantages need every episode of a group on one rank)"
+        )
+    run_dir = Path(cfg.run.root) / cfg.run.name
+    start_step = prepare_run_dir(run_dir, cfg, resume, world)
+    seed_everything(seeds.rank_seed(cfg.train.seed, world.rank))
+    policy = build_policy(cfg, device)
+    state = ckpt.TrainerState(step=0, keep_group_fraction=cfg.algo.keep_group_fraction)
+    if resume:
+        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir), policy.ds_engine)
+        # A resumed run may lower the StarPO-S fraction, never raise it past what the guard set.
+        state.keep_group_fraction = min(cfg.algo.keep_group_fraction, state.keep_group_fraction)
+        start_step = state.step + 1
+    engine, engine_note = build_engine(cfg, policy)
+    if resume and engine.capabilities.own_weights:
+        # The engine loaded the starting model from disk; the checkpoint's weights are newer.
+        engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
+    rollout = RolloutManager(engine, policy.tokenizer, cfg.env.name, cfg.rollout, cfg.env.kwargs)
+    log = RunLogger(run_dir, cfg.train.steps, start_step, enabled=world.is_main, progress=cfg.run.progress)
+    log.info(
+        f"agentrl: run {run_dir} | env {cfg.env.name} | {cfg.episodes_per_step} episodes/step | device {device}"
+    )
+    log.info(f"agentrl: {engine_note}")
+    # The engine's log-probs are the behaviour policy's; correct for its numerics where they differ
+    # (another engine's kernels, or the trainer's own bf16 autocast against fp32 sampling).
+    tis = cfg.algo.tis.enabled(engine.capabilities.same_numerics and policy.autocast is None)
+    return RLRun(
+        cfg, world, run_dir, start_step, policy, engine, rollout, log, state, tis, _GracefulStop(log)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The phases of a step
+# ------------------------------------------------------------------------------------------------
+
+
+def evaluate_at_start(run: RLRun) -> None:
+    """Step 0: evaluate the starting model (a fresh run with ``eval.at_start``)."""
+    cfg = run.cfg
+    if cfg.eval.every and cfg.eval.at_start and run.start_step == 1:
+        env_options = _stage(cfg, run.state, 1).env_options
+        metrics = evaluate_and_log(
+            start_eval_config(cfg), run.rollout, run.run_dir, 0, run.log, run.world, env_options
+        )
+        run.log.log(0, metrics)
+
+
+def begin_step(run: RLRun, step: int) -> Stage:
+    """The step's curriculum stage; its learning rate goes on the optimizer."""
+    stage = _stage(run.cfg, run.state, step)
+    if stage.lr is not None:
+        _set_lr(run.policy, stage.lr)
+    return stage
+
+
+def roll_out(run: RLRun, step: int, stage: Stage) -> tuple[list[Trajectory], dict[str, float]]:
+    """This rank's share of the step's groups, played with the engine; and the rollout's time."""
+    cfg, world = run.cfg, run.world
+    t0 = time.perf_counter()
+    run.engine.wake()
+    trajectories = run.rollout.rollout(
+        _train_seeds(cfg, step, world),
+        step=step,
+        sampling_seed=_step_seed(cfg, step, world),
+        temperature=stage.temperature,
+        reset_options={**cfg.env.train_options, **(stage.env_options or {})} or None,
+        settings=stage.rollout,
+    )
+    run.engine.sleep()
+    _offset_groups(trajectories, cfg, world)
+    metrics = {"timing/rollout_s": time.perf_counter() - t0}
+    # Rollouts are where ranks spend the longest apart: a rank that died or hangs there is
+    # named here, within train.dist_timeout_s, instead of surfacing as an anonymous timeout.
+    meet(world, f"the end of step {step}'s rollout")
+    return trajectories, metrics
+
+
+def update_policy(run: RLRun, selected: list[Trajectory], step: int, stage: Stage) -> dict[str, float]:
+    """The policy update on the step's selected episodes, with its timing and throughput."""
+    policy = run.policy
+    t0 = time.perf_counter()
+    metrics = update(run.cfg, policy, selected, step, run.world, stage.temperature, behaviour_is=run.tis)
+    metrics["timing/update_s"] = time.perf_counter() - t0
+    metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
+        metrics["timing/update_s"], 1e-9
+    )
+    if policy.device.type == "cuda":
+        # Peak of the rollout and the update together (the step's high-water mark).
+        metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(policy.device) / 2**30
+        torch.cuda.reset_peak_memory_stats(policy.device)
+    # The process's resident high-water mark so far (engine, trainer and their buffers):
+    # what decides whether a laptop's RAM holds the run.
+    metrics["perf/peak_rss_gb"] = peak_rss_gb()
+    release_memory()  # the update's activations, before the engine allocates again
+    return metrics
+
+
+def score_step(
+    run: RLRun, step: int, trajectories: list[Trajectory], metrics: dict[str, float]
+) -> dict[str, float]:
+    """The step's episode metrics over every rank's trajectories; rank 0 writes the trajectory file
+    and a sample. ``metrics``: the step's so far (the rollout's time gives its throughput)."""
+    all_trajs = [t for part in gather_objects(trajectories, run.world) for t in part]
+    out = rollout_metrics(all_trajs, "train", run.rollout.system_prompt)
+    sampled = sum(t.num_sampled_tokens for t in all_trajs)
+    out["perf/rollout_tokens_per_s"] = sampled / max(metrics["timing/rollout_s"], 1e-9)
+    if run.world.is_main:
+        write_jsonl(run.run_dir / "trajectories" / step_filename(step), all_trajs)
+        run.log.text(step, "samples/train", render_sample(all_trajs[0]))
+    return out
+
+
+def evaluate_if_due(run: RLRun, step: int, stage: Stage) -> dict[str, float]:
+    """The held-out evaluation when due (every ``eval.every`` steps and the last); the stage's limits."""
+    cfg = run.cfg
+    out: dict[str, float] = {}
+    if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
+        out.update(
+            evaluate_and_log(cfg, run.rollout, run.run_dir, step, run.log, run.world, stage.env_options)
+        )
+        release_memory()
+    if cfg.curriculum.stages:
+        out.update(stage_metrics(cfg, stage))
+    return out
+
+
+def guard_and_log(run: RLRun, step: int, metrics: dict[str, float]) -> bool:
+    """The collapse guard's decision is carried out, the step's metrics logged and the next step's
+    curriculum stage chosen; True: the guard stops the run after this step."""
+    collapsed = _act_on(collapse_guard(run.cfg, run.state, metrics, step), run.state, metrics, run.log)
+    run.log.log(step, metrics)
+    run.state.curriculum = _next_curriculum(run.cfg, run.state.curriculum, step, metrics, run.log)
+    run.state.step = step
+    return collapsed
+
+
+def checkpoint_if_due(run: RLRun, step: int, collapsed: bool) -> None:
+    """Save every ``run.save_every`` steps, at the last, on Ctrl-C and before a collapse stop."""
+    cfg = run.cfg
+    due = cfg.run.save_every and step % cfg.run.save_every == 0
+    if due or step == cfg.train.steps or run.ctrl_c.requested or collapsed:
+        save(cfg, run.run_dir, run.state, run.policy, run.world)
+    run.log.advance(step)
+    if collapsed:
+        run.log.info(
+            f"agentrl: stopped after step {step} (collapse.action=stop), checkpoint saved; "
+            f"resume with --resume --name {cfg.run.name} once the recipe is changed"
+        )
+    elif run.ctrl_c.requested:
+        run.log.info(f"agentrl: stopped after step {step}; resume with --resume --name {cfg.run.name}")
+
+
+def log_summary(run: RLRun) -> None:
+    """The run's last line (rank 0): held-out success at the first and last evaluation."""
+    summary = summary_line(run.cfg, run.run_dir)
+    if summary:
+        run.log.info(summary)
+
+
+# ------------------------------------------------------------------------------------------------
+# Curriculum: the stage of a step, its learning rate, the move to the next stage
+# ------------------------------------------------------------------------------------------------
+
+
+def _fixed_stage(cfg: Config, step: int) -> int:
+    return stage_at(step, [s.steps for s in cfg.curriculum.stages])
+
+
+def _stage(cfg: Config, state: ckpt.TrainerState, step: int) -> Stage:
+    """The stage that ``step`` plays: by the step counts, or (adaptive) where the run has moved to."""
+    if not cfg.curriculum.stages:
+        return Stage(0, None, None, cfg.rollout.temperature)
+    return stage_settings(cfg, state.curriculum.stage if cfg.curriculum.adaptive else _fixed_stage(cfg, step))
+
+
+def stage_settings(cfg: Config, index: int) -> Stage:
+    """Stage ``index`` of the curriculum with the config's defaults filled in."""
+    stage = cfg.curriculum.stages[index]
+    return Stage(
+        index=index,
+        env_options=dict(stage.env_options) or None,
+        lr=stage.lr if stage.lr is not None else cfg.train.lr,
+        temperature=stage.temperature if stage.temperature is not None else cfg.rollout.temperature,
+        rollout=stage.rollout.overrides(),
+    )
+
+
+def _stage_limits(cfg: Config, stage: Stage | None) -> dict[str, int]:
+    """The rollout limits a step of ``stage`` plays: the stage's own, else the run's."""
+    own = stage.rollout if stage is not None else {}
+    return {key: own.get(key, getattr(cfg.rollout, key)) for key in PER_CALL_SETTINGS}
+
+
+def stage_metrics(cfg: Config, stage: Stage) -> dict[str, float]:
+    """``curriculum/stage`` and the limits the step played (``curriculum/max_new_tokens``...)."""
+    limits = _stage_limits(cfg, stage)
+    return {
+        "curriculum/stage": float(stage.index),
+        **{f"curriculum/{k}": float(v) for k, v in limits.items()},
+    }
+
+
+def _set_lr(policy: Policy, lr: float) -> None:
+    """Make ``lr`` the base of the LR schedule (warmup/cosine factors still apply) from now on."""
+    scheduler = policy.ds_engine.lr_scheduler
+    if all(base == lr for base in scheduler.base_lrs):
+        return
+    # LambdaLR sets each group's lr = base_lr x factor(update) at every scheduler step: change the
+    # base, and the lr of the coming optimizer step (already set by the last scheduler step).
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = lr * factor(scheduler.last_epoch)
+
+
+def _next_curriculum(
+    cfg: Config, current: CurriculumState, step: int, metrics: dict[str, float], log: RunLogger
+) -> CurriculumState:
+    """The curriculum state after ``step``: the stage of the next step (and the adaptive window)."""
+    cur = cfg.curriculum
+    if not cur.stages:
+        return current
+    if cur.adaptive:
+        nxt, move = advance(
+            current,
+            metrics.get("train/success_rate", 0.0),
+            [s.steps for s in cur.stages],
+            cur.window,
+            cur.promote_at,
+            cur.demote_at,
+        )
+        reason = {
+            "promote": f"rolling success rate reached {cur.promote_at:g}",
+            "demote": f"rolling success rate fell below {cur.demote_at:g}",
+            "budget": "the stage's steps are spent",
+        }.get(move or "", "")
+    else:
+        nxt, move = CurriculumState(stage=_fixed_stage(cfg, step + 1)), None
+        reason = "schedule"
+    if nxt.stage != current.stage and step < cfg.train.steps:
+        stage = stage_settings(cfg, nxt.stage)
+        limits = "".join(f", {k} {v}" for k, v in stage.rollout.items())
+        log.info(
+            f"agentrl: curriculum stage {nxt.stage + 1}/{len(cur.stages)} from step {step + 1} ({reason}): "
+            f"env options {stage.env_options or '{}'}, lr {stage.lr:g}, temperature {stage.temperature:g}{limits}"
+        )
+    return nxt
+
+
+# ------------------------------------------------------------------------------------------------
+# Collapse guard
+# ------------------------------------------------------------------------------------------------
+
+
+def collapse_guard(
+    cfg: Config, state: ckpt.TrainerState, metrics: dict[str, float], step: int
+) -> GuardDecision:
+    """The collapse guard's decision after ``step``: this step's watched metrics join the guard's
+    history in ``state``; the signals that held on the last ``collapse.patience`` steps decide."""
+    col = cfg.collapse
+    watched = signals(
+        col.warn_zero_std_fraction,
+        col.warn_distinct_below,
+        col.warn_instruction_echo,
+        col.warn_distinct_across_puzzles,
+    )
+    state.guard_history.append({s.metric: metrics[s.metric] for s in watched if s.metric in metrics})
+    state.guard_history = state.guard_history[-col.patience :]
+    fired = detect(state.guard_history, watched, col.patience)
+    return decide(fired, step, col.action, col.patience, state.warning, state.keep_group_fraction)
+
+
+def _act_on(
+    decision: GuardDecision, state: ckpt.TrainerState, metrics: dict[str, float], log: RunLogger
+) -> bool:
+    """Carry out the guard's decision; True: stop the run after this step."""
+    metrics["collapse/warning"] = float(decision.warning)
+    state.warning = decision.warning
+    if decision.keep_group_fraction is not None:
+        state.keep_group_fraction = decision.keep_group_fraction
+    if decision.message:
+        log.info(decision.message)
+    return decision.stop
+
+
+# ------------------------------------------------------------------------------------------------
+# Rollout helpers: seeds and groups by step and rank
+# ------------------------------------------------------------------------------------------------
+
+
+def _rank_groups(cfg: Config, world: World) -> range:
+    """This rank's slice of the step's group indices (a group never straddles ranks)."""
+    per_rank = cfg.train.n_groups // world.size
+    return range(world.rank * per_rank, (world.rank + 1) * per_rank)
+
+
+def _train_seeds(cfg: Config, step: int, world: World) -> list[int]:
+    return seeds.train_env_seeds(cfg.env.train_seed_start, cfg.train.n_groups, step, _rank_groups(cfg, world))
+
+
+def _step_seed(cfg: Config, step: int, world: World) -> int:
+    """The step's sampling seed, the same on every rank: episodes derive their own seeds from it
+    (and their env seed and place in the group), so N ranks sample what 1 rank would."""
+    return seeds.step_sampling_seed(cfg.train.seed, step)
+
+
+def _offset_groups(trajectories: list[Trajectory], cfg: Config, world: World) -> None:
+    """Make group ids and episode ids global across ranks."""
+    groups = _rank_groups(cfg, world)
+    group_size = len(trajectories) // max(1, len(groups))  # a curriculum stage may set its own
+    for traj in trajectories:
+        traj.group += groups.start
+        traj.episode_id += groups.start * group_size
+
+
+# ------------------------------------------------------------------------------------------------
+# Credit
+# ------------------------------------------------------------------------------------------------
+
+
+def assign_step_credit(
+    cfg: Config, trajectories: list[Trajectory], keep_group_fraction: float, stage: Stage | None = None
+) -> Credit:
+    """The step's credit (:func:`agentrl.algorithms.credit.assign_credit`) with the run's settings;
+    ``stage``: the step's curriculum stage, whose reply budget is the cosine reward's default ``L_max``."""
+    limits = _stage_limits(cfg, stage)
+    return assign_credit(
+        trajectories,
+        cfg.algo.advantage,
+        cfg.algo.shaping,
+        keep_group_fraction,
+        max_reply_tokens=limits["max_new_tokens"] * limits["max_turns"],
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary, weight sync, Ctrl-C
+# ------------------------------------------------------------------------------------------------
+
+
+def summary_line(cfg: Config, run_dir: Path) -> str | None:
+    """The run's last line: held-out success at the first and the last evaluation, with intervals,
+    and the command that replays the run (``None`` without two evaluations). A run started from
+    another run (``--init``, a warm start) whose own step 0 evaluated the base model shows that
+    too: base -> warm start -> final."""
+    rows = _eval_rows(run_dir)
+    if len(rows) < 2:
+        return None
+    first, last = rows[0], rows[-1]
+    start = "warm start" if cfg.run.init else "base"
+    parts = [
+        f"{start} (step {first['step']}) {success_text(first)}",
+        f"step {last['step']} {success_text(last)}",
+    ]
+    replay = f"agentrl replay {run_dir}"
+    init_rows = _eval_rows(Path(cfg.run.init)) if cfg.run.init else []
+    if init_rows and init_rows[0]["step"] == 0:
+        parts.insert(0, f"base {success_text(init_rows[0])}")
+        replay += f" (the warm start: agentrl replay {cfg.run.init})"
+    return f"agentrl: held-out success {' -> '.join(parts)}. Replay: {replay}"
+
+
+def _eval_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The metric rows of a run's evaluations (none for a folder that is not a run)."""
+    return [r for r in read_metrics(run_dir) if "eval/success_rate" in r and "eval/episodes" in r]
+
+
+def sync_weights(
+    cfg: Config, engine: Engine, policy: Policy, trajectories: list[Trajectory], world: World
+) -> dict[str, float]:
+    """Push the updated weights into an engine with its own copy, then check a few log-probs."""
+    if not engine.capabilities.own_weights:
+        return {}  # the hf engine samples from the trainer's module itself
+    t0 = time.perf_counter()
+    engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
+    metrics = {"timing/sync_s": time.perf_counter() - t0}
+    if not cfg.engine.sync_check_tokens:
+        return metrics
+    prompts = probe_prompts(trajectories, cfg.engine.sync_check_tokens)
+    # Every rank scores (a ZeRO-3 forward is a collective); the worst rank decides.
+    gap = all_reduce_max(logprob_gap(engine, policy.ds_engine, prompts, policy.device), world)
+    tolerance = sync_tolerance(cfg.engine.sync_tolerance, engine_dtype_for(cfg, policy.device))
+    if gap > tolerance:
+        raise WeightSyncError(
+            f"after the weight push the engine's log-probs differ from the trainer's by {gap:.2e} nats per "
+            f"token (tolerance {tolerance:g}, engine.sync_tolerance): the engine is not sampling from the "
+            "trained weights. Check that the model's parameter names are the Hugging Face ones the engine "
+            "loads, and the engine's dtype; raise engine.sync_tolerance only for a known kernel difference"
+        )
+    metrics["engine/sync_logprob_gap"] = gap
+    return metrics
+
+
+class _GracefulStop:
+    """First Ctrl-C: finish the current step, save, exit. Second Ctrl-C: stop at once."""
+
+    def __init__(self, log: RunLogger):
+        self.requested = False
+        self._log = log
+        self._previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: keep the default behaviour
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._log.info(
+            "agentrl: Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to abort)"
+        )
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
