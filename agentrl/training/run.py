@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,13 +42,19 @@ def check_model(cfg: Config) -> None:
     resolve_model_path(cfg.run.init or cfg.model.path)
 
 
+def training_reset_options(cfg: Config, stage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The reset options of a training episode: ``env.train_options`` under the stage's own
+    ``env_options`` (``None`` where neither sets any). Evaluation never uses them."""
+    return {**cfg.env.train_options, **(stage_options or {})} or None
+
+
 def check_reset_options(cfg: Config) -> None:
     """Fail before anything is written if the env rejects the training episodes' reset options
     (``env.train_options`` under each curriculum stage's ``env_options``): one probe reset each."""
     from agentrl.envs.registry import make
 
-    option_sets = [{**cfg.env.train_options, **stage.env_options} for stage in cfg.curriculum.stages]
-    option_sets = [o for o in option_sets or [dict(cfg.env.train_options)] if o]
+    stages = [stage.env_options for stage in cfg.curriculum.stages] or [None]
+    option_sets = [o for o in (training_reset_options(cfg, s) for s in stages) if o]
     if not option_sets:
         return
     env = make(cfg.env.name, **cfg.env.kwargs)

@@ -68,6 +68,7 @@ from agentrl.training.run import (
     prepare_run_dir,
     save,
     set_up_process,
+    training_reset_options,
 )
 from agentrl.training.update import update
 
@@ -215,7 +216,7 @@ def roll_out(run: RLRun, step: int, stage: Stage) -> tuple[list[Trajectory], dic
         step=step,
         sampling_seed=_step_seed(cfg, step, world),
         temperature=stage.temperature,
-        reset_options={**cfg.env.train_options, **(stage.env_options or {})} or None,
+        reset_options=training_reset_options(cfg, stage.env_options),
         settings=stage.rollout,
     )
     run.engine.sleep()
