@@ -172,6 +172,11 @@ class AlgoConfig:
     """Entropy bonus weight (RAGEN: 0.001)."""
     keep_group_fraction: float = 1.0
     """StarPO-S: train only on this top fraction of groups by in-group reward std (1.0 keeps all)."""
+    mixed_success_only: bool = False
+    """Train only on groups where some episodes succeeded and some did not (DAPO's dynamic-sampling
+    filter, without resampling). Elsewhere returns differ only by shaping such as a per-move cost,
+    which GRPO's std division blows up to full-size advantages; with both filters on, an episode
+    trains if its group passes both."""
     skip_zero_advantage: bool = True
     """Skip the forward/backward of samples whose advantages are all zero (their policy gradient is
     zero); only when KL and entropy terms are off, since those still act on such samples."""
@@ -204,6 +209,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     """Optimizer steps of linear warmup."""
+    init_optimizer_state: bool = False
+    """Start AdamW from the moments saved with the ``run.init`` checkpoint (the warm start's, in a
+    warm-started run) instead of from zero. A fresh AdamW's first steps move every weight by about
+    ``lr`` whatever the size of its gradient (``m / sqrt(v)`` is +-1 at step 1), so RL's small,
+    noisy gradients shift weights that the warm start had settled; with the warm start's moments a
+    weight moves by how its RL gradient compares with its SFT gradients. Needs a single-process
+    ZeRO-0 checkpoint of the same model (``ds/mp_rank_00_model_states.pt`` holding the optimizer)."""
     lr_schedule: str = "constant"
     """``constant`` or ``cosine`` (to 10% of ``lr``) after warmup."""
     grad_clip: float = 1.0
@@ -854,6 +866,18 @@ def problems_across_sections(cfg: Config) -> list[str]:
             f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than one full context "
             f"(rollout.max_context_tokens={cfg.rollout.max_context_tokens}); raise it to at least that"
         )
+    # Carried optimizer moments come from a single-process ZeRO-0 checkpoint and go into one.
+    if cfg.train.init_optimizer_state:
+        if not (cfg.run.init or cfg.sft.warm_start):
+            out.append(
+                "train.init_optimizer_state needs a checkpoint to carry AdamW's moments from: set run.init "
+                "(--init RUN) or sft.warm_start=true, or leave it false"
+            )
+        if cfg.train.zero_stage != 0:
+            out.append(
+                f"train.init_optimizer_state carries a ZeRO-0 optimizer; train.zero_stage={cfg.train.zero_stage} "
+                "shards it: use train.zero_stage=0 or leave init_optimizer_state false"
+            )
     return out + _zero3_problems(cfg) + _held_out_problems(cfg)
 
 

@@ -19,6 +19,7 @@ from agentrl.algorithms.advantages import (
     nonzero_std_groups,
     observation_key,
     select_groups_by_std,
+    select_groups_with_mixed_success,
 )
 from agentrl.algorithms.credit import assign_credit
 from agentrl.algorithms.rewards import ShapingParams
@@ -258,6 +259,16 @@ def test_select_groups_by_std() -> None:
         select_groups_by_std(reward, group, 0.0)
 
 
+def test_select_groups_with_mixed_success() -> None:
+    # group 0: solved, failed -> mixed; group 1: both solved; group 2: both failed; group 3: one
+    # episode (constant by definition); group 4: failed, failed, solved -> mixed
+    success = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 0, 1], dtype=torch.bool)
+    group = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4, 4, 4])
+    mask = select_groups_with_mixed_success(success, group)
+    assert mask.tolist() == [True, True, False, False, False, False, False, True, True, True]
+    assert select_groups_with_mixed_success(torch.zeros(0, dtype=torch.bool), torch.zeros(0)).numel() == 0
+
+
 def test_observation_key_is_stable() -> None:
     assert observation_key("#####\n#@ $.#") == observation_key("#####\n#@ $.#")
     assert observation_key("a") != observation_key("b")
@@ -305,3 +316,35 @@ def test_assign_credit_starpo_s_keeps_the_groups_with_spread() -> None:
     credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), keep_group_fraction=0.5)
     assert credit.selected == trajs[:2]
     assert credit.metrics["train/kept_episode_fraction"] == 0.5
+
+
+def _with_success(traj: Trajectory, success: bool) -> Trajectory:
+    traj.success = success
+    return traj
+
+
+def test_assign_credit_mixed_success_only_drops_groups_that_all_solved_or_all_failed() -> None:
+    # Returns: group 0 solved (10.9) vs failed (-0.2): std 7.85; group 1 both solved, in 1 and 3
+    # moves (10.9 vs 10.7, a spread from the per-move cost alone): std 0.14; group 2 both failed
+    # (-0.1 vs -1.1): std 0.71.
+    trajs = [
+        _with_success(_episode(0, 0, [10.9]), True),
+        _with_success(_episode(0, 0, [-0.1, -0.1]), False),
+        _with_success(_episode(1, 1, [10.9]), True),
+        _with_success(_episode(1, 1, [-0.1, -0.1, 10.9]), True),
+        _with_success(_episode(2, 2, [-0.1]), False),
+        _with_success(_episode(2, 2, [-0.1, -1.0]), False),
+    ]
+    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), mixed_success_only=True)
+    assert credit.selected == trajs[:2]
+    assert credit.metrics["train/kept_episode_fraction"] == pytest.approx(2 / 6)
+    # The filter picks episodes; it does not change advantages: group 1's are still +-0.7071.
+    assert trajs[2].samples[0].advantages[2] == pytest.approx(0.7071, abs=1e-3)
+    # StarPO-S alone at 0.34 keeps ceil(1.02) = 2 groups by spread: 0 and 2 (a group that only
+    # failed); with the mixed filter too, an episode trains only if its group passes both.
+    spread_only = assign_credit(trajs, AdvantageParams(), ShapingParams(), keep_group_fraction=0.34)
+    assert spread_only.selected == [trajs[0], trajs[1], trajs[4], trajs[5]]
+    both = assign_credit(
+        trajs, AdvantageParams(), ShapingParams(), keep_group_fraction=0.34, mixed_success_only=True
+    )
+    assert both.selected == trajs[:2]

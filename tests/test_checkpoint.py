@@ -1,11 +1,18 @@
-"""The trainer state a checkpoint saves: one typed record, written and read back whole."""
+"""What a checkpoint saves: the trainer state, one typed record written and read back whole, and the
+optimizer moments a new run can start from."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from agentrl.training.checkpoint import TrainerState
+import pytest
+import torch
+
+from agentrl.config import ConfigError
+from agentrl.training.checkpoint import MODEL_STATES, TrainerState, saved_optimizer_state
 from agentrl.training.curriculum import CurriculumState
+from agentrl.training.policy import carry_optimizer_moments
 
 
 def test_trainer_state_round_trips_through_its_json_record():
@@ -36,3 +43,69 @@ def test_a_record_without_loop_state_resumes_in_its_stage_with_a_fresh_loop():
     state = TrainerState.from_dict({"step": 4, "stage": 1, "loop": {}})
     assert state == TrainerState(step=4, curriculum=CurriculumState(stage=1))
     assert TrainerState.from_dict({"step": 2}) == TrainerState(step=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# AdamW's moments carried from a checkpoint into a new run (train.init_optimizer_state)
+# ------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_with_adam(root: Path, model: torch.nn.Module) -> tuple[Path, torch.optim.AdamW]:
+    """A checkpoint folder laid out as DeepSpeed's ZeRO-0 save of ``model`` after two AdamW steps."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.ones(2, 3)).pow(2).sum().backward()
+        optimizer.step()
+    ckpt = root / "checkpoints" / "step_000002"
+    (ckpt / "hf").mkdir(parents=True)
+    (ckpt / "ds").mkdir()
+    torch.save(
+        {"module": model.state_dict(), "optimizer": optimizer.state_dict()}, ckpt / "ds" / MODEL_STATES
+    )
+    return ckpt / "hf", optimizer
+
+
+def test_carried_moments_are_the_saved_ones_under_the_new_runs_hyperparameters(tmp_path):
+    torch.manual_seed(0)
+    hf, saved = _checkpoint_with_adam(tmp_path, torch.nn.Linear(3, 4))
+    model = torch.nn.Linear(3, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
+    carry_optimizer_moments(optimizer, list(model.parameters()), str(hf))
+
+    for i, p in enumerate(model.parameters()):
+        carried, original = optimizer.state[p], saved.state[list(saved.param_groups[0]["params"])[i]]
+        assert float(carried["step"]) == 2.0
+        assert torch.equal(carried["exp_avg"], original["exp_avg"])
+        assert torch.equal(carried["exp_avg_sq"], original["exp_avg_sq"])
+    assert optimizer.param_groups[0]["lr"] == 5e-5 and optimizer.param_groups[0]["weight_decay"] == 0.0
+
+    # The next step is AdamW's third: a weight moves by lr * m_hat / (sqrt(v_hat) + eps) with the
+    # carried moments folded in, not by the +-lr of a fresh AdamW's first step.
+    p = model.bias
+    before = p.detach().clone()
+    g = torch.tensor([0.5, -0.25, 1e-4, 0.0])
+    m = 0.9 * optimizer.state[p]["exp_avg"] + 0.1 * g
+    v = 0.999 * optimizer.state[p]["exp_avg_sq"] + 0.001 * g * g
+    expected = before - 5e-5 * (m / (1 - 0.9**3)) / ((v / (1 - 0.999**3)).sqrt() + 1e-8)
+    optimizer.zero_grad()
+    for q in model.parameters():
+        q.grad = torch.zeros_like(q)
+    p.grad = g
+    optimizer.step()
+    assert torch.allclose(p.detach(), expected, atol=1e-9)
+
+
+def test_carrying_moments_of_another_model_or_from_no_checkpoint_is_refused(tmp_path):
+    hf, _ = _checkpoint_with_adam(tmp_path, torch.nn.Linear(3, 4))
+    other = torch.nn.Linear(3, 5)
+    optimizer = torch.optim.AdamW(other.parameters(), lr=1e-5)
+    with pytest.raises(ConfigError, match="of another model.*init_optimizer_state=false"):
+        carry_optimizer_moments(optimizer, list(other.parameters()), str(hf))
+    assert not optimizer.state  # nothing half-loaded
+
+    plain = tmp_path / "plain_hf_folder"
+    plain.mkdir()
+    assert saved_optimizer_state(plain) is None
+    with pytest.raises(ConfigError, match="no single-process optimizer state.*init_optimizer_state=false"):
+        carry_optimizer_moments(optimizer, list(other.parameters()), str(plain))

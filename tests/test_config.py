@@ -130,3 +130,15 @@ def test_overrides_inside_free_form_mappings_are_read_as_yaml():
     assert cfg.run.name == "123"
     with pytest.raises(ConfigError, match="not a valid YAML value"):
         load_config(env="sokoban", overrides=["env.kwargs.dim_room=[7, 7"])
+
+
+def test_carrying_optimizer_moments_needs_a_checkpoint_and_zero_stage_0():
+    with pytest.raises(ConfigError, match="needs a checkpoint to carry AdamW's moments from"):
+        load_config(env="countdown", overrides=["train.init_optimizer_state=true"])
+    with pytest.raises(ConfigError, match="train.zero_stage=2 shards it"):
+        load_config(
+            env="sokoban",
+            overrides=["train.init_optimizer_state=true", "sft.warm_start=true", "train.zero_stage=2"],
+        )
+    cfg = load_config(env="sokoban", overrides=["train.init_optimizer_state=true", "sft.warm_start=true"])
+    assert cfg.train.init_optimizer_state

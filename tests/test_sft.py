@@ -13,6 +13,7 @@ from agentrl.models import load_model
 from agentrl.rollout.engines.hf import HFEngine
 from agentrl.rollout.manager import RolloutConfig, RolloutManager
 from agentrl.rollout.trajectory import write_jsonl
+from agentrl.training.checkpoint import saved_optimizer_state
 from agentrl.training.sft import oracle_reply, successful_episodes
 
 
@@ -128,6 +129,7 @@ def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
         "sft.episodes=6",
         "sft.batch_episodes=3",
         "sft.lr=1e-3",
+        "train.init_optimizer_state=true",
         f"train.steps={steps}",
         "train.n_groups=2",
         "rollout.group_size=2",
@@ -162,6 +164,10 @@ def test_train_with_a_warm_start_is_one_command_and_resumes_without_redoing_it(t
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("agentrl: held-out success base 0.") and " -> warm start (step 0) " in last
     assert f"agentrl replay {warm}" in last
+    # RL's AdamW went on from the warm start's 2 steps (a fresh one would count RL's only: at most
+    # 1; the tiny model's step may have had no advantage to step on).
+    moments = saved_optimizer_state(run / "checkpoints" / "step_000001" / "hf")
+    assert moments is not None and min(float(m["step"]) for m in moments["state"].values()) >= 2.0
 
     data = (warm / "sft_data.jsonl").stat().st_mtime_ns
     args = _warm_start_args(tmp_path, "ws", steps=2)

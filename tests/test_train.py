@@ -328,6 +328,15 @@ def test_reset_options_the_env_rejects_fail_before_the_run_starts(tmp_path, caps
     assert not (tmp_path / "typo").exists()
 
 
+def test_carrying_optimizer_moments_from_a_plain_model_folder_fails_before_the_run_starts(tmp_path, capsys):
+    from agentrl.models import tiny_model_dir
+
+    args = _tiny_args(tmp_path, "nomoments", "train.steps=1", "train.init_optimizer_state=true")
+    assert main(["train", "--env", "sokoban", "--init", str(tiny_model_dir()), *args]) == 2
+    assert "has no single-process optimizer state" in capsys.readouterr().err
+    assert not (tmp_path / "nomoments").exists()
+
+
 def _rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 

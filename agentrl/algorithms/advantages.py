@@ -318,6 +318,29 @@ def nonzero_std_groups(episode_reward: Tensor, episode_group: Tensor) -> Tensor:
     return ~seg.constant[seg.index]
 
 
+def select_groups_with_mixed_success(episode_success: Tensor, episode_group: Tensor) -> Tensor:
+    """DAPO's dynamic-sampling filter (without its resampling): keep the groups in which some
+    episodes succeeded and some did not.
+
+    In a group that all solved or all failed, returns differ only by shaping (Sokoban's -0.1 per
+    move), and the std division of GRPO turns those small differences into full-size advantages
+    that teach nothing about solving.
+
+    Args:
+        episode_success: (B,) bool, each episode's success.
+        episode_group: (B,) long, each episode's group id.
+
+    Returns:
+        (B,) bool, True for the episodes of groups with both outcomes.
+    """
+    if episode_success.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    success = episode_success.to(torch.float64)
+    seg = _segments(success, episode_group)
+    mixed = ~seg.constant
+    return mixed[seg.index]
+
+
 def select_groups_by_std(episode_reward: Tensor, episode_group: Tensor, keep_fraction: float) -> Tensor:
     """StarPO-S variance filtering: keep the groups with the highest in-group reward std.
 

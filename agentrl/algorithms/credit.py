@@ -9,8 +9,10 @@
 3. **advantages**: the estimator named in the config gives one advantage per turn;
 4. **tokens**: each turn's advantage is written onto the tokens the model sampled in that turn
    (``Sample.advantages``; 0 on prompt and env tokens);
-5. **StarPO-S**: below ``keep_group_fraction`` < 1 only the groups with the widest reward spread
-   go on to the update.
+5. **group filters**: with ``mixed_success_only`` only the groups where some episodes succeeded
+   and some did not (DAPO's dynamic-sampling filter); below ``keep_group_fraction`` < 1 only the
+   groups with the widest reward spread (StarPO-S). An episode goes on to the update if it passes
+   both.
 
 May import: :mod:`agentrl.algorithms.advantages`, :mod:`agentrl.algorithms.rewards`,
 :mod:`agentrl.rollout.trajectory`.
@@ -28,6 +30,7 @@ from agentrl.algorithms.advantages import (
     TurnBatch,
     compute_advantages,
     select_groups_by_std,
+    select_groups_with_mixed_success,
 )
 from agentrl.algorithms.rewards import ShapingParams, shaping_bonus
 from agentrl.rollout.trajectory import Trajectory
@@ -51,10 +54,13 @@ def assign_credit(
     shaping: ShapingParams,
     keep_group_fraction: float = 1.0,
     max_reply_tokens: int | None = None,
+    mixed_success_only: bool = False,
 ) -> Credit:
     """Shaped rewards -> per-turn advantages -> per-token advantages on every sample of
     ``trajectories``; then the StarPO-S group filter keeping the top ``keep_group_fraction`` of
-    groups by in-group reward std. ``max_reply_tokens``: the episode's reply budget, the cosine
+    groups by in-group reward std, and with ``mixed_success_only`` only the groups whose episodes
+    differ in success. Advantages are computed over every group first, so a filter changes which
+    episodes train, never their values. ``max_reply_tokens``: the episode's reply budget, the cosine
     reward's default ``L_max``."""
     bonus = None
     if shaping.enabled:
@@ -72,10 +78,13 @@ def assign_credit(
     metrics = {"train/advantage_abs_mean": float(advantages.abs().mean()) if advantages.numel() else 0.0}
     if bonus is not None:
         metrics["train/shaping_bonus"] = float(bonus.mean())
-    selected = list(trajectories)
+    keep = torch.ones(len(trajectories), dtype=torch.bool)
     if keep_group_fraction < 1.0:
-        keep = select_groups_by_std(batch.episode_return(), batch.episode_group(), keep_group_fraction)
-        selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
+        keep &= select_groups_by_std(batch.episode_return(), batch.episode_group(), keep_group_fraction)
+    if mixed_success_only:
+        success = torch.tensor([traj.success for traj in trajectories], dtype=torch.bool)
+        keep &= select_groups_with_mixed_success(success, batch.episode_group())
+    selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
     metrics["train/kept_episode_fraction"] = len(selected) / max(1, len(trajectories))
     return Credit(selected, metrics)
 

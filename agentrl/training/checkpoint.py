@@ -144,6 +144,26 @@ def load_checkpoint(path: Path, ds_engine: Any) -> TrainerState:
     return TrainerState.from_dict(json.loads((path / STATE_FILE).read_text()))
 
 
+#: DeepSpeed's file of a single-process checkpoint: the weights and, below ZeRO-1, the optimizer.
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+def saved_optimizer_state(model_dir: str | Path) -> dict[str, Any] | None:
+    """The torch optimizer state saved with the checkpoint whose ``hf/`` folder is ``model_dir``
+    (``{"state": {param index: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]}``), or
+    ``None`` where there is none: ``model_dir`` is not a checkpoint's ``hf/`` folder, or its
+    DeepSpeed state keeps the optimizer sharded (ZeRO-1 and up) or holds none."""
+    states = Path(model_dir).parent / "ds" / MODEL_STATES
+    if Path(model_dir).name != "hf" or not states.is_file():
+        return None
+    # mmap: the weights in the same file are never read. The file is this run's own checkpoint.
+    saved = torch.load(states, map_location="cpu", weights_only=False, mmap=True)
+    optimizer = saved.get("optimizer") if isinstance(saved, dict) else None
+    if not isinstance(optimizer, dict) or not optimizer.get("state"):
+        return None
+    return optimizer
+
+
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -22,6 +22,7 @@ import torch
 from agentrl.config import Config, ConfigError, configs_dir
 from agentrl.models import load_model, load_tokenizer, resolve_model_path
 from agentrl.rollout.engines import Engine, EngineSetup, start_engine
+from agentrl.training.checkpoint import saved_optimizer_state
 
 
 @dataclass
@@ -196,6 +197,8 @@ def build_policy(cfg: Config, device: torch.device) -> Policy:
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if cfg.train.init_optimizer_state and cfg.run.init:
+        carry_optimizer_moments(optimizer, params, path)
     total = cfg.train.steps * cfg.algo.ppo_epochs * cfg.algo.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
     ds_engine, _, _, _ = deepspeed.initialize(
@@ -214,6 +217,39 @@ def build_policy(cfg: Config, device: torch.device) -> Policy:
         autocast=autocast_for(cfg, device),
         split=split_lm(model),
     )
+
+
+_START_FROM_ZERO = "set train.init_optimizer_state=false to start AdamW from zero"
+
+
+def no_optimizer_state(source: str) -> ConfigError:
+    """The error of ``train.init_optimizer_state`` with nothing to carry beside ``source``."""
+    return ConfigError(
+        f"train.init_optimizer_state: {source} has no single-process optimizer state to start from "
+        f"(a run folder or checkpoint trained with train.zero_stage=0 has one); {_START_FROM_ZERO}"
+    )
+
+
+def carry_optimizer_moments(
+    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], model_dir: str
+) -> None:
+    """Put the AdamW moments (and step counts) saved beside ``model_dir`` into ``optimizer``; its
+    own hyperparameters (lr, betas, weight decay) stay this run's. Raises :class:`ConfigError` where
+    there are none to carry or they belong to another model."""
+    saved = saved_optimizer_state(model_dir)
+    if saved is None:
+        raise no_optimizer_state(model_dir)
+    state = saved["state"]
+    for i, p in enumerate(params):
+        moments = state.get(i)
+        if moments is None or tuple(moments["exp_avg"].shape) != tuple(p.shape):
+            raise ConfigError(
+                f"train.init_optimizer_state: the optimizer state beside {model_dir} is of another model "
+                f"or trainable set (parameter {i}: {tuple(p.shape)}); {_START_FROM_ZERO}"
+            )
+    # Copies: the saved tensors are mapped from the checkpoint file, which a later save may delete.
+    owned = {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in m.items()} for i, m in state.items()}
+    optimizer.load_state_dict({"state": owned, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 def _lr_lambda(cfg: Config, total_updates: int):

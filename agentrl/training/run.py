@@ -22,7 +22,7 @@ from agentrl.config import Config, ConfigError
 from agentrl.training import checkpoint as ckpt
 from agentrl.training.distributed import World, init_distributed, meet
 from agentrl.training.logger import read_metrics
-from agentrl.training.policy import Policy, device_for, quiet_libraries
+from agentrl.training.policy import Policy, device_for, no_optimizer_state, quiet_libraries
 
 
 def set_up_process(cfg: Config) -> tuple[torch.device, World]:
@@ -39,7 +39,9 @@ def check_model(cfg: Config) -> None:
     ``--init``): a typo or an offline hub id then leaves no run folder and the run name stays free."""
     from agentrl.models import resolve_model_path
 
-    resolve_model_path(cfg.run.init or cfg.model.path)
+    path = resolve_model_path(cfg.run.init or cfg.model.path)
+    if cfg.run.init and cfg.train.init_optimizer_state and ckpt.saved_optimizer_state(path) is None:
+        raise no_optimizer_state(cfg.run.init)
 
 
 def training_reset_options(cfg: Config, stage_options: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -482,6 +482,7 @@ def assign_step_credit(
         cfg.algo.shaping,
         keep_group_fraction,
         max_reply_tokens=limits["max_new_tokens"] * limits["max_turns"],
+        mixed_success_only=cfg.algo.mixed_success_only,
     )
 
 
