@@ -4,6 +4,7 @@ path that puts them onto tokens (agentrl.algorithms.credit)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -348,3 +349,22 @@ def test_assign_credit_mixed_success_only_drops_groups_that_all_solved_or_all_fa
         trajs, AdvantageParams(), ShapingParams(), keep_group_fraction=0.34, mixed_success_only=True
     )
     assert both.selected == trajs[:2]
+
+
+def test_advantage_balance_script_leans_negative_under_token_mean_when_failures_are_longer(tmp_path):
+    import importlib.util
+
+    from agentrl.rollout.trajectory import write_jsonl
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "advantage_balance.py"
+    spec = importlib.util.spec_from_file_location("advantage_balance", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # One group: solved in one turn (2 sampled tokens, A = +0.7071), failed over two (4, A = -0.7071).
+    # token_mean: (2 - 4) * 0.7071 / (6 * 0.7071) = -1/3; seq_mean: (0.7071 - 0.7071) / 1.41 = 0.
+    trajs = [_with_success(_episode(0, 0, [10.9]), True), _with_success(_episode(0, 0, [-0.1, -0.1]), False)]
+    write_jsonl(tmp_path / "trajectories" / "step_000001.jsonl", trajs)
+    n, token_mean, seq_mean = script.balance(tmp_path, 1, {"mixed_success_only": True})
+    assert n == 2
+    assert token_mean == pytest.approx(-1 / 3, abs=1e-4)
+    assert seq_mean == pytest.approx(0.0, abs=1e-6)
