@@ -4,9 +4,13 @@ Eval episodes are read with agentrl's validating reader: malformed records are s
 on stderr, and the table counts only the valid ones.
 
 python scripts/eval_table.py runs/demo-rl runs/demo-sft runs/demo-sft-rl
-python scripts/eval_table.py runs/sokoban-DATE/warm_start runs/sokoban-DATE   # the main job's arms
+python scripts/eval_table.py runs/sokoban-DATE runs/sokoban-DATE/warm_start   # the main job's arms,
+                                                                              # vs the warm start
 
-The 95% interval is Wilson's, over the episodes of the eval file.
+The 95% interval is Wilson's, over the episodes of the eval file. "vs first" compares each
+evaluation with the first one listed on the same puzzles: puzzles gained and lost, and the exact
+McNemar p-value of the difference (the paired test: two overlapping intervals can still differ
+for real, and a small net gain can be many puzzles won and lost).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sys
 from pathlib import Path
 
 from agentrl.rollout.trajectory import Trajectory, read_jsonl, step_filename
-from agentrl.training.metrics import wilson_interval
+from agentrl.training.metrics import paired_p_value, wilson_interval
 
 
 def eval_rows(run: Path) -> list[dict]:
@@ -58,24 +62,37 @@ def distinct_across(episodes: list[Trajectory]) -> str:
     return f"{len(set(first.values())) / len(first):.2f}" if first else "-"
 
 
+def vs_first(first: list[Trajectory], episodes: list[Trajectory]) -> str:
+    """``+gained -lost (p = ...)`` on the puzzles both evaluations played (first sample of each)."""
+    before = {e.seed: bool(e.success) for e in reversed(first)}
+    after = {e.seed: bool(e.success) for e in reversed(episodes)}
+    common = before.keys() & after.keys()
+    gained = sum(after[s] and not before[s] for s in common)
+    lost = sum(before[s] and not after[s] for s in common)
+    return f"+{gained} -{lost} (p = {paired_p_value(gained, lost):.2f}, {len(common)} puzzles)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     print(
         "| run | step | eval success | 95% interval | eval format-valid | distinct replies across puzzles "
-        "| eval reward | episodes | minutes |"
+        "| eval reward | episodes | minutes | vs first |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    first: list[Trajectory] | None = None
     for run in args.runs:
         for row in eval_rows(run):
             episodes = read_eval(run / "eval" / step_filename(int(row["step"])))
+            paired = "-" if first is None else vs_first(first, episodes)
+            first = episodes if first is None else first
             wins = sum(bool(e.success) for e in episodes)
             low, high = wilson_interval(wins, len(episodes))
             print(
                 f"| {run.name} | {row['step']} | {row['eval/success_rate']:.3f} | {low:.2f}-{high:.2f} | "
                 f"{row['eval/format_valid_rate']:.3f} | {distinct_across(episodes)} | {row['eval/reward']:+.2f} | "
-                f"{len(episodes)} | {row['minutes']:.0f} |"
+                f"{len(episodes)} | {row['minutes']:.0f} | {paired} |"
             )
 
 

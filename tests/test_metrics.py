@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentrl.training.logger import progress_text
-from agentrl.training.metrics import wilson_interval
+from agentrl.training.metrics import paired_p_value, wilson_interval
 
 
 def test_wilson_interval_by_hand():
@@ -51,3 +51,33 @@ def test_summary_line_from_a_runs_metrics(tmp_path):
     assert "held-out success warm start (step 0)" in summary_line(cfg, tmp_path)
     (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
     assert summary_line(cfg, tmp_path) is None  # one evaluation: nothing to compare
+
+
+def test_paired_p_value_by_hand():
+    # 0 gained, 5 lost: 2 * (1/2)^5 = 0.0625
+    assert paired_p_value(0, 5) == pytest.approx(0.0625)
+    # 2 gained, 8 lost: 2 * (C(10,0) + C(10,1) + C(10,2)) / 2^10 = 2 * 56 / 1024
+    assert paired_p_value(2, 8) == pytest.approx(0.109375)
+    assert paired_p_value(8, 2) == paired_p_value(2, 8)  # two-sided
+    assert paired_p_value(3, 3) == 1.0 and paired_p_value(0, 0) == 1.0  # capped; nothing changed
+    assert paired_p_value(0, 10) == pytest.approx(2 / 1024)
+
+
+def test_eval_table_counts_puzzles_gained_and_lost_on_the_common_seeds():
+    import importlib.util
+    from pathlib import Path
+
+    from agentrl.rollout.trajectory import Trajectory
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "eval_table.py"
+    spec = importlib.util.spec_from_file_location("eval_table", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def evals(outcomes: dict[int, bool]) -> list[Trajectory]:
+        return [Trajectory(env="t", seed=s, group=s, success=ok) for s, ok in outcomes.items()]
+
+    first = evals({0: True, 1: True, 2: False, 3: False, 4: True})
+    later = evals({0: False, 1: True, 2: True, 3: True, 9: True})  # seed 4 unplayed, 9 new
+    # common seeds 0-3: gained seeds 2 and 3, lost seed 0: p = 2 * (C(3,0) + C(3,1)) / 2^3 = 1 (capped)
+    assert script.vs_first(first, later) == "+2 -1 (p = 1.00, 4 puzzles)"

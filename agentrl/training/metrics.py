@@ -126,6 +126,21 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def paired_p_value(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar p-value for two models evaluated on the same puzzles.
+
+    ``gained``: puzzles the second solves and the first does not; ``lost``: the reverse. Puzzles
+    both solve or both fail say nothing about the difference; under "no difference" each of the
+    ``gained + lost`` that changed is a fair coin, so p = 2 P(Binomial(gained + lost, 1/2) <=
+    min(gained, lost)), capped at 1. Two overlapping Wilson intervals can still be a real paired
+    difference, and a +3-puzzle gain made of 23 gained and 20 lost is not one (p = 0.76)."""
+    n, k = gained + lost, min(gained, lost)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def eval_metrics(trajectories: Sequence[Trajectory], prefix: str = "eval") -> dict[str, float]:
     """Rollout metrics plus pass@k over seeds (k = 1 and the samples per seed) and the success
     rate's 95% Wilson interval (``success_ci_low`` / ``success_ci_high``, over ``episodes``)."""
