@@ -351,15 +351,10 @@ def test_assign_credit_mixed_success_only_drops_groups_that_all_solved_or_all_fa
     assert both.selected == trajs[:2]
 
 
-def test_advantage_balance_script_leans_negative_under_token_mean_when_failures_are_longer(tmp_path):
-    import importlib.util
-
+def test_advantage_balance_script_leans_negative_under_token_mean_when_failures_are_longer(tmp_path, load_script):
     from agentrl.rollout.trajectory import write_jsonl
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "advantage_balance.py"
-    spec = importlib.util.spec_from_file_location("advantage_balance", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("advantage_balance")
     # One group: solved in one turn (2 sampled tokens, A = +0.7071), failed over two (4, A = -0.7071).
     # token_mean: (2 - 4) * 0.7071 / (6 * 0.7071) = -1/3; seq_mean: (0.7071 - 0.7071) / 1.41 = 0.
     trajs = [_with_success(_episode(0, 0, [10.9]), True), _with_success(_episode(0, 0, [-0.1, -0.1]), False)]

@@ -416,3 +416,31 @@ def test_min_plan_length_picks_a_long_room_reproducibly() -> None:
 def test_bad_min_plan_length_is_refused_with_the_fix(options, message) -> None:
     with pytest.raises(ValueError, match=message):
         SokobanEnv().reset(seed=1, options=options)
+
+
+def test_failure_script_names_the_first_turn_that_departs_from_the_oracle(load_script):
+    from agentrl.rollout.trajectory import Trajectory, Turn
+
+    script = load_script("sokoban_failures")
+    env = SokobanEnv(dim_room=(6, 6), num_boxes=1, max_steps=100, describe_positions=True)
+    seed = next(s for s in range(200) if env.reset(seed=s)[1]["optimal_plan_length"] >= 4)
+    env.reset(seed=seed)
+    right = env.oracle_thought()
+    moves = env.oracle_turn_actions()
+    said = script.PUSH.search(right).group(1)
+    other = next(d for d in ("Up", "Down", "Left", "Right") if d != said)
+    wrong = right.replace(f"I push the box {said}", f"I push the box {other}")
+
+    def episode(*turns: tuple[str, list[str]]) -> Trajectory:
+        return Trajectory(
+            env="sokoban",
+            seed=seed,
+            group=0,
+            turns=[Turn(observation="", reply=f"<think>{t}</think>", actions=a) for t, a in turns],
+        )
+
+    assert script.first_mistake(env, episode((wrong, moves))) == "turn 1: wrong push direction"
+    # A right first turn, then a thought without a push.
+    assert script.first_mistake(env, episode((right, moves), ("I go.", []))) == "turn 2: no push in thought"
+    # The right thought, then moves that go nowhere.
+    assert script.first_mistake(env, episode((right, []))) == "turn 1: thought right, moves no progress"

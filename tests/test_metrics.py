@@ -63,16 +63,10 @@ def test_paired_p_value_by_hand():
     assert paired_p_value(0, 10) == pytest.approx(2 / 1024)
 
 
-def test_eval_table_counts_puzzles_gained_and_lost_on_the_common_seeds():
-    import importlib.util
-    from pathlib import Path
-
+def test_eval_table_counts_puzzles_gained_and_lost_on_the_common_seeds(load_script):
     from agentrl.rollout.trajectory import Trajectory
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "eval_table.py"
-    spec = importlib.util.spec_from_file_location("eval_table", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("eval_table")
 
     def evals(outcomes: dict[int, bool]) -> list[Trajectory]:
         return [Trajectory(env="t", seed=s, group=s, success=ok) for s, ok in outcomes.items()]

@@ -1,0 +1,68 @@
+"""Why a Sokoban evaluation's failed rooms failed: each replayed turn by turn against the BFS oracle.
+
+For every failed episode of an eval (or trajectory) file, the room is rebuilt from its seed (and the
+env kwargs of the default recipe) and the episode's turns are replayed; the first turn that goes
+wrong is classified:
+
+- ``wrong push direction`` / ``wrong push square``: the thought names another push than the
+  optimal plan's next one (it may still be solvable, but the episode then failed);
+- ``no push in thought``: the thought names no push at all;
+- ``thought right, moves reach a dead state`` / ``... no progress``: the thought matches the
+  oracle's, the reply's moves then make the room unsolvable or do not shorten the plan;
+- ``ran out of turns``: every turn was right and the turns ran out.
+
+    python scripts/sokoban_failures.py runs/NAME/eval/step_000004.jsonl [more files]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import Counter
+from pathlib import Path
+
+from agentrl_envs.sokoban import SokobanEnv
+
+from agentrl.rollout.trajectory import Trajectory, read_jsonl
+
+PUSH = re.compile(r"I push the box (\w+) from row (\d+) column (\d+)")
+
+
+def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
+    """The class of the first turn of ``episode`` that departs from the oracle (see module doc)."""
+    # A training room drawn with min_plan_length reports the seed that builds it on its own.
+    env.reset(seed=int(episode.reset_info.get("room_seed", episode.seed)))
+    for i, turn in enumerate(episode.turns):
+        label = f"turn {min(i + 1, 3)}{'+' if i >= 2 else ''}"
+        said, oracle = PUSH.search(turn.reply), PUSH.search(env.oracle_thought())
+        if said is None:
+            return f"{label}: no push in thought"
+        if oracle is not None and said.groups() != oracle.groups():
+            return f"{label}: wrong push {'direction' if said.group(1) != oracle.group(1) else 'square'}"
+        before = env.oracle_actions() or []
+        for action in turn.actions:
+            env.step(action)
+        after = env.oracle_actions()
+        if after is None:
+            return f"{label}: thought right, moves reach a dead state"
+        if len(after) >= len(before):
+            return f"{label}: thought right, moves no progress"
+    return "ran out of turns"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", type=Path, help="eval/step_*.jsonl or trajectories/step_*.jsonl")
+    args = parser.parse_args()
+    env = SokobanEnv(dim_room=(6, 6), num_boxes=1, max_steps=100, describe_positions=True)
+    for path in args.files:
+        episodes, _ = read_jsonl(path)
+        failed = [e for e in episodes if not e.success]
+        counts = Counter(first_mistake(env, e) for e in failed)
+        print(f"{path}: {len(failed)} of {len(episodes)} failed")
+        for kind, n in counts.most_common():
+            print(f"  {n:>4}  {kind}")
+
+
+if __name__ == "__main__":
+    main()
