@@ -4,7 +4,6 @@ path that puts them onto tokens (agentrl.algorithms.credit)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -351,7 +350,9 @@ def test_assign_credit_mixed_success_only_drops_groups_that_all_solved_or_all_fa
     assert both.selected == trajs[:2]
 
 
-def test_advantage_balance_script_leans_negative_under_token_mean_when_failures_are_longer(tmp_path, load_script):
+def test_advantage_balance_script_leans_negative_under_token_mean_when_failures_are_longer(
+    tmp_path, load_script
+):
     from agentrl.rollout.trajectory import write_jsonl
 
     script = load_script("advantage_balance")
