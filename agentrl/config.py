@@ -215,7 +215,8 @@ class TrainConfig:
     ``lr`` whatever the size of its gradient (``m / sqrt(v)`` is +-1 at step 1), so RL's small,
     noisy gradients shift weights that the warm start had settled; with the warm start's moments a
     weight moves by how its RL gradient compares with its SFT gradients. Needs a single-process
-    ZeRO-0 checkpoint of the same model (``ds/mp_rank_00_model_states.pt`` holding the optimizer)."""
+    ZeRO-0 checkpoint of the same model (``ds/mp_rank_00_model_states.pt`` holding the optimizer);
+    under ZeRO-1 and up, which shard the optimizer, RL starts AdamW from zero and says so."""
     lr_schedule: str = "constant"
     """``constant`` or ``cosine`` (to 10% of ``lr``) after warmup."""
     grad_clip: float = 1.0
@@ -866,18 +867,12 @@ def problems_across_sections(cfg: Config) -> list[str]:
             f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than one full context "
             f"(rollout.max_context_tokens={cfg.rollout.max_context_tokens}); raise it to at least that"
         )
-    # Carried optimizer moments come from a single-process ZeRO-0 checkpoint and go into one.
-    if cfg.train.init_optimizer_state:
-        if not (cfg.run.init or cfg.sft.warm_start):
-            out.append(
-                "train.init_optimizer_state needs a checkpoint to carry AdamW's moments from: set run.init "
-                "(--init RUN) or sft.warm_start=true, or leave it false"
-            )
-        if cfg.train.zero_stage != 0:
-            out.append(
-                f"train.init_optimizer_state carries a ZeRO-0 optimizer; train.zero_stage={cfg.train.zero_stage} "
-                "shards it: use train.zero_stage=0 or leave init_optimizer_state false"
-            )
+    # Carried optimizer moments need a checkpoint to come from.
+    if cfg.train.init_optimizer_state and not (cfg.run.init or cfg.sft.warm_start):
+        out.append(
+            "train.init_optimizer_state needs a checkpoint to carry AdamW's moments from: set run.init "
+            "(--init RUN) or sft.warm_start=true, or leave it false"
+        )
     return out + _zero3_problems(cfg) + _held_out_problems(cfg)
 
 

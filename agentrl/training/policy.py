@@ -197,8 +197,13 @@ def build_policy(cfg: Config, device: torch.device) -> Policy:
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    if cfg.train.init_optimizer_state and cfg.run.init:
+    if carries_optimizer_state(cfg):
         carry_optimizer_moments(optimizer, params, path)
+    elif cfg.train.init_optimizer_state and cfg.run.init:
+        print(
+            f"agentrl: train.init_optimizer_state: ZeRO-{cfg.train.zero_stage} shards the optimizer, "
+            "so AdamW starts from zero"
+        )
     total = cfg.train.steps * cfg.algo.ppo_epochs * cfg.algo.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
     ds_engine, _, _, _ = deepspeed.initialize(
@@ -217,6 +222,12 @@ def build_policy(cfg: Config, device: torch.device) -> Policy:
         autocast=autocast_for(cfg, device),
         split=split_lm(model),
     )
+
+
+def carries_optimizer_state(cfg: Config) -> bool:
+    """Whether this run starts AdamW from the ``run.init`` checkpoint's moments: asked for, with a
+    checkpoint to start from, and ZeRO-0 (higher stages shard the optimizer)."""
+    return bool(cfg.train.init_optimizer_state and cfg.run.init and cfg.train.zero_stage == 0)
 
 
 _START_FROM_ZERO = "set train.init_optimizer_state=false to start AdamW from zero"

@@ -22,7 +22,13 @@ from agentrl.config import Config, ConfigError
 from agentrl.training import checkpoint as ckpt
 from agentrl.training.distributed import World, init_distributed, meet
 from agentrl.training.logger import read_metrics
-from agentrl.training.policy import Policy, device_for, no_optimizer_state, quiet_libraries
+from agentrl.training.policy import (
+    Policy,
+    carries_optimizer_state,
+    device_for,
+    no_optimizer_state,
+    quiet_libraries,
+)
 
 
 def set_up_process(cfg: Config) -> tuple[torch.device, World]:
@@ -40,7 +46,7 @@ def check_model(cfg: Config) -> None:
     from agentrl.models import resolve_model_path
 
     path = resolve_model_path(cfg.run.init or cfg.model.path)
-    if cfg.run.init and cfg.train.init_optimizer_state and ckpt.saved_optimizer_state(path) is None:
+    if carries_optimizer_state(cfg) and ckpt.saved_optimizer_state(path) is None:
         raise no_optimizer_state(cfg.run.init)
 
 
