@@ -216,7 +216,8 @@ class TrainConfig:
     noisy gradients shift weights that the warm start had settled; with the warm start's moments a
     weight moves by how its RL gradient compares with its SFT gradients. Needs a single-process
     ZeRO-0 checkpoint of the same model (``ds/mp_rank_00_model_states.pt`` holding the optimizer);
-    under ZeRO-1 and up, which shard the optimizer, RL starts AdamW from zero and says so."""
+    under ZeRO-1 and up, which shard the optimizer, RL starts AdamW from zero and says so. Without
+    ``run.init`` (RL alone) there is nothing to carry, and AdamW starts from zero."""
     lr_schedule: str = "constant"
     """``constant`` or ``cosine`` (to 10% of ``lr``) after warmup."""
     grad_clip: float = 1.0
@@ -866,12 +867,6 @@ def problems_across_sections(cfg: Config) -> list[str]:
         out.append(
             f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than one full context "
             f"(rollout.max_context_tokens={cfg.rollout.max_context_tokens}); raise it to at least that"
-        )
-    # Carried optimizer moments need a checkpoint to come from.
-    if cfg.train.init_optimizer_state and not (cfg.run.init or cfg.sft.warm_start):
-        out.append(
-            "train.init_optimizer_state needs a checkpoint to carry AdamW's moments from: set run.init "
-            "(--init RUN) or sft.warm_start=true, or leave it false"
         )
     return out + _zero3_problems(cfg) + _held_out_problems(cfg)
 
