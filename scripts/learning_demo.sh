@@ -1,57 +1,42 @@
 #!/usr/bin/env bash
-# Learning demonstration on CPU with the default model (SmolLM2-135M-Instruct): base model, RL alone,
-# warm start alone and warm start + RL, evaluated greedily on the same held-out seeds (eval seeds
-# 0..N-1, never trained on).
+# The learning table's runs (README, "Learning on CPU"): for one env, the four arms with the
+# default model (SmolLM2-135M-Instruct), each evaluated greedily on the same 128 held-out puzzles
+# (eval seeds 0-127; training and demonstrations draw from seed 10000 on).
 #
-#   ENV=sokoban bash scripts/learning_demo.sh rl        # RL alone         -> runs/demo-ENV-rl
-#   ENV=sokoban bash scripts/learning_demo.sh sft       # warm start       -> runs/demo-ENV-sft
-#   ENV=sokoban bash scripts/learning_demo.sh sft-rl    # warm start + RL  -> runs/demo-ENV-sft-rl
-#   python scripts/eval_table.py runs/demo-sokoban-rl runs/demo-sokoban-sft-rl
+#   ENV=knights_knaves bash scripts/learning_demo.sh rl       # base model (its step 0) and RL alone
+#                                                             #   -> runs/table-ENV-rl
+#   ENV=knights_knaves bash scripts/learning_demo.sh sft-rl   # warm start alone (its step 0) and
+#                                                             #   warm start + RL, one command
+#                                                             #   -> runs/table-ENV-sft-rl (SFT in warm_start/)
+#   python scripts/eval_table.py runs/table-ENV-rl runs/table-ENV-sft-rl
 #
-# The base model is the RL run at step 0; the warm start alone is the warm-start + RL run at step 0.
-# ENV is sokoban (6x6, one box), sokoban-pos (the same with the positions written under the grid),
-# countdown (3-4 numbers) or knights_knaves (3 people). Every arm of an
-# env shares its rollout settings: RAGEN's pre-filled <think> and open-r1-style partial format credit.
-# Each arm uses one CPU thread, so two arms run side by side on a 2-core machine.
-# The README's first Sokoban table (runs/demo-rl, demo-sft, demo-sft-rl) came from an earlier version
-# of this script: 64 demonstrations, one epoch at lr 2e-5, and `rollout.vary_format_example=false`.
+# ENV is countdown (3-4 numbers), knights_knaves (3 people) or math (levels 1-2). Sokoban's arms are
+# the main job's (`agentrl train --env sokoban`: base, warm start, warm start + RL in one run).
+# Every arm of an env shares its rollout settings: the env's recipe (configs/ENV.yaml) with RAGEN's
+# pre-filled <think> and open-r1-style partial format credit, STEPS RL steps of 4 groups x 4 tries.
+# The warm start fine-tunes on SFT_EPISODES oracle demonstrations (solver expressions, brute-force
+# assignments, worked solutions, each with a short true thought), 2 epochs at lr 1e-4; RL after it
+# samples at T = 0.7 (T = 1 knocks the lightly fine-tuned 135M model off its format).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ENV="${ENV:-sokoban}"
-COMMON=(--set train.num_threads=1 --set run.progress=false
-        --set rollout.reply_prefix='<think>' --set rollout.format_tag_credit=0.5)
+ENV="${ENV:-knights_knaves}"
+STEPS="${STEPS:-6}"
 case "$ENV" in
-  sokoban|sokoban-pos)
-    STEPS="${STEPS:-4}"
-    COMMON+=(--set eval.episodes=16 --set rollout.max_turns=2 --set rollout.max_new_tokens=64
-             --set rollout.max_context_tokens=1024)
-    # sokoban-pos: the positions also written under the grid (env.kwargs.describe_positions).
-    if [ "$ENV" = sokoban-pos ]; then
-      COMMON+=(--set env.kwargs.describe_positions=true --set rollout.max_new_tokens=96)
-    fi ;;
-  countdown)
-    STEPS="${STEPS:-6}"
-    COMMON+=(--set eval.episodes=32 --set rollout.max_new_tokens=96) ;;
-  knights_knaves)
-    STEPS="${STEPS:-6}"
-    COMMON+=(--set eval.episodes=32 --set rollout.max_new_tokens=192) ;;
-  *) echo "ENV must be sokoban, sokoban-pos, countdown or knights_knaves, got '$ENV'" >&2; exit 2 ;;
+  countdown|knights_knaves|math) ;;
+  *) echo "ENV must be countdown, knights_knaves or math, got '$ENV' (Sokoban: the main job)" >&2; exit 2 ;;
 esac
-ENV_NAME="${ENV%-pos}"
-# Warm start: BFS plans / solver / brute-force solutions with short true thoughts, 2 epochs at a
-# fine-tuning learning rate (RL's 2e-5 barely moves the model in 12 updates).
-SFT=(--set sft.episodes="${SFT_EPISODES:-96}" --set sft.epochs=2 --set train.lr=1e-4 --set eval.every=0)
+COMMON=(--set run.progress=false --set eval.episodes=128
+        --set rollout.reply_prefix='<think>' --set rollout.format_tag_credit=0.5
+        --set train.steps="$STEPS" --set eval.every="$STEPS")
 case "${1:-}" in
   rl)
-    agentrl train --env "$ENV_NAME" --name "demo-$ENV-rl" "${COMMON[@]}" \
-      --set train.steps="$STEPS" --set eval.every="$STEPS" ;;
-  sft)
-    agentrl sft --env "$ENV_NAME" --name "demo-$ENV-sft" "${COMMON[@]}" "${SFT[@]}" ;;
+    agentrl train --env "$ENV" --name "table-$ENV-rl" "${COMMON[@]}" ;;
   sft-rl)
-    # Sampling at T=1 knocks the lightly fine-tuned 135M model off its format; T=0.7 keeps it.
-    agentrl train --env "$ENV_NAME" --name "demo-$ENV-sft-rl" --init "runs/demo-$ENV-sft" "${COMMON[@]}" \
-      --set train.steps="$STEPS" --set eval.every="$STEPS" --set rollout.temperature=0.7 ;;
+    # The base model is the rl arm's step 0 on all 128 puzzles: here it is only glanced at (16).
+    agentrl train --env "$ENV" --name "table-$ENV-sft-rl" "${COMMON[@]}" \
+      --set sft.warm_start=true --set sft.episodes="${SFT_EPISODES:-96}" --set sft.epochs=2 \
+      --set sft.lr=1e-4 --set eval.base_episodes=16 --set rollout.temperature=0.7 ;;
   all)
-    "$0" rl && "$0" sft && "$0" sft-rl ;;
-  *) echo "usage: ENV=sokoban|sokoban-pos|countdown|knights_knaves $0 rl|sft|sft-rl|all" >&2; exit 2 ;;
+    "$0" rl && "$0" sft-rl ;;
+  *) echo "usage: ENV=countdown|knights_knaves|math $0 rl|sft-rl|all" >&2; exit 2 ;;
 esac

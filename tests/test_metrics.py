@@ -1,6 +1,11 @@
-"""Success intervals and the console's progress text, against hand-computed numbers."""
+"""Success intervals, the console's progress text and the learning table's scripts, against
+hand-computed numbers."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +80,48 @@ def test_eval_table_counts_puzzles_gained_and_lost_on_the_common_seeds(load_scri
     later = evals({0: False, 1: True, 2: True, 3: True, 9: True})  # seed 4 unplayed, 9 new
     # common seeds 0-3: gained seeds 2 and 3, lost seed 0: p = 2 * (C(3,0) + C(3,1)) / 2^3 = 1 (capped)
     assert script.vs_first(first, later) == "+2 -1 (p = 1.00, 4 puzzles)"
+
+
+LEARNING_DEMO = Path(__file__).resolve().parents[1] / "scripts" / "learning_demo.sh"
+
+
+def _learning_demo_args(tmp_path, env: str, arm: str) -> tuple[int, list[str], str]:
+    """Run scripts/learning_demo.sh with a stand-in ``agentrl`` on PATH that records its arguments
+    (one per line): the script's exit code, the recorded arguments and its stderr."""
+    fake = tmp_path / "bin" / "agentrl"
+    fake.parent.mkdir(exist_ok=True)
+    record = tmp_path / f"args-{env}-{arm}"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    fake.chmod(0o755)
+    env_vars = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "ENV": env}
+    done = subprocess.run(["bash", str(LEARNING_DEMO), arm], env=env_vars, capture_output=True, text=True)
+    args = record.read_text().splitlines() if record.is_file() else []
+    return done.returncode, args, done.stderr
+
+
+@pytest.mark.parametrize("env", ["countdown", "knights_knaves", "math"])
+def test_learning_demo_arms_are_valid_runs_on_128_common_puzzles(tmp_path, env):
+    """Each arm's command parses with agentrl's own CLI and config checks, and both arms of an env
+    evaluate the same 128 held-out puzzles after the same number of RL steps."""
+    from agentrl.cli import build_parser
+    from agentrl.config import load_config
+
+    configs = {}
+    for arm in ("rl", "sft-rl"):
+        code, argv, stderr = _learning_demo_args(tmp_path, env, arm)
+        assert code == 0, stderr
+        args = build_parser().parse_args(argv)
+        assert args.command == "train" and args.env == env
+        configs[arm] = load_config(env=args.env, overrides=args.overrides, name=args.name)
+    rl, sft_rl = configs["rl"], configs["sft-rl"]
+    assert rl.eval.episodes == sft_rl.eval.episodes == 128
+    assert rl.train.steps == sft_rl.train.steps == rl.eval.every == sft_rl.eval.every
+    assert not rl.sft.warm_start and sft_rl.sft.warm_start
+    assert rl.run.name == f"table-{env}-rl" and sft_rl.run.name == f"table-{env}-sft-rl"
+    assert rl.rollout.reply_prefix == sft_rl.rollout.reply_prefix == "<think>"
+
+
+def test_learning_demo_refuses_an_env_it_has_no_arms_for(tmp_path):
+    code, args, stderr = _learning_demo_args(tmp_path, "sokoban", "rl")
+    assert code == 2 and args == []
+    assert "countdown, knights_knaves or math" in stderr and "main job" in stderr
