@@ -69,7 +69,13 @@ def vs_first(first: list[Trajectory], episodes: list[Trajectory]) -> str:
     common = before.keys() & after.keys()
     gained = sum(after[s] and not before[s] for s in common)
     lost = sum(before[s] and not after[s] for s in common)
-    return f"+{gained} -{lost} (p = {paired_p_value(gained, lost):.2f}, {len(common)} puzzles)"
+    p = paired_p_value(gained, lost)
+    # Two decimals, or two significant digits below 0.01 (a clear difference is not "p = 0.00").
+    return (
+        f"+{gained} -{lost} (p = {p:.2f}, {len(common)} puzzles)"
+        if p >= 0.01
+        else (f"+{gained} -{lost} (p = {p:.1e}, {len(common)} puzzles)")
+    )
 
 
 def main() -> None:

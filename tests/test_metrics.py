@@ -80,6 +80,9 @@ def test_eval_table_counts_puzzles_gained_and_lost_on_the_common_seeds(load_scri
     later = evals({0: False, 1: True, 2: True, 3: True, 9: True})  # seed 4 unplayed, 9 new
     # common seeds 0-3: gained seeds 2 and 3, lost seed 0: p = 2 * (C(3,0) + C(3,1)) / 2^3 = 1 (capped)
     assert script.vs_first(first, later) == "+2 -1 (p = 1.00, 4 puzzles)"
+    # 16 gained, 3 lost: p = 2 * (1 + 19 + 171 + 969) / 2^19 = 0.004425
+    many = evals({s: s < 3 for s in range(19)}), evals({s: s >= 3 for s in range(19)})
+    assert script.vs_first(*many) == "+16 -3 (p = 4.4e-03, 19 puzzles)"
 
 
 LEARNING_DEMO = Path(__file__).resolve().parents[1] / "scripts" / "learning_demo.sh"
