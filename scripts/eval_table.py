@@ -71,11 +71,8 @@ def vs_first(first: list[Trajectory], episodes: list[Trajectory]) -> str:
     lost = sum(before[s] and not after[s] for s in common)
     p = paired_p_value(gained, lost)
     # Two decimals, or two significant digits below 0.01 (a clear difference is not "p = 0.00").
-    return (
-        f"+{gained} -{lost} (p = {p:.2f}, {len(common)} puzzles)"
-        if p >= 0.01
-        else (f"+{gained} -{lost} (p = {p:.1e}, {len(common)} puzzles)")
-    )
+    shown = f"{p:.2f}" if p >= 0.01 else f"{p:.1e}"
+    return f"+{gained} -{lost} (p = {shown}, {len(common)} puzzles)"
 
 
 def main() -> None:
