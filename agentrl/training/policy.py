@@ -199,7 +199,7 @@ def build_policy(cfg: Config, device: torch.device) -> Policy:
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if carries_optimizer_state(cfg):
         carry_optimizer_moments(optimizer, params, path)
-    elif cfg.train.init_optimizer_state and cfg.run.init:
+    elif _wants_optimizer_state(cfg):  # asked for, but the stage shards the optimizer
         print(
             f"agentrl: train.init_optimizer_state: ZeRO-{cfg.train.zero_stage} shards the optimizer, "
             "so AdamW starts from zero"
@@ -227,7 +227,12 @@ def build_policy(cfg: Config, device: torch.device) -> Policy:
 def carries_optimizer_state(cfg: Config) -> bool:
     """Whether this run starts AdamW from the ``run.init`` checkpoint's moments: asked for, with a
     checkpoint to start from, and ZeRO-0 (higher stages shard the optimizer)."""
-    return bool(cfg.train.init_optimizer_state and cfg.run.init and cfg.train.zero_stage == 0)
+    return _wants_optimizer_state(cfg) and cfg.train.zero_stage == 0
+
+
+def _wants_optimizer_state(cfg: Config) -> bool:
+    """``train.init_optimizer_state`` with a ``run.init`` checkpoint to carry the moments from."""
+    return bool(cfg.train.init_optimizer_state and cfg.run.init)
 
 
 _START_FROM_ZERO = "set train.init_optimizer_state=false to start AdamW from zero"
