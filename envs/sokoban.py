@@ -286,16 +286,16 @@ _TILES = _make_tiles()
 
 
 def _instructions(max_actions: int) -> str:
+    # Short on purpose: the system prompt is in every episode's context, so its tokens are paid in
+    # every SFT and RL update and every rollout (the rewards are the env's contract, not the model's:
+    # the returns teach them).
     return (
-        "You are playing Sokoban, a puzzle on a small grid. Push every box onto a target.\n"
-        f"Symbols: {WALL} wall, {FLOOR} empty floor, {TARGET} target, {BOX} box, "
-        f"{BOX_ON_TARGET} box on a target, {PLAYER} you, {PLAYER_ON_TARGET} you standing on a target.\n"
-        "Moves: Up, Down, Left, Right (Up goes toward the first row). Walking into a box pushes it one "
-        "square the same way if that square is empty floor or a target. You cannot pull boxes or push "
-        "two at once; walking into a wall wastes the move.\n"
-        "Rewards: -0.1 per move, +1 for pushing a box onto a target, -1 for pushing one off, "
-        "+10 when every box is on a target.\n"
-        "Answer with one or more moves separated by ||, for example: Up || Left"
+        "Sokoban: push every box onto a target.\n"
+        f"Grid: {WALL} wall, {FLOOR} floor, {TARGET} target, {BOX} box, {BOX_ON_TARGET} box on a target, "
+        f"{PLAYER} you, {PLAYER_ON_TARGET} you on a target; row 1 is the top.\n"
+        "Moves: Up, Down, Left, Right. Walking into a box pushes it one square if the square beyond is "
+        "floor or a target; boxes cannot be pulled.\n"
+        "Answer with moves separated by ||, for example: Up || Left"
     )
 
 
@@ -414,8 +414,8 @@ class SokobanEnv(TextEnv):
         self.instructions = _instructions(self.max_actions_per_turn)
         if self.describe_positions:
             self.instructions += (
-                "\nUnder the grid you also get the positions of you, of the boxes not on a target and of "
-                "the empty targets (rows and columns count from 1, row 1 at the top)."
+                "\nUnder the grid: the positions of you, of the boxes off a target and of the empty "
+                "targets (rows and columns count from 1)."
             )
         # Episode state, set by reset.
         self._room: SokobanRoom | None = None
