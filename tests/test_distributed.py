@@ -213,3 +213,30 @@ def test_zero3_with_the_vllm_stand_in_on_two_ranks(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["engine/sync_logprob_gap"] < 1e-4 for r in rows)
     assert "zero_stage: 3" in (tmp_path / "z3" / "config.yaml").read_text()
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(tmp_path):
+    """torch waits forever on <op>/lock: one older than any real build is a dead build's."""
+    import os
+    import time
+
+    from agentrl.training.distributed import clear_stale_build_locks
+
+    dead, live = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "cpu_adam" / "lock"
+    for lock in (dead, live):
+        lock.parent.mkdir()
+        lock.touch()
+    hour_ago = time.time() - 3600
+    os.utime(dead, (hour_ago, hour_ago))
+    assert clear_stale_build_locks(tmp_path, max_age_s=600) == [dead]
+    assert not dead.exists() and live.exists()
+    assert clear_stale_build_locks(tmp_path / "no such folder") == []
+
+
+def test_each_deepspeed_install_builds_its_ops_in_its_own_folder(tmp_path):
+    from agentrl.training.distributed import extensions_dir
+
+    one, other = tmp_path / "venv1" / "deepspeed", tmp_path / "venv2" / "deepspeed"
+    assert extensions_dir(one) == extensions_dir(one)
+    assert extensions_dir(one) != extensions_dir(other)
+    assert extensions_dir(one).parent.parent.name == "torch_extensions"

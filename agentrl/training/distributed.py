@@ -9,13 +9,24 @@ agentrl.training; lint-imports checks).
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import socket
+import sys
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
+logger = logging.getLogger(__name__)
+
+#: A JIT build lock older than this is left over from a build that never finished (DeepSpeed's CPU
+#: ops compile in well under a minute here); torch would otherwise wait on it forever, silently.
+STALE_BUILD_LOCK_S = 600.0
 
 _Number = TypeVar("_Number", int, float)
 
@@ -41,10 +52,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def extensions_dir(deepspeed_dir: str | os.PathLike[str]) -> Path:
+    """Where torch builds the JIT ops of the DeepSpeed installed at ``deepspeed_dir``: one folder per
+    install (two installs sharing torch's default folder rebuild each other's ops, each for its own
+    source path, and race on the same build lock)."""
+    key = hashlib.sha256(str(Path(deepspeed_dir).resolve()).encode()).hexdigest()[:12]
+    accel = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_{accel}"
+    return Path.home() / ".cache" / "torch_extensions" / tag / f"deepspeed-{key}"
+
+
+def clear_stale_build_locks(
+    root: str | os.PathLike[str], max_age_s: float = STALE_BUILD_LOCK_S
+) -> list[Path]:
+    """Remove the build locks under ``root`` older than ``max_age_s`` and return them.
+
+    torch's JIT build holds ``<root>/<op>/lock`` while it compiles and waits, without a word or a
+    deadline, for as long as that file exists; a build that was killed (or ran out of disk) leaves
+    it behind, and every later run would hang at start-up."""
+    removed = []
+    now = time.time()
+    for lock in Path(root).glob("*/lock"):
+        try:
+            if now - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+        except FileNotFoundError:  # the build finished meanwhile
+            continue
+    for lock in removed:
+        logger.warning("removed %s, left by a build that did not finish; the op is rebuilt", lock)
+    return removed
+
+
 def init_distributed(device: str, timeout_s: int = 1800) -> World:
     """Initialise DeepSpeed's process group (a world of one when no launcher set one up)."""
     import deepspeed
 
+    # DeepSpeed's CPU backend JIT-builds its shared-memory op here (torch's extension folder).
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir(os.path.dirname(deepspeed.__file__))))
+    clear_stale_build_locks(os.environ["TORCH_EXTENSIONS_DIR"])
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
