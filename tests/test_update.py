@@ -133,10 +133,14 @@ def test_autocast_choice():
     # A bfloat16 model is already in bfloat16: nothing to autocast.
     cfg = load_config(env="sokoban", overrides=["train.autocast=bfloat16", "model.dtype=bfloat16"])
     assert autocast_for(cfg, torch.device("cpu")) is None
-    # The engine samples in the model's dtype, not the update's autocast one, unless asked.
+    # The engine samples in the dtype the trainer computes in, unless asked for another.
     cfg = load_config(env="sokoban", overrides=["train.autocast=bfloat16"])
+    assert engine_dtype_for(cfg, torch.device("cpu")) == "bfloat16"
+    cfg = load_config(env="sokoban", overrides=["train.autocast=off"])
     assert engine_dtype_for(cfg, torch.device("cpu")) == "float32"
-    cfg = load_config(env="sokoban", overrides=["engine.dtype=bfloat16"])
+    cfg = load_config(env="sokoban", overrides=["train.autocast=bfloat16", "engine.dtype=float32"])
+    assert engine_dtype_for(cfg, torch.device("cpu")) == "float32"
+    cfg = load_config(env="sokoban", overrides=["train.autocast=off", "engine.dtype=bfloat16"])
     assert engine_dtype_for(cfg, torch.device("cpu")) == "bfloat16"
 
 

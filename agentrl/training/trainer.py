@@ -529,9 +529,9 @@ def sync_weights(
     metrics = {"timing/sync_s": time.perf_counter() - t0}
     if not cfg.engine.sync_check_tokens:
         return metrics
-    prompts = probe_prompts(trajectories, cfg.engine.sync_check_tokens)
+    prompts, sampled = probe_prompts(trajectories, cfg.engine.sync_check_tokens)
     # Every rank scores (a ZeRO-3 forward is a collective); the worst rank decides.
-    gap = all_reduce_max(logprob_gap(engine, policy.ds_engine, prompts, policy.device), world)
+    gap = all_reduce_max(logprob_gap(engine, policy.ds_engine, prompts, policy.device, sampled), world)
     tolerance = sync_tolerance(cfg.engine.sync_tolerance, engine_dtype_for(cfg, policy.device))
     if gap > tolerance:
         raise WeightSyncError(
