@@ -491,3 +491,18 @@ def test_the_gap_is_taken_only_where_the_mask_says(fake_vllm, tiny_model_path):
     assert logprob_gap(engine, trainer, prompts, torch.device("cpu")) == pytest.approx(
         float(diffs.mean()), abs=1e-6
     )
+
+
+def test_pushed_weights_arrive_in_the_engines_dtype(fake_vllm, tiny_model_path):
+    """The trainer's float32 master weights are cast to a bfloat16 engine's dtype on the way in."""
+    from agentrl.rollout.weight_sync import policy_weights
+
+    trainer = _trainer_copy(tiny_model_path)
+    for dtype, expected in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+        engine = VLLMEngine(tiny_model_path, dtype=dtype)
+        received = []
+        model = engine.llm.model
+        load = model.load_weights
+        model.load_weights = lambda weights: load([received.append(t.dtype) or (n, t) for n, t in weights])
+        engine.update_weights(policy_weights(trainer, zero_stage=0))
+        assert received and set(received) == {expected}, (dtype, set(received))

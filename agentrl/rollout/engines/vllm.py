@@ -249,6 +249,9 @@ class VLLMEngine:
         self.logprobs_mode = logprobs_mode
         self.generate_threads = generate_threads
         self.generate_timeout_s = generate_timeout_s
+        # Pushed weights arrive in the trainer's dtype (float32 master weights): cast here, one
+        # tensor at a time, so vLLM gets its own dtype (it warns on, and copies, anything else).
+        self._weight_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else None
         self.capabilities = EngineCapabilities(own_weights=True, same_numerics=False, sleep=sleep_level > 0)
         self._state = _AWAKE
         self._weights_valid = True
@@ -472,7 +475,7 @@ class VLLMEngine:
         if self._state == _ASLEEP:
             self.llm.wake_up(tags=["weights"])
             self._state = _WEIGHTS_ONLY
-        weights = _CountedWeights(named_params)
+        weights = _CountedWeights(self._as_engine_dtype(named_params))
         with deadline(self.generate_timeout_s, "vLLM weight push"):
             self.llm.collective_rpc(
                 "reload_weights", kwargs=dict(weights_iterator=weights, is_checkpoint_format=True)
@@ -483,6 +486,14 @@ class VLLMEngine:
         # Cached KV blocks were computed with the old weights.
         self.llm.reset_prefix_cache()
         self._weights_valid = True
+
+    def _as_engine_dtype(
+        self, named_params: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in named_params:
+            if self._weight_dtype is not None and tensor.is_floating_point() and tensor.numel():
+                tensor = tensor.to(self._weight_dtype)
+            yield name, tensor
 
     # ------------------------------------------------------------------ memory
 
