@@ -223,7 +223,7 @@ def test_the_post_sync_check_stops_a_stale_layer(engine, trainer, chat_prompts):
     from agentrl.training.trainer import sync_weights
 
     eng, _ = engine
-    cfg = load_config(env="sokoban")
+    cfg = load_config(env="sokoban", overrides=["engine.dtype=float32"])  # the fixture's engine
     import copy
 
     moved = copy.deepcopy(trainer)

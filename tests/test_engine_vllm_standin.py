@@ -338,7 +338,7 @@ def _trainer_copy(tiny_model_path: str) -> torch.nn.Module:
 def test_prompt_logprobs_match_the_trainer_only_after_the_push(fake_vllm, tiny_model_path):
     from agentrl.rollout.weight_sync import logprob_gap, policy_weights
 
-    engine = VLLMEngine(tiny_model_path)
+    engine = VLLMEngine(tiny_model_path, dtype="float32")  # the stand-in computes in float32
     trainer = _trainer_copy(tiny_model_path)
     prompts = [[1, 5, 9, 200, 31, 7], [3, 4, 5]]
     stale = logprob_gap(engine, trainer, prompts, torch.device("cpu"))
@@ -356,12 +356,12 @@ def test_sync_weights_stops_the_run_when_weights_do_not_arrive(fake_vllm, tiny_m
     from agentrl.training.distributed import World
     from agentrl.training.trainer import sync_weights
 
-    cfg = load_config(env="countdown", model=tiny_model_path)
+    cfg = load_config(env="countdown", model=tiny_model_path, overrides=["engine.dtype=float32"])
     trainer = _trainer_copy(tiny_model_path)
     policy = SimpleNamespace(model=trainer, ds_engine=trainer, device=torch.device("cpu"))
     traj = Trajectory(env="countdown", seed=0, group=0, samples=[Sample(token_ids=list(range(1, 40)))])
     world = World(rank=0, size=1, local_rank=0)
-    engine = VLLMEngine(tiny_model_path)
+    engine = VLLMEngine(tiny_model_path, dtype="float32")  # the stand-in computes in float32
     metrics = sync_weights(cfg, engine, policy, [traj], world)
     assert metrics["engine/sync_logprob_gap"] < 1e-5
 
@@ -503,6 +503,8 @@ def test_pushed_weights_arrive_in_the_engines_dtype(fake_vllm, tiny_model_path):
         received = []
         model = engine.llm.model
         load = model.load_weights
-        model.load_weights = lambda weights: load([received.append(t.dtype) or (n, t) for n, t in weights])
+        model.load_weights = lambda weights, load=load, seen=received: load(
+            [seen.append(t.dtype) or (n, t) for n, t in weights]
+        )
         engine.update_weights(policy_weights(trainer, zero_stage=0))
         assert received and set(received) == {expected}, (dtype, set(received))

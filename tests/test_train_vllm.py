@@ -115,6 +115,12 @@ def test_agentrl_eval_runs_on_vllm_and_matches_the_hf_engine(tmp_path):
             "rollout.max_turns=1",
             "--set",
             "rollout.max_new_tokens=24",
+            # Both engines in float32, so greedy replies can match token for token (auto would
+            # sample vLLM in bf16 on a CPU with bf16 instructions).
+            "--set",
+            "engine.dtype=float32",
+            "--set",
+            "train.autocast=off",
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=subprocess_env())
         assert done.returncode == 0, done.stderr[-3000:]
