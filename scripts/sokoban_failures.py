@@ -5,7 +5,8 @@ env kwargs of the default recipe) and the episode's turns are replayed; the firs
 wrong is classified:
 
 - ``wrong push direction`` / ``wrong push square``: the thought names another push than the
-  optimal plan's next one (it may still be solvable, but the episode then failed);
+  optimal plan's next one (it may still be solvable, but the episode then failed), ``impossible``
+  where the square to push from or the box's next square is a wall, else ``possible``;
 - ``no push in thought``: the thought names no push at all;
 - ``thought right, moves reach a dead state`` / ``... no progress``: the thought matches the
   oracle's, the reply's moves then make the room unsolvable or do not shorten the plan;
@@ -21,11 +22,26 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from agentrl_envs.sokoban import SokobanEnv
+from agentrl_envs.sokoban import ACTIONS, DELTAS, WALL, SokobanEnv
 
 from agentrl.rollout.trajectory import Trajectory, read_jsonl
 
 PUSH = re.compile(r"I push the box (\w+) from row (\d+) column (\d+)")
+
+
+def _blocked(env: SokobanEnv, push: re.Match) -> bool:
+    """Whether the push a thought names is impossible: the square to push from, or the square past
+    the box, is a wall (or off the grid)."""
+    grid = env.render().splitlines()
+    dr, dc = DELTAS[ACTIONS.index(push.group(1))]
+    row, col = int(push.group(2)) - 1, int(push.group(3)) - 1  # the player's square, from 1 in text
+    past = (row + 2 * dr, col + 2 * dc)
+    rows, cols = env.dim_room
+
+    def wall(r: int, c: int) -> bool:
+        return not (0 <= r < rows and 0 <= c < cols) or grid[r][c] == WALL
+
+    return wall(row, col) or wall(*past)
 
 
 def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
@@ -38,7 +54,8 @@ def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
         if said is None:
             return f"{label}: no push in thought"
         if oracle is not None and said.groups() != oracle.groups():
-            return f"{label}: wrong push {'direction' if said.group(1) != oracle.group(1) else 'square'}"
+            kind = "direction" if said.group(1) != oracle.group(1) else "square"
+            return f"{label}: wrong push {kind} ({'impossible' if _blocked(env, said) else 'possible'})"
         before = env.oracle_actions() or []
         for action in turn.actions:
             env.step(action)
