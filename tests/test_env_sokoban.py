@@ -439,8 +439,26 @@ def test_failure_script_names_the_first_turn_that_departs_from_the_oracle(load_s
             turns=[Turn(observation="", reply=f"<think>{t}</think>", actions=a) for t, a in turns],
         )
 
-    assert script.first_mistake(env, episode((wrong, moves))) == "turn 1: wrong push direction"
+    assert script.first_mistake(env, episode((wrong, moves))) in (
+        "turn 1: wrong push direction (possible)",
+        "turn 1: wrong push direction (impossible)",
+    )
     # A right first turn, then a thought without a push.
     assert script.first_mistake(env, episode((right, moves), ("I go.", []))) == "turn 2: no push in thought"
     # The right thought, then moves that go nowhere.
     assert script.first_mistake(env, episode((right, []))) == "turn 1: thought right, moves no progress"
+
+
+def test_failure_script_tells_an_impossible_push_from_a_possible_one(load_script):
+    """Impossible: a wall where the player must stand, or where the box would go."""
+    script = load_script("sokoban_failures")
+    env = SokobanEnv(describe_positions=True)
+    env.reset(options={"layout": "######\n#__#_#\n#_PX_#\n#___O#\n######"})  # box at row 3 column 4
+
+    def blocked(thought: str) -> bool:
+        return script._blocked(env, script.PUSH.search(thought))
+
+    assert not blocked("I push the box Right from row 3 column 3")  # past the box: row 3 column 5, floor
+    assert blocked("I push the box Down from row 2 column 4")  # stand on a wall
+    assert blocked("I push the box Up from row 4 column 4")  # the box would go into the wall
+    assert not blocked("I push the box Left from row 3 column 5")
