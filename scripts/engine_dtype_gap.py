@@ -19,17 +19,14 @@ import torch
 from agentrl.models import default_model_dir, load_model
 from agentrl.rollout.engines.vllm import VLLMEngine
 from agentrl.rollout.trajectory import read_jsonl
+from agentrl.rollout.weight_sync import trainer_logprobs
 
 
-@torch.no_grad()
-def trainer_logprobs(model: torch.nn.Module, prompts: list[list[int]], autocast: bool) -> list[torch.Tensor]:
-    out = []
-    for ids in prompts:
-        x = torch.tensor([ids])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()  # (1, L-1, V)
-        out.append(torch.log_softmax(logits, -1).gather(-1, x[:, 1:, None])[0, :, 0])
-    return out
+def scored(model: torch.nn.Module, prompts: list[list[int]], autocast: bool) -> list[torch.Tensor]:
+    """The trainer's log-probs of ``prompts`` (the post-sync check's own scoring), in float32 or
+    under bf16 autocast as the update runs."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return trainer_logprobs(model, prompts, torch.device("cpu"))
 
 
 def main() -> None:
@@ -44,7 +41,7 @@ def main() -> None:
     prompts = [list(s.token_ids) for s in samples]
     sampled = [torch.tensor(s.loss_mask[1:], dtype=torch.bool) for s in samples]  # per scored token
     model = load_model(args.model, dtype="float32").eval()
-    fp32, autocast = trainer_logprobs(model, prompts, False), trainer_logprobs(model, prompts, True)
+    fp32, autocast = scored(model, prompts, False), scored(model, prompts, True)
 
     def row(name: str, theirs: list[torch.Tensor], ours: list[torch.Tensor]) -> None:
         gaps = [(t - o).abs() for t, o in zip(theirs, ours)]
