@@ -350,6 +350,41 @@ def test_assign_credit_mixed_success_only_drops_groups_that_all_solved_or_all_fa
     assert both.selected == trajs[:2]
 
 
+def test_assign_credit_positive_advantage_only_trains_the_better_tries_alone() -> None:
+    # Group 0, returns 10.9, 10.9, -0.2: mean 7.2, unbiased std sqrt((2 * 3.7^2 + 7.4^2) / 2) = 6.4086,
+    # so A = +0.5774, +0.5774, -1.1547. Group 1, returns 1 and 0 over one and two turns: A = +-0.7071.
+    trajs = [
+        _episode(0, 0, [10.9]),
+        _episode(0, 0, [-0.1, 11.0]),
+        _episode(0, 0, [-0.1, -0.1]),
+        _episode(1, 1, [1.0]),
+        _episode(1, 1, [0.0, 0.0]),
+    ]
+    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), positive_advantage_only=True)
+    assert credit.selected == [trajs[0], trajs[1], trajs[3]]
+    assert credit.metrics["train/kept_episode_fraction"] == pytest.approx(3 / 5)
+    assert trajs[1].samples[0].advantages == pytest.approx(
+        [0, 0, 0.5774, 0.5774, 0, 0.5774, 0.5774, 0], abs=1e-4
+    )
+    assert trajs[2].samples[0].advantages == [0.0] * 8  # -1.1547 zeroed
+    assert trajs[3].samples[0].advantages[2] == pytest.approx(0.7071, abs=1e-4)
+    # The advantage metric is the estimator's, before the clamp: mean |A| over the 8 turns.
+    mean_abs = (3 * 0.5774 + 2 * 1.1547 + 3 * 0.7071) / 8
+    assert credit.metrics["train/advantage_abs_mean"] == pytest.approx(mean_abs, abs=1e-3)
+    # With GiGPO a turn of a failed episode can beat its step group, and only that turn trains.
+    # Returns 9.9, -0.2, -1.1: episode A = (R - 2.867) / 6.107 = +1.152, -0.502, -0.650. Turn 0 (all
+    # three saw "o0") adds the same again; episodes 1 and 2 reach one second state ("o1"), from where
+    # they got -0.1 and -1.0: step A = +-0.7071. Episode 1's turn 1: -0.502 + 0.707 = +0.205.
+    gig = [_episode(0, 0, [-0.1, 10.0]), _episode(0, 0, [-0.1, -0.1]), _episode(0, 0, [-0.1, -1.0])]
+    gig[0].turns[1].observation = "o-solved"
+    credit = assign_credit(
+        gig, AdvantageParams(estimator="gigpo"), ShapingParams(), positive_advantage_only=True
+    )
+    assert credit.selected == [gig[0], gig[1]]
+    assert gig[1].samples[0].advantages == pytest.approx([0, 0, 0, 0, 0, 0.205, 0.205, 0], abs=1e-3)
+    assert gig[2].samples[0].advantages == [0.0] * 8
+
+
 def test_advantage_balance_script_leans_negative_under_token_mean_when_failures_are_longer(
     tmp_path, load_script
 ):

@@ -122,6 +122,13 @@ def test_learning_demo_arms_are_valid_runs_on_128_common_puzzles(tmp_path, env):
     assert not rl.sft.warm_start and sft_rl.sft.warm_start
     assert rl.run.name == f"table-{env}-rl" and sft_rl.run.name == f"table-{env}-sft-rl"
     assert rl.rollout.reply_prefix == sft_rl.rollout.reply_prefix == "<think>"
+    # Both arms run the same RL: the same tries per step and the same update.
+    assert rl.rollout.group_size == sft_rl.rollout.group_size
+    assert rl.train.n_groups == sft_rl.train.n_groups
+    assert rl.algo == sft_rl.algo
+    if env == "countdown":  # the Sokoban recipe's RL (README, learning table)
+        assert (sft_rl.rollout.group_size, sft_rl.train.n_groups, sft_rl.rollout.temperature) == (8, 8, 1.0)
+        assert sft_rl.algo.mixed_success_only and sft_rl.train.init_optimizer_state
 
 
 def test_learning_demo_refuses_an_env_it_has_no_arms_for(tmp_path):

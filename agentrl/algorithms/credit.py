@@ -9,10 +9,11 @@
 3. **advantages**: the estimator named in the config gives one advantage per turn;
 4. **tokens**: each turn's advantage is written onto the tokens the model sampled in that turn
    (``Sample.advantages``; 0 on prompt and env tokens);
-5. **group filters**: with ``mixed_success_only`` only the groups where some episodes succeeded
-   and some did not (DAPO's dynamic-sampling filter); below ``keep_group_fraction`` < 1 only the
-   groups with the widest reward spread (StarPO-S). An episode goes on to the update if it passes
-   both.
+5. **filters**: with ``mixed_success_only`` only the groups where some episodes succeeded and some
+   did not (DAPO's dynamic-sampling filter); below ``keep_group_fraction`` < 1 only the groups with
+   the widest reward spread (StarPO-S); with ``positive_advantage_only`` only the episodes with an
+   advantage above 0, their negative ones zeroed (RAFT). An episode goes on to the update if it
+   passes all that are on.
 
 May import: :mod:`agentrl.algorithms.advantages`, :mod:`agentrl.algorithms.rewards`,
 :mod:`agentrl.rollout.trajectory`.
@@ -55,13 +56,15 @@ def assign_credit(
     keep_group_fraction: float = 1.0,
     max_reply_tokens: int | None = None,
     mixed_success_only: bool = False,
+    positive_advantage_only: bool = False,
 ) -> Credit:
     """Shaped rewards -> per-turn advantages -> per-token advantages on every sample of
     ``trajectories``; then the StarPO-S group filter keeping the top ``keep_group_fraction`` of
     groups by in-group reward std, and with ``mixed_success_only`` only the groups whose episodes
-    differ in success. Advantages are computed over every group first, so a filter changes which
-    episodes train, never their values. ``max_reply_tokens``: the episode's reply budget, the cosine
-    reward's default ``L_max``."""
+    differ in success. Advantages are computed over every group first, so a group filter changes
+    which episodes train, never their values; ``positive_advantage_only`` then sets the negative
+    ones to 0 and drops the episodes left without a positive one. ``max_reply_tokens``: the
+    episode's reply budget, the cosine reward's default ``L_max``."""
     bonus = None
     if shaping.enabled:
         bonus = shaping_bonus(
@@ -73,9 +76,11 @@ def assign_credit(
             max_tokens=max_reply_tokens,
         )
     batch = TurnBatch.from_trajectories(trajectories, bonus)
-    advantages = compute_advantages(batch, advantage)
-    advantages_onto_tokens(trajectories, batch, advantages)
+    advantages = compute_advantages(batch, advantage)  # (N,) one per turn
     metrics = {"train/advantage_abs_mean": float(advantages.abs().mean()) if advantages.numel() else 0.0}
+    if positive_advantage_only:
+        advantages = advantages.clamp(min=0.0)
+    advantages_onto_tokens(trajectories, batch, advantages)
     if bonus is not None:
         metrics["train/shaping_bonus"] = float(bonus.mean())
     keep = torch.ones(len(trajectories), dtype=torch.bool)
@@ -84,6 +89,12 @@ def assign_credit(
     if mixed_success_only:
         success = torch.tensor([traj.success for traj in trajectories], dtype=torch.bool)
         keep &= select_groups_with_mixed_success(success, batch.episode_group())
+    if positive_advantage_only:
+        # (B,) whether any turn of the episode kept a positive advantage
+        positive = torch.zeros(len(trajectories), dtype=torch.bool).index_fill_(
+            0, batch.episode[advantages > 0], True
+        )
+        keep &= positive
     selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
     metrics["train/kept_episode_fraction"] = len(selected) / max(1, len(trajectories))
     return Credit(selected, metrics)
