@@ -54,6 +54,12 @@ def test_summary_line_from_a_runs_metrics(tmp_path):
     )
     cfg.run.init = "runs/warm"
     assert "held-out success warm start (step 0)" in summary_line(cfg, tmp_path)
+    # eval.at_start=false: the first evaluation is not the warm start's, and is not called so.
+    later = [{**rows[2], "step": 4}, {**rows[2], "step": 8, "eval/success_rate": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in later))
+    assert summary_line(cfg, tmp_path).startswith(
+        "agentrl: held-out success step 4 0.312 (5/16, 95% CI 0.14-0.56) -> step 8 0.500 (8/16"
+    )
     (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
     assert summary_line(cfg, tmp_path) is None  # one evaluation: nothing to compare
 

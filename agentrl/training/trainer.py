@@ -501,11 +501,10 @@ def summary_line(cfg: Config, run_dir: Path) -> str | None:
     if len(rows) < 2:
         return None
     first, last = rows[0], rows[-1]
-    start = "warm start" if cfg.run.init else "base"
-    parts = [
-        f"{start} (step {first['step']}) {success_text(first)}",
-        f"step {last['step']} {success_text(last)}",
-    ]
+    start = f"step {first['step']}"  # eval.at_start=false: the first evaluation is after training
+    if first["step"] == 0:
+        start = f"{'warm start' if cfg.run.init else 'base'} (step 0)"
+    parts = [f"{start} {success_text(first)}", f"step {last['step']} {success_text(last)}"]
     replay = f"agentrl replay {run_dir}"
     init_rows = _eval_rows(Path(cfg.run.init)) if cfg.run.init else []
     if init_rows and init_rows[0]["step"] == 0:
