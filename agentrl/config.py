@@ -180,9 +180,10 @@ class AlgoConfig:
     positive_advantage_only: bool = False
     """Train only on what went better than its group: negative advantages become 0, and an episode
     left with none above 0 does not go on to the update (RAFT / rejection-sampling fine-tuning inside
-    GRPO: the better tries are pulled up, the worse are not pushed down). Halves the update's
-    tokens or more (failed multi-turn episodes are the long ones), and leaves alone the text the
-    failed tries share with the solved ones."""
+    GRPO: the better tries are pulled up, the worse are not pushed down). The update trains fewer
+    and shorter episodes (failed multi-turn episodes are the long ones: on Sokoban about 220 sampled
+    tokens per trained episode against 290 under plain GRPO), and leaves alone the text the failed
+    tries share with the solved ones."""
     skip_zero_advantage: bool = True
     """Skip the forward/backward of samples whose advantages are all zero (their policy gradient is
     zero); only when KL and entropy terms are off, since those still act on such samples."""
