@@ -99,16 +99,11 @@ def build_ops() -> Path | None:
     that no run or test pays the build (31 s on a quiet 2-core machine, minutes on a busy one) or
     is killed half-way through it. Returns the built op's folder (``None``: the accelerator has no
     such op, as on CUDA, where NCCL needs no build)."""
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
     folder = _use_extensions_dir()
-    # The op and the test DeepSpeed's own process-group set-up uses (deepspeed.comm.torch).
-    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-        return None
-    builder.load()
-    return folder / builder.name
+    # DeepSpeed's own builder of the op its process-group set-up loads (None where it has none).
+    from deepspeed.comm.torch import build_shm_op
+
+    return folder / "deepspeed_shm_comm" if build_shm_op() is not None else None
 
 
 def init_distributed(device: str, timeout_s: int = 1800) -> World:
