@@ -136,3 +136,36 @@ def test_tests_use_public_names_only():
         for name in private_uses(path.read_text())
     }
     assert uses == set(), "test through a public function, or make a real building block public"
+
+
+# ------------------------------------------------------------------------------------------------
+# The suite's own disk check (tests/conftest.py)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("slow", "free_gb", "stops"),
+    [(True, 5.0, True), (True, 13.0, False), (False, 5.0, True), (False, 7.0, False)],
+)
+def test_the_suite_stops_before_its_first_test_when_the_disk_cannot_hold_it(
+    monkeypatch, tmp_path, slow, free_gb, stops
+):
+    import shutil
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import conftest
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=free_gb * 1e9))
+    config = SimpleNamespace(getoption={"collectonly": False, "basetemp": str(tmp_path / "base")}.get)
+    items = [
+        SimpleNamespace(get_closest_marker=lambda name, s=s: name == "slow" and s) for s in (False, slow)
+    ]
+    if not stops:
+        conftest.pytest_collection_modifyitems(None, config, items)
+        return
+    need = 12 if slow else 6
+    with pytest.raises(
+        pytest.exit.Exception, match=rf"only {free_gb:.1f} GB free under {tmp_path}.*about {need} GB"
+    ):
+        conftest.pytest_collection_modifyitems(None, config, items)
