@@ -1,5 +1,5 @@
-"""What a checkpoint saves: the trainer state, one typed record written and read back whole, and the
-optimizer moments a new run can start from."""
+"""What a checkpoint saves: the trainer state, one typed record written and read back whole, the
+optimizer moments a new run can start from, and the room its checkpoints need on disk."""
 
 from __future__ import annotations
 
@@ -109,3 +109,57 @@ def test_carrying_moments_of_another_model_or_from_no_checkpoint_is_refused(tmp_
     assert saved_optimizer_state(plain) is None
     with pytest.raises(ConfigError, match="no single-process optimizer state.*init_optimizer_state=false"):
         carry_optimizer_moments(optimizer, list(other.parameters()), str(plain))
+
+
+@pytest.mark.parametrize(
+    ("steps", "save_every", "keep", "expected"),
+    [
+        (4, 4, 2, 1),  # the main job's RL: one save, at step 4
+        (10, 3, 2, 3),  # saves at 3, 6, 9, 10: two kept and the one being written
+        (10, 3, 0, 4),  # keep all
+        (10, 0, 2, 1),  # only at the end
+        (10, 5, 1, 2),
+    ],
+)
+def test_checkpoints_at_once_counts_the_saves_a_run_holds_at_its_fullest(steps, save_every, keep, expected):
+    from agentrl.config import load_config
+    from agentrl.training.run import checkpoints_at_once
+
+    cfg = load_config(
+        env="sokoban", overrides=[f"run.save_every={save_every}", f"run.keep_checkpoints={keep}"]
+    )
+    assert checkpoints_at_once(cfg, steps) == expected
+
+
+def test_checkpoint_size_is_estimated_from_the_model_headers_and_matches_a_saved_one(tmp_path, tiny_model):
+    from agentrl.config import load_config
+    from agentrl.training.run import checkpoint_gb
+
+    params = sum(p.numel() for p in tiny_model.parameters())
+    cfg = load_config(env="sokoban", model="tiny-random")
+    assert checkpoint_gb(cfg) == pytest.approx(params * 16 / 1e9)
+    lora = load_config(env="sokoban", model="tiny-random", overrides=["model.lora.r=8"])
+    assert checkpoint_gb(lora) == pytest.approx(params * 8 / 1e9)
+    # A folder with no safetensors (a hub id not downloaded, say): no estimate, no check.
+    (tmp_path / "config.json").write_text("{}")
+    assert checkpoint_gb(load_config(env="sokoban", model=str(tmp_path))) is None
+
+
+def test_a_run_that_cannot_fit_its_checkpoints_fails_naming_size_room_and_fixes(monkeypatch, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from agentrl.config import load_config
+    from agentrl.training.run import check_disk_space, checkpoint_gb
+
+    cfg = load_config(env="sokoban", model="tiny-random", overrides=[f"run.root={tmp_path / 'runs'}"])
+    size = checkpoint_gb(cfg)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=2.5 * size * 1e9))
+    check_disk_space(cfg, 2, "two")  # fits
+    with pytest.raises(ConfigError) as err:
+        check_disk_space(cfg, 3, "three of them")
+    message = str(err.value)
+    assert f"about {3 * size:.1f} GB of checkpoints (3 x {size:.1f} GB: three of them)" in message
+    assert f"under {tmp_path / 'runs'}, and {2.5 * size:.1f} GB are free" in message
+    assert "run.root" in message and "run.keep_checkpoints=1" in message
+    assert not (tmp_path / "runs").exists()

@@ -213,6 +213,30 @@ def test_a_failed_start_leaves_no_run_folder(case, capsys, tmp_path, monkeypatch
     assert err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        # The main job: the warm start's checkpoint and RL's one (2.15 GB each for the default model).
+        ([], ["about 4.3 GB of checkpoints (2 x 2.2 GB: the warm start's 1 and RL's 1)", "3.0 GB are free"]),
+        (
+            ["--set", "sft.warm_start=false"],
+            ["about 2.2 GB of checkpoints (1 x 2.2 GB: RL's", "1.0 GB are free"],
+        ),
+    ],
+)
+def test_a_disk_too_small_for_the_checkpoints_stops_the_main_job_before_any_work(
+    argv, fragments, capsys, tmp_path, monkeypatch
+):
+    import shutil
+    from types import SimpleNamespace
+
+    monkeypatch.chdir(tmp_path)
+    free = 3.0 if not argv else 1.0
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=free * 1e9))
+    rc, out, err = run_main(["train", "--env", "sokoban", *argv], capsys)
+    _check_error(rc, out, err, [*fragments, "--set run.root=DIR"], tmp_path)
+
+
 def test_a_hub_that_cannot_be_reached_is_one_line(capsys, tmp_path, monkeypatch):
     import huggingface_hub
 

@@ -290,6 +290,50 @@ def test_describe_positions_adds_the_coordinates_under_the_grid():
     assert obs == "#####\n#P_X#\n#O__#\n#####" and "positions of you" not in plain.instructions
 
 
+def test_describe_pushes_names_the_pushes_walls_and_boxes_allow():
+    env = SokobanEnv(describe_positions=True, describe_pushes=True)
+    # Against the left wall the box moves only along its column: Left has a wall beyond it, Right a
+    # wall behind it (where the player would stand). The player's own square does not block.
+    obs, _ = env.reset(options={"layout": "######\n#P___#\n#X___#\n#__O_#\n######"})
+    assert obs.splitlines()[-1] == "The box at row 3 column 2 can be pushed Up or Down."
+    assert obs.splitlines()[-2].startswith("Player at row 2 column 2.")
+    # Two boxes side by side block each other's sideways pushes: beyond or behind is a box.
+    obs, _ = env.reset(options={"layout": "######\n#P___#\n#_XX_#\n#_OO_#\n######"})
+    assert obs.splitlines()[-1] == (
+        "The box at row 3 column 3 can be pushed Up or Down. The box at row 3 column 4 can be pushed Up or Down."
+    )
+    # In the open all four; after a push the line follows the box, and a box in a corner is named stuck.
+    obs, _ = env.reset(options={"layout": "######\n#____#\n#_X__#\n#P_O_#\n######"})
+    assert obs.splitlines()[-1] == "The box at row 3 column 3 can be pushed Up, Down, Left or Right."
+    env.step("Up")
+    obs, *_ = env.step("Right")  # pushes the box to row 3 column 4
+    assert obs.splitlines()[-1] == "The box at row 3 column 4 can be pushed Up, Down, Left or Right."
+    obs, _ = env.reset(options={"layout": "#####\n#P_X#\n#O__#\n#####"})
+    assert obs.splitlines()[-1] == "The box at row 2 column 4 cannot be pushed."
+    assert "directions each box can be pushed" in env.instructions
+    # Off by default; without the positions the line sits right under the grid.
+    assert (
+        "pushed"
+        not in SokobanEnv(describe_positions=True).reset(options={"layout": "#####\n#P_X#\n#O__#\n#####"})[0]
+    )
+    obs, _ = SokobanEnv(describe_pushes=True).reset(
+        options={"layout": "######\n#P___#\n#X___#\n#__O_#\n######"}
+    )
+    assert (
+        obs == "######\n#P___#\n#X___#\n#__O_#\n######\nThe box at row 3 column 2 can be pushed Up or Down."
+    )
+
+
+def test_oracle_thought_with_pushes_copies_them_before_choosing_one():
+    env = SokobanEnv(describe_positions=True, describe_pushes=True)
+    env.reset(options={"layout": "#####\n#O__#\n#XP_#\n#___#\n#####"})
+    # The box (row 3 column 2) is against the left wall: only Up and Down; the plan pushes it Up.
+    assert env.oracle_thought() == (
+        "Box row 3, target row 2: 1 up. Box column 2, target column 2: same. It can be pushed Up or Down. "
+        "I push the box Up from row 4 column 2. I am at row 3 column 3: 1 down and 1 left."
+    )
+
+
 def test_oracle_thought_compares_positions_and_names_the_next_push():
     env = SokobanEnv()
     env.reset(options={"layout": "######\n#____#\n#P_X_#\n#___O#\n######"})
@@ -332,12 +376,15 @@ def test_oracle_thought_is_true_on_generated_rooms():
     """On 200 rooms, the push the thought names is the plan's first box move, made from where it says."""
     import re
 
-    env = SokobanEnv(describe_positions=True)
+    env = SokobanEnv(describe_positions=True, describe_pushes=True)
     for seed in range(200):
-        env.reset(seed=seed)
+        obs, _ = env.reset(seed=seed)
         thought, plan = env.oracle_thought(), env.oracle_actions()
         push = re.search(r"I push the box (\w+) from row (\d) column (\d)", thought)
         assert push, thought
+        # The push is one the observation lists, and the thought copies that list.
+        allowed = re.search(r"can be pushed ([\w ,]+)\.", obs.splitlines()[-1])[1]
+        assert push[1] in re.split(r", | or ", allowed) and f"It can be pushed {allowed}." in thought, seed
         for move in plan:
             obs, _, _, _, info = env.step(move)
             if info["moved_box"]:

@@ -106,10 +106,11 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, only_base_eval: bool 
     from agentrl.training.evaluate import evaluate_and_log, start_eval_config
     from agentrl.training.logger import RunLogger
     from agentrl.training.policy import build_engine, build_policy, seed_everything
-    from agentrl.training.run import check_model, prepare_run_dir, save, set_up_process
+    from agentrl.training.run import check_disk_space, check_model, prepare_run_dir, save, set_up_process
 
     cfg = sft_config(cfg)
     check_model(cfg)
+    check_disk_space(cfg, 1, "SFT saves once, at the end")
     device, world = set_up_process(cfg)
     run_dir = Path(cfg.run.root) / cfg.run.name
     prepare_run_dir(run_dir, cfg, resume=False, world=world)

@@ -62,8 +62,10 @@ from agentrl.training.policy import (
     seed_everything,
 )
 from agentrl.training.run import (
+    check_disk_space,
     check_model,
     check_reset_options,
+    checkpoints_at_once,
     peak_rss_gb,
     prepare_run_dir,
     save,
@@ -148,6 +150,13 @@ def start_run(cfg: Config, resume: bool) -> RLRun:
     rollout manager and the logger."""
     check_model(cfg)
     check_reset_options(cfg)
+    if not resume:
+        saves = checkpoints_at_once(cfg, cfg.train.steps)
+        check_disk_space(
+            cfg,
+            saves,
+            f"RL's, run.save_every={cfg.run.save_every}, run.keep_checkpoints={cfg.run.keep_checkpoints}",
+        )
     device, world = set_up_process(cfg)
     if cfg.train.n_groups % world.size:
         raise ConfigError(

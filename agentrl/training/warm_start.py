@@ -23,7 +23,13 @@ from pathlib import Path
 from agentrl.config import Config
 from agentrl.training import checkpoint as ckpt
 from agentrl.training.policy import release_memory
-from agentrl.training.run import SET_UP_FILES, check_reset_options, check_run_dir_free
+from agentrl.training.run import (
+    SET_UP_FILES,
+    check_disk_space,
+    check_reset_options,
+    check_run_dir_free,
+    checkpoints_at_once,
+)
 from agentrl.training.sft import sft
 from agentrl.training.trainer import train
 
@@ -43,6 +49,8 @@ def train_with_warm_start(cfg: Config, resume: bool = False) -> Path:
     check_reset_options(cfg)
     if not resume:
         check_run_dir_free(run_dir)
+        rl = checkpoints_at_once(cfg, cfg.train.steps)
+        check_disk_space(cfg, 1 + rl, f"the warm start's 1 and RL's {rl}")
     if ckpt.latest_checkpoint(warm_dir) is None:
         if warm_dir.exists():
             shutil.rmtree(warm_dir)  # an interrupted warm start: its data and updates are redone
