@@ -322,6 +322,13 @@ def _offset(cell: Cell, of: Cell) -> str:
     return " and ".join(parts) or "same"
 
 
+def _either(moves: Sequence[str]) -> str:
+    """``"Up"``, ``"Up or Left"``, ``"Up, Down or Left"``; ``"nowhere"`` for none."""
+    if not moves:
+        return "nowhere"
+    return moves[0] if len(moves) == 1 else f"{', '.join(moves[:-1])} or {moves[-1]}"
+
+
 def _first_push(plan: Sequence[str], player: Cell, box: Cell) -> tuple[int, str, Cell] | None:
     """The first move of ``plan`` that pushes the (only) box: its index, the move, and where the
     player stands for it."""
@@ -373,7 +380,7 @@ class SokobanEnv(TextEnv):
     box_off_target_penalty: float = -1.0
     success_reward: float = 10.0
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (every keyword is a knob of env.kwargs, each with a default)
         self,
         dim_room: Sequence[int] = (6, 6),
         num_boxes: int = 1,
@@ -383,6 +390,7 @@ class SokobanEnv(TextEnv):
         oracle_max_nodes: int = 200_000,
         plan_in_info: bool = True,
         describe_positions: bool = False,
+        describe_pushes: bool = False,
     ):
         """
         Args:
@@ -399,6 +407,12 @@ class SokobanEnv(TextEnv):
                 target and the empty targets are (``Player at row 5 column 2. Box at ...``; rows
                 and columns from 1). Reading coordinates off an ASCII grid is the hardest part of
                 the task for a small model; this makes the observation symbolic as well.
+            describe_pushes: add a line under the grid naming, for each box off target, the
+                directions the walls and the other boxes let it be pushed (``The box at row 3
+                column 4 can be pushed Up or Left.``): the square beyond the box and the square
+                behind it, where the player stands to push, are both free. Whether the player can
+                reach that square is left to the agent. Which pushes a room allows is what a
+                135M model fails to read off the grid (README, "What RL does here, measured").
         """
         super().__init__(render_mode=render_mode)
         self.dim_room = _check_dim(dim_room)
@@ -411,12 +425,15 @@ class SokobanEnv(TextEnv):
         self.oracle_max_nodes = int(oracle_max_nodes)
         self.plan_in_info = bool(plan_in_info)
         self.describe_positions = bool(describe_positions)
+        self.describe_pushes = bool(describe_pushes)
         self.instructions = _instructions(self.max_actions_per_turn)
         if self.describe_positions:
             self.instructions += (
                 "\nUnder the grid: the positions of you, of the boxes off a target and of the empty "
                 "targets (rows and columns count from 1)."
             )
+        if self.describe_pushes:
+            self.instructions += "\nThen the directions each box can be pushed, walls and boxes allowing."
         # Episode state, set by reset.
         self._room: SokobanRoom | None = None
         self._floor: frozenset[Cell] = frozenset()
@@ -594,6 +611,9 @@ class SokobanEnv(TextEnv):
             (br, bc), (tr, tc) = boxes[0], targets[0]
             parts.append(f"Box row {br + 1}, target row {tr + 1}: {_steps(tr - br, 'up', 'down')}.")
             parts.append(f"Box column {bc + 1}, target column {tc + 1}: {_steps(tc - bc, 'left', 'right')}.")
+            if self.describe_pushes:
+                # Copied next to the choice it constrains: the push must be one the walls allow.
+                parts.append(f"It can be pushed {_either(self._free_pushes(boxes[0]))}.")
             _, move, (sr, sc) = push
             parts.append(f"I push the box {move} from row {sr + 1} column {sc + 1}.")
             (pr, pc) = self._player
@@ -654,10 +674,37 @@ class SokobanEnv(TextEnv):
             parts.append("Target at " + ", ".join(map(where, targets)) + ".")
         return " ".join(parts)
 
+    def _free_pushes(self, box: Cell) -> list[str]:
+        """The moves that would push ``box`` (in ``ACTIONS`` order): the square beyond it and the square
+        behind it (where the player must stand) are both floor with no other box."""
+        return [
+            move
+            for move, (dr, dc) in zip(ACTIONS, DELTAS)
+            if all(
+                cell in self._floor and cell not in self._boxes
+                for cell in ((box[0] + dr, box[1] + dc), (box[0] - dr, box[1] - dc))
+            )
+        ]
+
+    def _pushes(self) -> str:
+        """``"The box at row 3 column 4 can be pushed Up or Left."`` for each box off a target."""
+
+        def sentence(box: Cell) -> str:
+            free = self._free_pushes(box)
+            where = f"The box at row {box[0] + 1} column {box[1] + 1}"
+            return f"{where} can be pushed {_either(free)}." if free else f"{where} cannot be pushed."
+
+        return " ".join(sentence(b) for b in sorted(self._boxes) if b not in self._targets)
+
     def _observation(self) -> str:
-        """What the agent sees: the grid, and with ``describe_positions`` the positions under it."""
-        grid = self._text()
-        return f"{grid}\n{self._positions('Player at')}" if self.describe_positions else grid
+        """What the agent sees: the grid, then with ``describe_positions`` the positions and with
+        ``describe_pushes`` the pushes the walls allow, one line each."""
+        lines = [self._text()]
+        if self.describe_positions:
+            lines.append(self._positions("Player at"))
+        if self.describe_pushes and (pushes := self._pushes()):
+            lines.append(pushes)
+        return "\n".join(lines)
 
     def _text(self) -> str:
         """The current grid; equal to ``render_text(...)`` of the state, built faster."""
