@@ -11,7 +11,9 @@
 #   python scripts/eval_table.py runs/table-ENV-rl runs/table-ENV-sft-rl
 #
 # ENV is countdown (3-4 numbers), knights_knaves (3 people) or math (levels 1-2). Sokoban's arms are
-# the main job's (`agentrl train --env sokoban`: base, warm start, warm start + RL in one run).
+# the main job's (`agentrl train --env sokoban`: base glance, warm start, warm start + RL in one
+# run) but RL alone: `ENV=sokoban bash scripts/learning_demo.sh rl` runs the main job's RL from the
+# base model (its step 0 is the base model on all 128 rooms) -> runs/table-sokoban-rl.
 # Every arm of an env shares its rollout settings: the env's recipe (configs/ENV.yaml) with RAGEN's
 # pre-filled <think> and open-r1-style partial format credit, STEPS RL steps of 4 groups x 4 tries
 # (Countdown: 8 x 8, see below). The warm start fine-tunes on SFT_EPISODES oracle demonstrations
@@ -24,7 +26,16 @@ ENV="${ENV:-knights_knaves}"
 STEPS="${STEPS:-6}"
 case "$ENV" in
   countdown|knights_knaves|math) ;;
-  *) echo "ENV must be countdown, knights_knaves or math, got '$ENV' (Sokoban: the main job)" >&2; exit 2 ;;
+  sokoban)
+    if [ "${1:-}" != rl ]; then
+      echo "ENV=sokoban: only the rl arm is run here; the others are the main job's (agentrl train --env sokoban)" >&2
+      exit 2
+    fi
+    # The recipe's RL as it is, from the base model: a fresh AdamW (the base has no optimizer state
+    # to continue), 128 held-out rooms at steps 0 and 4.
+    exec agentrl train --env sokoban --name table-sokoban-rl --set run.progress=false --set eval.episodes=128 \
+      --set sft.warm_start=false --set train.init_optimizer_state=false ;;
+  *) echo "ENV must be countdown, knights_knaves, math or sokoban, got '$ENV'" >&2; exit 2 ;;
 esac
 COMMON=(--set run.progress=false --set eval.episodes=128
         --set rollout.reply_prefix='<think>' --set rollout.format_tag_credit=0.5

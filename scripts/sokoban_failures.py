@@ -1,8 +1,8 @@
 """Why a Sokoban evaluation's failed rooms failed: each replayed turn by turn against the BFS oracle.
 
 For every failed episode of an eval (or trajectory) file, the room is rebuilt from its seed (and the
-env kwargs of the default recipe) and the episode's turns are replayed; the first turn that goes
-wrong is classified:
+env kwargs of the run that wrote the file, else the default recipe's) and the episode's turns are
+replayed; the first turn that goes wrong is classified:
 
 - ``wrong push direction`` / ``wrong push square``: the thought names another push than the
   optimal plan's next one (it may still be solvable, but the episode then failed), ``impossible``
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from agentrl_envs.sokoban import ACTIONS, DELTAS, WALL, SokobanEnv
 
+from agentrl.config import load_config
 from agentrl.rollout.trajectory import Trajectory, read_jsonl
 
 PUSH = re.compile(r"I push the box (\w+) from row (\d+) column (\d+)")
@@ -67,12 +68,20 @@ def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
     return "ran out of turns"
 
 
+def env_for(path: Path) -> SokobanEnv:
+    """The env of the run that wrote ``path`` (``RUN/eval/step_*.jsonl``: ``RUN/config.yaml``'s
+    ``env.kwargs``), else the default recipe's."""
+    config = path.resolve().parent.parent / "config.yaml"
+    cfg = load_config(config_file=str(config)) if config.is_file() else load_config(env="sokoban")
+    return SokobanEnv(**cfg.env.kwargs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="eval/step_*.jsonl or trajectories/step_*.jsonl")
     args = parser.parse_args()
-    env = SokobanEnv(dim_room=(6, 6), num_boxes=1, max_steps=100, describe_positions=True)
     for path in args.files:
+        env = env_for(path)
         episodes, _ = read_jsonl(path)
         failed = [e for e in episodes if not e.success]
         counts = Counter(first_mistake(env, e) for e in failed)

@@ -509,3 +509,18 @@ def test_failure_script_tells_an_impossible_push_from_a_possible_one(load_script
     assert blocked("I push the box Down from row 2 column 4")  # stand on a wall
     assert blocked("I push the box Up from row 4 column 4")  # the box would go into the wall
     assert not blocked("I push the box Left from row 3 column 5")
+
+
+def test_failure_script_rebuilds_the_env_of_the_run_that_wrote_the_file(load_script, tmp_path):
+    from agentrl.config import load_config
+
+    script = load_script("sokoban_failures")
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    cfg = load_config(env="sokoban", overrides=["env.kwargs={dim_room: [7, 7], num_boxes: 2}"])
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    env = script.env_for(run / "eval" / "step_000004.jsonl")
+    assert (env.dim_room, env.num_boxes, env.describe_pushes) == ((7, 7), 2, False)
+    # A file outside a run folder: the default recipe's env.
+    default = script.env_for(tmp_path / "step_000004.jsonl")
+    assert (default.dim_room, default.describe_positions, default.describe_pushes) == ((6, 6), True, True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,25 @@ def test_learning_demo_arms_are_valid_runs_on_128_common_puzzles(tmp_path, env):
         assert sft_rl.algo.mixed_success_only and sft_rl.train.init_optimizer_state
 
 
-def test_learning_demo_refuses_an_env_it_has_no_arms_for(tmp_path):
-    code, args, stderr = _learning_demo_args(tmp_path, "sokoban", "rl")
+def test_learning_demo_refuses_an_env_or_arm_it_has_no_runs_for(tmp_path):
+    code, args, stderr = _learning_demo_args(tmp_path, "frozen_lake", "rl")
     assert code == 2 and args == []
-    assert "countdown, knights_knaves or math" in stderr and "main job" in stderr
+    assert "countdown, knights_knaves, math or sokoban, got 'frozen_lake'" in stderr
+    code, args, stderr = _learning_demo_args(tmp_path, "sokoban", "sft-rl")
+    assert code == 2 and args == [] and "main job" in stderr
+
+
+def test_learning_demo_runs_sokoban_rl_alone_as_the_main_jobs_rl_from_the_base_model(tmp_path):
+    from agentrl.cli import build_parser
+    from agentrl.config import load_config
+
+    code, argv, stderr = _learning_demo_args(tmp_path, "sokoban", "rl")
+    assert code == 0, stderr
+    args = build_parser().parse_args(argv)
+    rl = load_config(env=args.env, overrides=args.overrides, name=args.name)
+    main_job = load_config(env="sokoban")
+    assert rl.run.name == "table-sokoban-rl" and not rl.sft.warm_start and rl.run.init is None
+    assert rl.eval.episodes == main_job.eval.episodes == 128 and rl.eval.at_start
+    # The main job's RL in everything but the optimizer state the base model does not have.
+    assert rl.rollout == main_job.rollout and rl.algo == main_job.algo and rl.env == main_job.env
+    assert rl.train == replace(main_job.train, init_optimizer_state=False)
