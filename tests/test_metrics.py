@@ -156,7 +156,8 @@ def test_learning_demo_runs_sokoban_rl_alone_as_the_main_jobs_rl_from_the_base_m
     rl = load_config(env=args.env, overrides=args.overrides, name=args.name)
     main_job = load_config(env="sokoban")
     assert rl.run.name == "table-sokoban-rl" and not rl.sft.warm_start and rl.run.init is None
-    assert rl.eval.episodes == main_job.eval.episodes == 128 and rl.eval.at_start
+    assert rl.eval.episodes == main_job.eval.episodes == rl.eval.base_episodes == 128 and rl.eval.at_start
     # The main job's RL in everything but the optimizer state the base model does not have.
     assert rl.rollout == main_job.rollout and rl.algo == main_job.algo and rl.env == main_job.env
     assert rl.train == replace(main_job.train, init_optimizer_state=False)
+    assert rl.eval == replace(main_job.eval, base_episodes=128)
