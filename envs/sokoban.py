@@ -323,9 +323,7 @@ def _offset(cell: Cell, of: Cell) -> str:
 
 
 def _either(moves: Sequence[str]) -> str:
-    """``"Up"``, ``"Up or Left"``, ``"Up, Down or Left"``; ``"nowhere"`` for none."""
-    if not moves:
-        return "nowhere"
+    """``"Up"``, ``"Up or Left"``, ``"Up, Down or Left"`` (``moves`` not empty)."""
     return moves[0] if len(moves) == 1 else f"{', '.join(moves[:-1])} or {moves[-1]}"
 
 
@@ -433,7 +431,12 @@ class SokobanEnv(TextEnv):
                 "targets (rows and columns count from 1)."
             )
         if self.describe_pushes:
-            self.instructions += "\nThen the directions each box can be pushed, walls and boxes allowing."
+            # Worded to follow the positions' sentence (the main job's prompt, as measured).
+            self.instructions += (
+                "\nThen the directions each box can be pushed, walls and boxes allowing."
+                if self.describe_positions
+                else "\nUnder the grid: the directions each box off a target can be pushed, walls and boxes allowing."
+            )
         # Episode state, set by reset.
         self._room: SokobanRoom | None = None
         self._floor: frozenset[Cell] = frozenset()

@@ -31,8 +31,9 @@ case "$ENV" in
       echo "ENV=sokoban: only the rl arm is run here; the others are the main job's (agentrl train --env sokoban)" >&2
       exit 2
     fi
-    # The recipe's RL as it is, from the base model: a fresh AdamW (the base has no optimizer state
-    # to continue), all 128 held-out rooms at steps 0 (the base model; the recipe glances at 16) and 4.
+    # The recipe's RL as it is (its 4 steps: STEPS does not apply), from the base model: a fresh
+    # AdamW (the base has no optimizer state to continue), all 128 held-out rooms at steps 0 (the
+    # base model; the recipe glances at 16) and 4.
     exec agentrl train --env sokoban --name table-sokoban-rl --set run.progress=false --set eval.episodes=128 \
       --set eval.base_episodes=128 --set sft.warm_start=false --set train.init_optimizer_state=false ;;
   *) echo "ENV must be countdown, knights_knaves, math or sokoban, got '$ENV'" >&2; exit 2 ;;
@@ -59,5 +60,5 @@ case "${1:-}" in
       --set sft.lr=1e-4 --set eval.base_episodes=16 --set rollout.temperature="$TEMPERATURE" ;;
   all)
     "$0" rl && "$0" sft-rl ;;
-  *) echo "usage: ENV=countdown|knights_knaves|math $0 rl|sft-rl|all" >&2; exit 2 ;;
+  *) echo "usage: ENV=countdown|knights_knaves|math $0 rl|sft-rl|all (ENV=sokoban: rl only)" >&2; exit 2 ;;
 esac

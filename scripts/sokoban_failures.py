@@ -73,6 +73,8 @@ def env_for(path: Path) -> SokobanEnv:
     ``env.kwargs``), else the default recipe's."""
     config = path.resolve().parent.parent / "config.yaml"
     cfg = load_config(config_file=str(config)) if config.is_file() else load_config(env="sokoban")
+    if cfg.env.name != "sokoban":
+        raise SystemExit(f"{path}: written by a run of env {cfg.env.name!r} ({config}), not sokoban")
     return SokobanEnv(**cfg.env.kwargs)
 
 

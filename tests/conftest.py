@@ -50,7 +50,9 @@ def load_script():
 DISK_GB = {"with slow tests": 12.0, "without": 6.0}
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     """Stop before the first test where the selected tests cannot fit on the disk: a full disk fails
     the end-to-end runs half-way, and has hung the real-vLLM tests until CI's time ran out."""
     import shutil
@@ -60,9 +62,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not items or config.getoption("collectonly"):
         return
     basetemp = config.getoption("basetemp")
-    root = Path(basetemp).resolve().parent if basetemp else Path(tempfile.gettempdir())
+    root = Path(basetemp).resolve().parent if basetemp else Path(tempfile.gettempdir()).resolve()
     need = DISK_GB["with slow tests" if any(i.get_closest_marker("slow") for i in items) else "without"]
-    free = shutil.disk_usage(root).free / 1e9
+    existing = next(p for p in (root, *root.parents) if p.exists())  # --basetemp may name a new folder
+    free = shutil.disk_usage(existing).free / 1e9
     if free < need:
         pytest.exit(
             f"only {free:.1f} GB free under {root}; these tests write up to about {need:.0f} GB "

@@ -144,28 +144,32 @@ def test_tests_use_public_names_only():
 
 
 @pytest.mark.parametrize(
-    ("slow", "free_gb", "stops"),
-    [(True, 5.0, True), (True, 13.0, False), (False, 5.0, True), (False, 7.0, False)],
+    ("slow", "short_gb", "stops"), [(True, 1, True), (True, -1, False), (False, 1, True), (False, -1, False)]
 )
 def test_the_suite_stops_before_its_first_test_when_the_disk_cannot_hold_it(
-    monkeypatch, tmp_path, slow, free_gb, stops
+    monkeypatch, tmp_path, slow, short_gb, stops
 ):
+    """``short_gb``: how far the free space falls short of what the selected tests need."""
+    import re
     import shutil
     from types import SimpleNamespace
 
-    sys.path.insert(0, str(ROOT / "tests"))
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
     import conftest
 
+    need = conftest.DISK_GB["with slow tests" if slow else "without"]
+    free_gb = need - short_gb
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=free_gb * 1e9))
-    config = SimpleNamespace(getoption={"collectonly": False, "basetemp": str(tmp_path / "base")}.get)
+    # A --basetemp whose folder does not exist yet: the nearest existing folder's disk counts.
+    config = SimpleNamespace(getoption={"collectonly": False, "basetemp": str(tmp_path / "new" / "base")}.get)
     items = [
         SimpleNamespace(get_closest_marker=lambda name, s=s: name == "slow" and s) for s in (False, slow)
     ]
     if not stops:
         conftest.pytest_collection_modifyitems(None, config, items)
         return
-    need = 12 if slow else 6
+    where = re.escape(str((tmp_path / "new").resolve()))
     with pytest.raises(
-        pytest.exit.Exception, match=rf"only {free_gb:.1f} GB free under {tmp_path}.*about {need} GB"
+        pytest.exit.Exception, match=rf"only {free_gb:.1f} GB free under {where}.*about {need:.0f} GB"
     ):
         conftest.pytest_collection_modifyitems(None, config, items)

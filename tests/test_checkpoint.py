@@ -131,35 +131,49 @@ def test_checkpoints_at_once_counts_the_saves_a_run_holds_at_its_fullest(steps, 
     assert checkpoints_at_once(cfg, steps) == expected
 
 
-def test_checkpoint_size_is_estimated_from_the_model_headers_and_matches_a_saved_one(tmp_path, tiny_model):
+def test_checkpoint_size_is_counted_from_the_model_headers(tmp_path, tiny_model):
     from agentrl.config import load_config
-    from agentrl.training.run import checkpoint_gb
+    from agentrl.models import tiny_model_dir
+    from agentrl.training.run import CHECKPOINT_BYTES_PER_PARAM, checkpoint_gb
 
     params = sum(p.numel() for p in tiny_model.parameters())
-    cfg = load_config(env="sokoban", model="tiny-random")
-    assert checkpoint_gb(cfg) == pytest.approx(params * 16 / 1e9)
-    lora = load_config(env="sokoban", model="tiny-random", overrides=["model.lora.r=8"])
-    assert checkpoint_gb(lora) == pytest.approx(params * 8 / 1e9)
-    # A folder with no safetensors (a hub id not downloaded, say): no estimate, no check.
+    # The export copies the folder's other files (config, tokenizer) as they are.
+    others = sum(f.stat().st_size for f in tiny_model_dir().iterdir() if f.suffix != ".safetensors")
+    for overrides, kind in (([], "zero0"), (["train.zero_stage=2"], "zero1+"), (["model.lora.r=8"], "lora")):
+        cfg = load_config(env="sokoban", model="tiny-random", overrides=overrides)
+        assert checkpoint_gb(cfg) == pytest.approx((params * CHECKPOINT_BYTES_PER_PARAM[kind] + others) / 1e9)
+    # A folder with no safetensors (weights in .bin files, say): no estimate, no check.
     (tmp_path / "config.json").write_text("{}")
     assert checkpoint_gb(load_config(env="sokoban", model=str(tmp_path))) is None
 
 
-def test_a_run_that_cannot_fit_its_checkpoints_fails_naming_size_room_and_fixes(monkeypatch, tmp_path):
+@pytest.mark.parametrize(("checkpoints", "fewer_kept"), [(3, True), (2, False)])
+def test_a_run_that_cannot_fit_its_checkpoints_fails_naming_size_room_and_fixes(
+    monkeypatch, tmp_path, checkpoints, fewer_kept
+):
     import shutil
     from types import SimpleNamespace
 
     from agentrl.config import load_config
-    from agentrl.training.run import check_disk_space, checkpoint_gb
+    from agentrl.training.run import DISK_MARGIN, check_disk_space, checkpoint_gb
 
-    cfg = load_config(env="sokoban", model="tiny-random", overrides=[f"run.root={tmp_path / 'runs'}"])
+    cfg = load_config(
+        env="sokoban", model="tiny-random", overrides=[f"run.root={tmp_path / 'runs' / 'deep'}"]
+    )
     size = checkpoint_gb(cfg)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=2.5 * size * 1e9))
-    check_disk_space(cfg, 2, "two")  # fits
+    free = (checkpoints - 0.5) * size * DISK_MARGIN
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=free * 1e9))
+    check_disk_space(cfg, checkpoints - 1, "fits")
     with pytest.raises(ConfigError) as err:
-        check_disk_space(cfg, 3, "three of them")
+        check_disk_space(cfg, checkpoints, "what they are")
     message = str(err.value)
-    assert f"about {3 * size:.1f} GB of checkpoints (3 x {size:.1f} GB: three of them)" in message
-    assert f"under {tmp_path / 'runs'}, and {2.5 * size:.1f} GB are free" in message
-    assert "run.root" in message and "run.keep_checkpoints=1" in message
+    need = checkpoints * size * DISK_MARGIN
+    assert (
+        f"needs about {need:.1f} GB for its checkpoints ({checkpoints} x {size:.1f} GB: what they are;"
+        in message
+    )
+    assert f"under {tmp_path / 'runs' / 'deep'}, and {free:.1f} GB are free there" in message
+    assert "--set run.root=DIR" in message
+    # Keeping fewer helps only where more than the 2 that run.keep_checkpoints=1 holds are kept.
+    assert ("run.keep_checkpoints=1" in message) is fewer_kept
     assert not (tmp_path / "runs").exists()

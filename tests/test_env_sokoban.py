@@ -310,7 +310,13 @@ def test_describe_pushes_names_the_pushes_walls_and_boxes_allow():
     assert obs.splitlines()[-1] == "The box at row 3 column 4 can be pushed Up, Down, Left or Right."
     obs, _ = env.reset(options={"layout": "#####\n#P_X#\n#O__#\n#####"})
     assert obs.splitlines()[-1] == "The box at row 2 column 4 cannot be pushed."
-    assert "directions each box can be pushed" in env.instructions
+    assert env.instructions.endswith(
+        "\nThen the directions each box can be pushed, walls and boxes allowing."
+    )
+    alone = SokobanEnv(describe_pushes=True).instructions
+    assert alone.endswith(
+        "\nUnder the grid: the directions each box off a target can be pushed, walls and boxes allowing."
+    )
     # Off by default; without the positions the line sits right under the grid.
     assert (
         "pushed"
@@ -521,6 +527,11 @@ def test_failure_script_rebuilds_the_env_of_the_run_that_wrote_the_file(load_scr
     (run / "config.yaml").write_text(cfg.to_yaml())
     env = script.env_for(run / "eval" / "step_000004.jsonl")
     assert (env.dim_room, env.num_boxes, env.describe_pushes) == ((7, 7), 2, False)
+    countdown = tmp_path / "cd"
+    (countdown / "eval").mkdir(parents=True)
+    (countdown / "config.yaml").write_text(load_config(env="countdown").to_yaml())
+    with pytest.raises(SystemExit, match="written by a run of env 'countdown'"):
+        script.env_for(countdown / "eval" / "step_000004.jsonl")
     # A file outside a run folder: the default recipe's env.
     default = script.env_for(tmp_path / "step_000004.jsonl")
     assert (default.dim_room, default.describe_positions, default.describe_pushes) == ((6, 6), True, True)

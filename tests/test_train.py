@@ -205,6 +205,15 @@ def test_training_options_run_and_update(tmp_path, extra):
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "opt" / "checkpoints" / "step_000001" / "hf")
     assert not any("lora" in name for name, _ in model.named_parameters())  # adapters merged on export
+    # The disk check's estimate of a checkpoint (agentrl.training.run) against the one just saved.
+    from agentrl.config import load_config
+    from agentrl.training.run import DISK_MARGIN, checkpoint_gb
+
+    saved = sum(
+        f.stat().st_size for f in (tmp_path / "opt" / "checkpoints" / "step_000001").rglob("*") if f.is_file()
+    )
+    estimate = checkpoint_gb(load_config(env="test_letters", model="tiny-random", overrides=list(extra)))
+    assert 0.95 * estimate * 1e9 < saved < estimate * 1e9 * DISK_MARGIN, (saved, estimate)
 
 
 @pytest.mark.slow  # several whole runs

@@ -150,13 +150,11 @@ def start_run(cfg: Config, resume: bool) -> RLRun:
     rollout manager and the logger."""
     check_model(cfg)
     check_reset_options(cfg)
-    if not resume:
-        saves = checkpoints_at_once(cfg, cfg.train.steps)
-        check_disk_space(
-            cfg,
-            saves,
-            f"RL's, run.save_every={cfg.run.save_every}, run.keep_checkpoints={cfg.run.keep_checkpoints}",
-        )
+    # A new run holds its kept checkpoints at once; a resumed one already holds them and writes one
+    # more before it deletes the oldest.
+    saves = 1 if resume else checkpoints_at_once(cfg, cfg.train.steps)
+    keeps = f"run.save_every={cfg.run.save_every}, run.keep_checkpoints={cfg.run.keep_checkpoints}"
+    check_disk_space(cfg, saves, "RL's next one, on resume" if resume else f"RL's, {keeps}")
     device, world = set_up_process(cfg)
     if cfg.train.n_groups % world.size:
         raise ConfigError(
