@@ -155,6 +155,20 @@ def test_a_second_run_with_the_same_name_is_refused(tmp_path):
     assert (tmp_path / "taken" / "checkpoints" / "step_000001").is_dir()
 
 
+def test_a_resume_without_room_for_its_next_checkpoint_stops_before_any_step(tmp_path, capsys, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    args = _tiny_args(tmp_path, "full", "train.steps=1", "eval.every=0", *LEARNING)
+    assert main(["train", "--env", "test_letters", *args]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=1e6))  # 1 MB left
+    assert main(["train", "--env", "test_letters", "--resume", *args, "--set", "train.steps=2"]) == 2
+    assert "(1 x 0.1 GB: RL's next one, on resume;" in capsys.readouterr().err
+    assert [r["step"] for r in _metrics(tmp_path / "full")] == [1]  # no step 2 was run
+    assert not (tmp_path / "full" / "checkpoints" / "step_000002").exists()
+
+
 def test_a_run_folder_without_checkpoints_is_not_reused(tmp_path, capsys):
     """A run still going (or dead before its first checkpoint) keeps its folder: a second run with
     the same name would interleave their metrics."""
