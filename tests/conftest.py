@@ -56,17 +56,17 @@ def pytest_collection_modifyitems(
 ) -> None:
     """Stop before the first test where the selected tests cannot fit on the disk: a full disk fails
     the end-to-end runs half-way, and has hung the real-vLLM tests until CI's time ran out."""
-    import shutil
     import tempfile
     from pathlib import Path
+
+    from agentrl.training.run import free_disk_gb
 
     if not items or config.getoption("collectonly"):
         return
     basetemp = config.getoption("basetemp")
     root = Path(basetemp).resolve().parent if basetemp else Path(tempfile.gettempdir()).resolve()
     need = DISK_GB["with slow tests" if any(i.get_closest_marker("slow") for i in items) else "without"]
-    existing = next(p for p in (root, *root.parents) if p.exists())  # --basetemp may name a new folder
-    free = shutil.disk_usage(existing).free / 1e9
+    free = free_disk_gb(root)  # --basetemp may name a folder not created yet
     if free < need:
         pytest.exit(
             f"only {free:.1f} GB free under {root}; these tests write up to about {need:.0f} GB "

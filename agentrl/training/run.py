@@ -146,17 +146,23 @@ def checkpoint_gb(cfg: Config) -> float | None:
     return (params * CHECKPOINT_BYTES_PER_PARAM[kind] + others) / 1e9
 
 
+def free_disk_gb(path: Path) -> float:
+    """Free space (GB) on the disk that holds ``path``, or would hold it: a folder not created yet
+    is measured at its nearest existing parent."""
+    import shutil
+
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return shutil.disk_usage(existing).free / 1e9
+
+
 def check_disk_space(cfg: Config, checkpoints: int, what: str) -> None:
     """Fail before anything is written where ``checkpoints`` checkpoints of this run (and a margin)
     cannot fit under ``run.root``: a full disk would end the run at a save, after its minutes of work."""
-    import shutil
-
     size = checkpoint_gb(cfg)
     if size is None:
         return
     root = Path(cfg.run.root).resolve()
-    existing = next(p for p in (root, *root.parents) if p.exists())
-    free = shutil.disk_usage(existing).free / 1e9
+    free = free_disk_gb(root)
     need = checkpoints * size * DISK_MARGIN
     if need <= free:
         return
