@@ -92,6 +92,35 @@ def test_eval_table_counts_puzzles_gained_and_lost_on_the_common_seeds(load_scri
     assert script.vs_first(*many) == "+16 -3 (p = 4.4e-03, 19 puzzles)"
 
 
+def test_paired_eval_compares_sampled_success_puzzle_by_puzzle(load_script, tmp_path):
+    import random
+
+    from agentrl.rollout.trajectory import Trajectory, write_jsonl
+
+    script = load_script("paired_eval")
+    rng = random.Random(0)
+    # Three same-sign differences: 2 of the 8 sign patterns reach |sum| = 3, p = 2/8.
+    assert script.sign_flip_p([1.0, 1.0, 1.0], rng) == pytest.approx(0.25)
+    # +0.5 and -0.25: every pattern's |sum| (0.75 or 0.25) reaches the observed 0.25: p = 1.
+    assert script.sign_flip_p([0.5, -0.25, 0.0], rng) == 1.0
+    # With +-1 differences (one greedy episode a puzzle) it is McNemar's exact test.
+    assert script.sign_flip_p([1.0] * 2 + [-1.0] * 8, rng) == pytest.approx(paired_p_value(2, 8))
+
+    # Four tries a puzzle: seed 0 solved 2/4 -> 4/4, seed 1 4/4 -> 3/4, seed 2 only in the first.
+    def evals(path: Path, solved: dict[int, list[bool]]) -> Path:
+        episodes = [
+            Trajectory(env="t", seed=s, group=s, success=ok) for s, oks in solved.items() for ok in oks
+        ]
+        return write_jsonl(path, episodes)
+
+    before = evals(tmp_path / "a.jsonl", {0: [True, True, False, False], 1: [True] * 4, 2: [False] * 4})
+    after = evals(tmp_path / "b.jsonl", {0: [True] * 4, 1: [True, True, True, False]})
+    r = script.compare(script.solved_share(before), script.solved_share(after))
+    assert (r["puzzles"], r["rose"], r["fell"]) == (2, 1, 1)
+    assert (r["before"], r["after"], r["mean_diff"]) == pytest.approx((0.75, 0.875, 0.125))
+    assert r["p"] == 1.0 and r["ci_low"] <= 0.125 <= r["ci_high"]
+
+
 LEARNING_DEMO = Path(__file__).resolve().parents[1] / "scripts" / "learning_demo.sh"
 
 
