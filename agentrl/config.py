@@ -307,12 +307,18 @@ class SFTConfig:
     """Episodes per optimizer step."""
     lr: float | None = None
     """Learning rate of the SFT updates (``None``: ``train.lr``); warmup/cosine factors still apply."""
+    eval_every: int | None = None
+    """Held-out evaluation every N SFT updates and after the last (``None``: ``eval.every``; 0: only
+    the starting model's, when ``eval.every`` > 0). A warm start leaves its last update's evaluation
+    to RL's step 0, which evaluates the same weights."""
 
     def problems(self) -> list[str]:
         """What is wrong with this section, each with its fix (empty: nothing)."""
-        return _not_positive("sft.", self, "episodes", "epochs", "batch_episodes") + (
-            _not_positive("sft.", self, "lr") if self.lr is not None else []
-        )
+        out = _not_positive("sft.", self, "episodes", "epochs", "batch_episodes")
+        out += _not_positive("sft.", self, "lr") if self.lr is not None else []
+        if self.eval_every is not None and self.eval_every < 0:
+            out.append(f"sft.eval_every must be >= 0 (0: no evaluation during SFT), got {self.eval_every}")
+        return out
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 
 import agentrl  # noqa: F401  isort: skip
 from agentrl.cli import main
+from agentrl.config import ConfigError, load_config
 from agentrl.models import load_model
 from agentrl.rollout.engines.hf import HFEngine
 from agentrl.rollout.manager import RolloutConfig, RolloutManager
@@ -121,6 +122,23 @@ def test_from_runs_keeps_successes_once(manager, tmp_path):
         successful_episodes([str(Path(tmp_path) / "empty")])
 
 
+def test_sft_evaluates_every_sft_eval_every_updates_and_the_last_unless_a_warm_start():
+    from agentrl.training.sft import _eval_due
+
+    def due(total: int, eval_last: bool = True, **sets) -> list[int]:
+        cfg = load_config(env="sokoban", overrides=[f"{k.replace('__', '.')}={v}" for k, v in sets.items()])
+        return [s for s in range(1, total + 1) if _eval_due(cfg, s, total, eval_last)]
+
+    assert due(30, eval__every=4, sft__eval_every=10) == [10, 20, 30]
+    assert due(30, False, eval__every=4, sft__eval_every=10) == [10, 20]  # RL's step 0 does 30
+    assert due(9, eval__every=4, sft__eval_every="null") == [4, 8, 9]  # unset: eval.every's
+    assert due(9, eval__every=4, sft__eval_every=0) == [9]  # 0: none during SFT, the end still
+    assert due(9, False, eval__every=4, sft__eval_every=0) == []
+    assert due(9, eval__every=0, sft__eval_every=3) == []  # eval.every=0 turns evaluation off
+    with pytest.raises(ConfigError, match="sft.eval_every must be >= 0"):
+        load_config(env="sokoban", overrides=["sft.eval_every=-1"])
+
+
 def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
     sets = [
         f"run.root={root}",
@@ -138,6 +156,7 @@ def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
         "eval.episodes=2",
         "eval.base_episodes=1",
         "eval.every=1",
+        "sft.eval_every=1",
         "run.progress=false",
     ]
     return ["train", "--env", "sokoban", "--model", "tiny-random", "--name", name] + [
@@ -147,13 +166,15 @@ def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
 
 @pytest.mark.slow  # SFT then RL, end to end
 def test_train_with_a_warm_start_is_one_command_and_resumes_without_redoing_it(tmp_path, capsys):
-    """sft.warm_start: the SFT run in RUN/warm_start (base evaluated at its step 0, nothing after),
+    """sft.warm_start: the SFT run in RUN/warm_start (base evaluated at its step 0, then every
+    eval.every update but the last),
     then RL from its checkpoint in RUN; the last line reads base -> warm start -> final; --resume
     continues RL and leaves the warm start alone."""
     assert main(_warm_start_args(tmp_path, "ws", steps=1)) == 0
     run, warm = tmp_path / "ws", tmp_path / "ws" / "warm_start"
     warm_rows = [json.loads(x) for x in (warm / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in warm_rows if "eval/success_rate" in r] == [0]  # the base model only
+    # The base model, then update 1 of 2 (sft.eval_every=1); update 2's weights are RL's step 0.
+    assert [r["step"] for r in warm_rows if "eval/success_rate" in r] == [0, 1]
     assert warm_rows[0]["eval/episodes"] == 1  # eval.base_episodes
     assert [r["step"] for r in warm_rows if "sft/nll" in r] == [1, 2]  # 6 demonstrations, 3 per update
     assert (warm / "checkpoints" / "step_000002" / "hf" / "config.json").is_file()

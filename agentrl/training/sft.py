@@ -96,11 +96,12 @@ def _as_targets(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
     return list(trajectories)
 
 
-def sft(cfg: Config, sources: Sequence[str] | None = None, only_base_eval: bool = False) -> Path:
+def sft(cfg: Config, sources: Sequence[str] | None = None, eval_last: bool = True) -> Path:
     """Fine-tune on demonstrations; log, evaluate and checkpoint like ``train``. Returns the run dir.
 
-    ``only_base_eval``: evaluate the starting model (step 0) and nothing after (a warm start: the RL
-    run evaluates the fine-tuned model at its own step 0)."""
+    Evaluates the starting model (step 0), then every ``sft.eval_every`` updates and after the last.
+    ``eval_last=False`` skips the last (a warm start: the RL run evaluates the fine-tuned model at
+    its own step 0)."""
     from agentrl.rollout.weight_sync import policy_weights
     from agentrl.training import checkpoint as ckpt
     from agentrl.training.evaluate import evaluate_and_log, start_eval_config
@@ -141,7 +142,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, only_base_eval: bool 
             metrics = sft_update(cfg, policy, batch, step, world)
             if world.is_main and step == 1:
                 write_jsonl(run_dir / "trajectories" / step_filename(step), batch)
-            if cfg.eval.every and not only_base_eval and (step % cfg.eval.every == 0 or step == total):
+            if _eval_due(cfg, step, total, eval_last):
                 if engine.capabilities.own_weights:  # the engine evaluates the weights just trained
                     engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
                 metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world))
@@ -153,6 +154,14 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, only_base_eval: bool 
         engine.close()
         log.close()
     return run_dir
+
+
+def _eval_due(cfg: Config, step: int, total: int, eval_last: bool) -> bool:
+    """Whether SFT update ``step`` (of ``total``) is followed by a held-out evaluation."""
+    every = cfg.eval.every if cfg.sft.eval_every is None else cfg.sft.eval_every
+    if not cfg.eval.every or step == total:
+        return bool(cfg.eval.every) and step == total and eval_last
+    return bool(every) and step % every == 0
 
 
 def sft_config(cfg: Config) -> Config:

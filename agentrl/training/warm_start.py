@@ -3,8 +3,8 @@
 With ``sft.warm_start: true`` the run folder holds two ordinary runs, each replayable and resumable
 with the usual tools::
 
-    runs/NAME/warm_start/   the SFT run: its step-0 evaluation is the base model's; its checkpoint
-                            is the warm start
+    runs/NAME/warm_start/   the SFT run: its step-0 evaluation is the base model's, then one every
+                            ``sft.eval_every`` updates; its checkpoint is the warm start
     runs/NAME/              the RL run, started from that checkpoint: its step-0 evaluation is the
                             warm start's, its last the final model's
 
@@ -55,7 +55,7 @@ def train_with_warm_start(cfg: Config, resume: bool = False) -> Path:
     if ckpt.latest_checkpoint(warm_dir) is None:
         if warm_dir.exists():
             shutil.rmtree(warm_dir)  # an interrupted warm start: its data and updates are redone
-        sft(warm_start_config(cfg), only_base_eval=True)
+        sft(warm_start_config(cfg), eval_last=False)
         release_memory()  # the SFT phase's engine, optimizer and activations, before RL builds its own
         resume = False
     elif resume and ckpt.latest_checkpoint(run_dir) is None:
@@ -66,7 +66,7 @@ def train_with_warm_start(cfg: Config, resume: bool = False) -> Path:
 
 def warm_start_config(cfg: Config) -> Config:
     """The SFT run's config: the same recipe, in ``RUN/warm_start``; it evaluates the base model
-    (step 0) but not its own end (RL's step 0 does)."""
+    (step 0) and every ``sft.eval_every`` updates, but not its own end (RL's step 0 does)."""
     run_dir = Path(cfg.run.root) / cfg.run.name
     return replace(cfg, run=replace(cfg.run, root=str(run_dir), name=WARM_START, save_every=0))
 
