@@ -3,7 +3,8 @@ its ``--config``, ``--env`` and ``--set`` load), and every config key is read by
 
 The examples come from ``agentrl train --help``, ``agentrl sft --help``, README.md and docs/*.md;
 each is loaded with :func:`agentrl.config.load_config` in the context its command gives it (its
-``--config`` or ``--env``, else the recipe the page last named, else Sokoban). Placeholders
+``--config`` or ``--env``, else the recipe the page last named, else Sokoban; where it fails alone,
+with the other ``--set``s of its line). Placeholders
 (``KEY=VALUE``, ``NAME``, shell variables, ``...``) are skipped; ``a|b`` values are tried one by one.
 """
 
@@ -13,6 +14,7 @@ import ast
 import collections
 import dataclasses
 import re
+import shlex
 import typing
 from pathlib import Path
 
@@ -39,6 +41,9 @@ class Example:
     value: str
     config: str | None
     env: str | None
+    others: tuple[str, ...] = ()
+    """The other ``--set``s of its line, loaded with it where it fails alone
+    (``eval.samples_per_seed=4`` is only valid beside ``eval.greedy=false``)."""
 
 
 def _is_placeholder(key: str, value: str) -> bool:
@@ -56,14 +61,15 @@ def extract(text: str, where: str) -> list[Example]:
         if physical.rstrip().endswith("\\"):
             continue
         line, pending = " ".join(pending), []
-        for key, value in _SET.findall(line):
-            if _is_placeholder(key, value):
-                continue
-            value = value.rstrip(").,;:")
+        sets = [(k, v.rstrip(").,;:")) for k, v in _SET.findall(line) if not _is_placeholder(k, v)]
+        for i, (key, value) in enumerate(sets):
             config = _CONFIG.search(line)
             env = _ENV.search(line)
             config_file = config.group(1) if config else (None if env else recipe)
-            found.append(Example(f"{where}:{first}", key, value, config_file, env.group(1) if env else None))
+            others = tuple(f"{k}={v.split('|')[0]}" for j, (k, v) in enumerate(sets) if j != i)
+            found.append(
+                Example(f"{where}:{first}", key, value, config_file, env.group(1) if env else None, others)
+            )
         recipes = _RECIPE.findall(line)
         if recipes:
             recipe = recipes[-1]
@@ -79,7 +85,15 @@ def load_example(example: Example) -> None:
     if config_file is None and env is None:
         env = "sokoban"
     for value in example.value.split("|"):
-        load_config(config_file=config_file, env=env, overrides=[f"{example.key}={value}"])
+        override = f"{example.key}={value}"
+        try:
+            load_config(config_file=config_file, env=env, overrides=[override])
+        except ConfigError:
+            if not example.others:
+                raise
+            # An override valid only beside another of its command (a prose line may also hold
+            # unrelated ones, so alone first).
+            load_config(config_file=config_file, env=env, overrides=[*example.others, override])
 
 
 def _help(command: str, capsys) -> str:
@@ -132,6 +146,12 @@ def test_a_wrong_key_in_an_example_fails():
     load_example(ok)
     with pytest.raises(ConfigError):
         load_example(missing)
+    # an override valid only beside another of its line loads there, and fails alone
+    text = "`agentrl eval --set eval.greedy=false --set eval.samples_per_seed=4`"
+    load_example(extract(text, "pair")[1])
+    [alone] = extract("`agentrl eval --set eval.samples_per_seed=4`", "negative")
+    with pytest.raises(ConfigError, match="eval.greedy=false"):
+        load_example(alone)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,12 +168,21 @@ def extract_commands(text: str, where: str) -> list[tuple[str, list[str]]]:
     joined = re.sub(r"\\\n\s*", " ", text)
     out = []
     for match in _COMMAND.finditer(joined):
-        argv = match.group(0).split()[1:]
+        argv = _words(match.group(0))[1:]
         if argv[-1:] in (["--from"], ["--env"], ["--config"]):  # the option named in prose
             continue
         line = joined.count("\n", 0, match.start()) + 1
         out.append((f"{where}:{line}", argv))
     return out
+
+
+def _words(command: str) -> list[str]:
+    """The shell's words of ``command`` (quotes kept together); plain split where prose has an odd
+    apostrophe."""
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
 
 
 def _doc_commands() -> list[tuple[str, list[str]]]:

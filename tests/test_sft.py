@@ -123,11 +123,11 @@ def test_from_runs_keeps_successes_once(manager, tmp_path):
 
 
 def test_sft_evaluates_every_sft_eval_every_updates_and_the_last_unless_a_warm_start():
-    from agentrl.training.sft import _eval_due
+    from agentrl.training.sft import evaluation_due
 
     def due(total: int, eval_last: bool = True, **sets) -> list[int]:
         cfg = load_config(env="sokoban", overrides=[f"{k.replace('__', '.')}={v}" for k, v in sets.items()])
-        return [s for s in range(1, total + 1) if _eval_due(cfg, s, total, eval_last)]
+        return [s for s in range(1, total + 1) if evaluation_due(cfg, s, total, eval_last)]
 
     assert due(30, eval__every=4, sft__eval_every=10) == [10, 20, 30]
     assert due(30, False, eval__every=4, sft__eval_every=10) == [10, 20]  # RL's step 0 does 30

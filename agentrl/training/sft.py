@@ -142,7 +142,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, eval_last: bool = Tru
             metrics = sft_update(cfg, policy, batch, step, world)
             if world.is_main and step == 1:
                 write_jsonl(run_dir / "trajectories" / step_filename(step), batch)
-            if _eval_due(cfg, step, total, eval_last):
+            if evaluation_due(cfg, step, total, eval_last):
                 if engine.capabilities.own_weights:  # the engine evaluates the weights just trained
                     engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
                 metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world))
@@ -156,7 +156,7 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, eval_last: bool = Tru
     return run_dir
 
 
-def _eval_due(cfg: Config, step: int, total: int, eval_last: bool) -> bool:
+def evaluation_due(cfg: Config, step: int, total: int, eval_last: bool) -> bool:
     """Whether SFT update ``step`` (of ``total``) is followed by a held-out evaluation."""
     every = cfg.eval.every if cfg.sft.eval_every is None else cfg.sft.eval_every
     if not cfg.eval.every or step == total:
