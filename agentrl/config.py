@@ -308,9 +308,9 @@ class SFTConfig:
     lr: float | None = None
     """Learning rate of the SFT updates (``None``: ``train.lr``); warmup/cosine factors still apply."""
     eval_every: int | None = None
-    """Held-out evaluation every N SFT updates and after the last (``None``: ``eval.every``; 0: only
-    the starting model's, when ``eval.every`` > 0). A warm start leaves its last update's evaluation
-    to RL's step 0, which evaluates the same weights."""
+    """Held-out evaluation every N SFT updates and after the last (``None``: ``eval.every``; 0: none
+    during SFT, only the starting model's and the last). A warm start leaves its last update's
+    evaluation to RL's step 0, which evaluates the same weights. ``eval.every: 0`` turns all off."""
 
     def problems(self) -> list[str]:
         """What is wrong with this section, each with its fix (empty: nothing)."""

@@ -35,7 +35,8 @@ case "$ENV" in
     # AdamW (the base has no optimizer state to continue), all 128 held-out rooms at steps 0 (the
     # base model; the recipe glances at 16) and 4.
     exec agentrl train --env sokoban --name table-sokoban-rl --set run.progress=false --set eval.episodes=128 \
-      --set eval.base_episodes=128 --set sft.warm_start=false --set train.init_optimizer_state=false ;;
+      --set eval.base_episodes=128 --set eval.every=4 --set sft.warm_start=false \
+      --set train.init_optimizer_state=false ;;
   *) echo "ENV must be countdown, knights_knaves, math or sokoban, got '$ENV'" >&2; exit 2 ;;
 esac
 COMMON=(--set run.progress=false --set eval.episodes=128
@@ -57,7 +58,8 @@ case "${1:-}" in
     # The base model is the rl arm's step 0 on all 128 puzzles: here it is only glanced at (16).
     agentrl train --env "$ENV" --name "table-$ENV-sft-rl" "${COMMON[@]}" \
       --set sft.warm_start=true --set sft.episodes="${SFT_EPISODES:-96}" --set sft.epochs=2 \
-      --set sft.lr=1e-4 --set eval.base_episodes=16 --set rollout.temperature="$TEMPERATURE" ;;
+      --set sft.lr=1e-4 --set sft.eval_every=0 --set eval.base_episodes=16 \
+      --set rollout.temperature="$TEMPERATURE" ;;
   all)
     "$0" rl && "$0" sft-rl ;;
   *) echo "usage: ENV=countdown|knights_knaves|math $0 rl|sft-rl|all (ENV=sokoban: rl only)" >&2; exit 2 ;;

@@ -8,7 +8,9 @@ solved (1 or 0 under greedy decoding; k tries a puzzle under ``eval.greedy=false
 eval.samples_per_seed=k``) and prints each file's success, the puzzles whose share rose and fell,
 the mean difference with its 95% bootstrap interval over puzzles, and the two-sided p-value of a
 paired sign-flip permutation test (under "no difference" each puzzle's difference is as likely
-negative as positive). With one greedy episode a puzzle the test is McNemar's exact test.
+negative as positive): exact up to 16 changed puzzles, Monte Carlo beyond. With one greedy episode
+a puzzle (every difference +-1) the p is McNemar's exact test, however many changed. Both files
+should hold the same number of tries a puzzle; the script warns where they do not.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from agentrl.rollout.trajectory import read_jsonl
+from agentrl.training.metrics import paired_p_value
 
 #: Permutations of the Monte Carlo test when exact enumeration is too big; bootstrap resamples.
 DRAWS = 20_000
@@ -34,15 +37,21 @@ def solved_share(path: Path) -> dict[int, float]:
     by_seed: dict[int, list[bool]] = defaultdict(list)
     for episode in episodes:
         by_seed[episode.seed].append(bool(episode.success))
+    tries = sorted({len(s) for s in by_seed.values()})
+    if len(tries) > 1:
+        print(f"paired_eval: {path}: puzzles have {tries} tries each, not one number", file=sys.stderr)
     return {seed: sum(s) / len(s) for seed, s in by_seed.items()}
 
 
 def sign_flip_p(diffs: list[float], rng: random.Random) -> float:
     """Two-sided p of the paired sign-flip test of ``mean(diffs) == 0``: exact for up to 16 nonzero
-    differences, else over ``DRAWS`` random flips (with the observed one counted)."""
+    differences or when all are +-1 (McNemar), else over ``DRAWS`` random flips (with the observed
+    one counted)."""
     nonzero = [d for d in diffs if d != 0]
     if not nonzero:
         return 1.0
+    if all(abs(d) == 1 for d in nonzero):  # one try a puzzle: McNemar's exact binomial test
+        return paired_p_value(sum(d > 0 for d in nonzero), sum(d < 0 for d in nonzero))
     observed = abs(sum(nonzero)) - 1e-12
     if len(nonzero) <= 16:
         hits = sum(

@@ -105,6 +105,11 @@ def test_paired_eval_compares_sampled_success_puzzle_by_puzzle(load_script, tmp_
     assert script.sign_flip_p([0.5, -0.25, 0.0], rng) == 1.0
     # With +-1 differences (one greedy episode a puzzle) it is McNemar's exact test.
     assert script.sign_flip_p([1.0] * 2 + [-1.0] * 8, rng) == pytest.approx(paired_p_value(2, 8))
+    # however many changed (27 rose, 25 fell: beyond exact enumeration)
+    assert script.sign_flip_p([1.0] * 27 + [-1.0] * 25, rng) == pytest.approx(paired_p_value(27, 25))
+    # 20 differences of +-0.5 (beyond enumeration, not McNemar): the Monte Carlo p of 14 up, 6 down
+    # is near the exact binomial's 2 * P(X <= 6 | 20, 1/2) = 0.1153
+    assert script.sign_flip_p([0.5] * 14 + [-0.5] * 6, rng) == pytest.approx(0.1153, abs=0.01)
 
     # Four tries a puzzle: seed 0 solved 2/4 -> 4/4, seed 1 4/4 -> 3/4, seed 2 only in the first.
     def evals(path: Path, solved: dict[int, list[bool]]) -> Path:
@@ -156,6 +161,7 @@ def test_learning_demo_arms_are_valid_runs_on_128_common_puzzles(tmp_path, env):
     assert rl.eval.episodes == sft_rl.eval.episodes == 128
     assert rl.train.steps == sft_rl.train.steps == rl.eval.every == sft_rl.eval.every
     assert not rl.sft.warm_start and sft_rl.sft.warm_start
+    assert sft_rl.sft.eval_every == 0  # the warm start is evaluated once, at RL's step 0
     assert rl.run.name == f"table-{env}-rl" and sft_rl.run.name == f"table-{env}-sft-rl"
     assert rl.rollout.reply_prefix == sft_rl.rollout.reply_prefix == "<think>"
     # Both arms run the same RL: the same tries per step and the same update.
@@ -189,4 +195,5 @@ def test_learning_demo_runs_sokoban_rl_alone_as_the_main_jobs_rl_from_the_base_m
     # The main job's RL in everything but the optimizer state the base model does not have.
     assert rl.rollout == main_job.rollout and rl.algo == main_job.algo and rl.env == main_job.env
     assert rl.train == replace(main_job.train, init_optimizer_state=False)
-    assert rl.eval == replace(main_job.eval, base_episodes=128)
+    # Evaluated at steps 0 and 4 only: a step-2 evaluation of the base model would add minutes.
+    assert rl.eval == replace(main_job.eval, base_episodes=128, every=4)

@@ -167,7 +167,7 @@ def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
 @pytest.mark.slow  # SFT then RL, end to end
 def test_train_with_a_warm_start_is_one_command_and_resumes_without_redoing_it(tmp_path, capsys):
     """sft.warm_start: the SFT run in RUN/warm_start (base evaluated at its step 0, then every
-    eval.every update but the last),
+    sft.eval_every update but the last),
     then RL from its checkpoint in RUN; the last line reads base -> warm start -> final; --resume
     continues RL and leaves the warm start alone."""
     assert main(_warm_start_args(tmp_path, "ws", steps=1)) == 0

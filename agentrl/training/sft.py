@@ -99,7 +99,8 @@ def _as_targets(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
 def sft(cfg: Config, sources: Sequence[str] | None = None, eval_last: bool = True) -> Path:
     """Fine-tune on demonstrations; log, evaluate and checkpoint like ``train``. Returns the run dir.
 
-    Evaluates the starting model (step 0), then every ``sft.eval_every`` updates and after the last.
+    Evaluates the starting model (step 0), then every ``sft.eval_every`` updates (``eval.every``
+    when unset) and after the last; ``eval.every: 0`` evaluates nothing.
     ``eval_last=False`` skips the last (a warm start: the RL run evaluates the fine-tuned model at
     its own step 0)."""
     from agentrl.rollout.weight_sync import policy_weights
