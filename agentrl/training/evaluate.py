@@ -121,6 +121,15 @@ def evaluate_and_log(
     return metrics
 
 
+def evaluation_due(step: int, last_step: int, every: int, at_last: bool = True) -> bool:
+    """The held-out evaluation schedule of RL steps and SFT updates alike: every ``every`` (0:
+    none on the way) and, with ``at_last``, after ``last_step``. Callers check ``eval.every`` (0:
+    no evaluation at all) first."""
+    if step == last_step:
+        return at_last
+    return every > 0 and step % every == 0
+
+
 def success_text(metrics: dict[str, float]) -> str:
     """``0.312 (5/16, 95% CI 0.14-0.56)`` from an evaluation's metrics."""
     n = int(metrics["eval/episodes"])

@@ -158,11 +158,12 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, eval_last: bool = Tru
 
 
 def evaluation_due(cfg: Config, step: int, total: int, eval_last: bool) -> bool:
-    """Whether SFT update ``step`` (of ``total``) is followed by a held-out evaluation."""
+    """Whether SFT update ``step`` (of ``total``) is followed by a held-out evaluation: RL's schedule
+    at ``sft.eval_every`` (``eval.every`` when unset)."""
+    from agentrl.training.evaluate import evaluation_due as due
+
     every = cfg.eval.every if cfg.sft.eval_every is None else cfg.sft.eval_every
-    if not cfg.eval.every or step == total:
-        return bool(cfg.eval.every) and step == total and eval_last
-    return bool(every) and step % every == 0
+    return bool(cfg.eval.every) and due(step, total, every, at_last=eval_last)
 
 
 def sft_config(cfg: Config) -> Config:

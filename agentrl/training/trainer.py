@@ -50,7 +50,7 @@ from agentrl.rollout.weight_sync import (
 from agentrl.training import checkpoint as ckpt
 from agentrl.training.curriculum import CurriculumState, advance, stage_at
 from agentrl.training.distributed import World, all_reduce_max, gather_objects, meet
-from agentrl.training.evaluate import evaluate_and_log, start_eval_config, success_text
+from agentrl.training.evaluate import evaluate_and_log, evaluation_due, start_eval_config, success_text
 from agentrl.training.logger import RunLogger, read_metrics, render_sample
 from agentrl.training.metrics import rollout_metrics
 from agentrl.training.policy import (
@@ -274,7 +274,7 @@ def evaluate_if_due(run: RLRun, step: int, stage: Stage) -> dict[str, float]:
     """The held-out evaluation when due (every ``eval.every`` steps and the last); the stage's limits."""
     cfg = run.cfg
     out: dict[str, float] = {}
-    if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.train.steps):
+    if cfg.eval.every and evaluation_due(step, cfg.train.steps, cfg.eval.every):
         out.update(
             evaluate_and_log(cfg, run.rollout, run.run_dir, step, run.log, run.world, stage.env_options)
         )
