@@ -16,10 +16,10 @@
 # base model (its step 0 is the base model on all 128 rooms) -> runs/table-sokoban-rl.
 # Every arm of an env shares its rollout settings: the env's recipe (configs/ENV.yaml) with RAGEN's
 # pre-filled <think> and open-r1-style partial format credit, STEPS RL steps of 4 groups x 4 tries
-# (Countdown: 8 x 8, see below). The warm start fine-tunes on SFT_EPISODES oracle demonstrations
-# (solver expressions, brute-force assignments, worked solutions, each with a short true thought),
-# 2 epochs at lr 1e-4; RL after it samples at T = 0.7 (T = 1 knocks the lightly fine-tuned 135M
-# model off its format on K&K and math; Countdown keeps it).
+# (Countdown and math: 8 x 8, see below). The warm start fine-tunes on SFT_EPISODES oracle
+# demonstrations (solver expressions, brute-force assignments, worked solutions, each with a short
+# true thought), 2 epochs at lr 1e-4; RL after it samples at T = 0.7 (T = 1 knocks the lightly
+# fine-tuned 135M model off its format on K&K and math; Countdown keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENV="${ENV:-knights_knaves}"
@@ -43,13 +43,15 @@ COMMON=(--set run.progress=false --set eval.episodes=128
         --set rollout.reply_prefix='<think>' --set rollout.format_tag_credit=0.5
         --set train.steps="$STEPS" --set eval.every="$STEPS")
 TEMPERATURE=0.7
-if [ "$ENV" = countdown ]; then
-  # Countdown's RL is the Sokoban recipe's: under countdown.yaml's 4 x 4 tries three groups in four
-  # held one reward, and a fresh AdamW eroded the warm start (README, learning table). 8 x 8 tries at
-  # T = 1 give mixed groups; only those train, one sequence one vote, AdamW continued.
+if [ "$ENV" = countdown ] || [ "$ENV" = math ]; then
+  # Countdown's and math's RL is the Sokoban recipe's: under their recipes' 4 x 4 tries most groups
+  # held one reward (three in four on Countdown, all of them in half of math's steps), and a fresh
+  # AdamW eroded Countdown's warm start (README, learning table). 8 x 8 tries give mixed groups;
+  # only those train, one sequence one vote, AdamW continued. Countdown samples at T = 1; math keeps
+  # T = 0.7 (T = 1 knocks the lightly fine-tuned model off its \boxed{} answers).
   COMMON+=(--set rollout.group_size=8 --set train.n_groups=8 --set algo.mixed_success_only=true
            --set algo.policy_loss.aggregation=seq_mean --set train.init_optimizer_state=true)
-  TEMPERATURE=1.0
+  if [ "$ENV" = countdown ]; then TEMPERATURE=1.0; fi
 fi
 case "${1:-}" in
   rl)

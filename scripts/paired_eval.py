@@ -99,6 +99,12 @@ def main() -> int:
     parser.add_argument("before", type=Path, help="eval trajectory file of the first model")
     parser.add_argument("after", type=Path, help="eval trajectory file of the second model, same seeds")
     args = parser.parse_args()
+    for path in (args.before, args.after):
+        if not path.is_file():
+            parser.error(
+                f"{path} is not a file: give an eval trajectory file, e.g. runs/NAME/eval/step_000004.jsonl "
+                "or the eval.jsonl that `agentrl eval --out DIR` writes"
+            )
     r = compare(solved_share(args.before), solved_share(args.after))
     print(
         f"{r['puzzles']} puzzles: success {r['before']:.3f} -> {r['after']:.3f} "

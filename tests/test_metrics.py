@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -168,9 +169,17 @@ def test_learning_demo_arms_are_valid_runs_on_128_common_puzzles(tmp_path, env):
     assert rl.rollout.group_size == sft_rl.rollout.group_size
     assert rl.train.n_groups == sft_rl.train.n_groups
     assert rl.algo == sft_rl.algo
-    if env == "countdown":  # the Sokoban recipe's RL (README, learning table)
-        assert (sft_rl.rollout.group_size, sft_rl.train.n_groups, sft_rl.rollout.temperature) == (8, 8, 1.0)
+    if env in ("countdown", "math"):  # the Sokoban recipe's RL (README, learning table)
+        temperature = 1.0 if env == "countdown" else 0.7
+        assert (sft_rl.rollout.group_size, sft_rl.train.n_groups, sft_rl.rollout.temperature) == (
+            8,
+            8,
+            temperature,
+        )
         assert sft_rl.algo.mixed_success_only and sft_rl.train.init_optimizer_state
+    else:  # the env's own recipe: 4 groups x 4 tries
+        assert (sft_rl.rollout.group_size, sft_rl.train.n_groups) == (4, 4)
+        assert not sft_rl.algo.mixed_success_only
 
 
 def test_learning_demo_refuses_an_env_or_arm_it_has_no_runs_for(tmp_path):
@@ -197,3 +206,13 @@ def test_learning_demo_runs_sokoban_rl_alone_as_the_main_jobs_rl_from_the_base_m
     assert rl.train == replace(main_job.train, init_optimizer_state=False)
     # Evaluated at steps 0 and 4 only: a step-2 evaluation of the base model would add minutes.
     assert rl.eval == replace(main_job.eval, base_episodes=128, every=4)
+
+
+def test_paired_eval_names_a_missing_file_and_what_to_give_instead(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "paired_eval.py"
+    missing = tmp_path / "runs" / "x" / "eval" / "step_000004.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(script), str(missing), str(missing)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{missing} is not a file" in done.stderr and "agentrl eval --out DIR" in done.stderr
