@@ -217,13 +217,15 @@ class TrainConfig:
     warmup_steps: int = 0
     """Optimizer steps of linear warmup."""
     init_optimizer_state: bool = False
-    """Start AdamW from the moments saved with the ``run.init`` checkpoint (the warm start's, in a
-    warm-started run) instead of from zero. A fresh AdamW's first steps move every weight by about
-    ``lr`` whatever the size of its gradient (``m / sqrt(v)`` is +-1 at step 1), so RL's small,
-    noisy gradients shift weights that the warm start had settled; with the warm start's moments a
-    weight moves by how its RL gradient compares with its SFT gradients. Needs a single-process
-    ZeRO-0 checkpoint of the same model (``ds/mp_rank_00_model_states.pt`` holding the optimizer);
-    under ZeRO-1 and up, which shard the optimizer, RL starts AdamW from zero and says so. Without
+    """Start AdamW from the second moments and step count saved with the ``run.init`` checkpoint
+    (the warm start's, in a warm-started run) instead of from zero. A fresh AdamW's first steps move
+    every weight by about ``lr`` whatever the size of its gradient (``m / sqrt(v)`` is +-1 at step
+    1), so RL's small, noisy gradients shift weights that the warm start had settled; with the warm
+    start's second moments a weight moves by how its RL gradient compares with its SFT gradients.
+    The first moments start at zero: the warm start's momentum would otherwise keep pushing the
+    weights along its last demonstrations for ten steps or so. Needs a single-process ZeRO-0
+    checkpoint of the same model (``ds/mp_rank_00_model_states.pt`` holding the optimizer); under
+    ZeRO-1 and up, which shard the optimizer, RL starts AdamW from zero and says so. Without
     ``run.init`` (RL alone) there is nothing to carry, and AdamW starts from zero."""
     lr_schedule: str = "constant"
     """``constant`` or ``cosine`` (to 10% of ``lr``) after warmup."""

@@ -66,7 +66,7 @@ def _checkpoint_with_adam(root: Path, model: torch.nn.Module) -> tuple[Path, tor
     return ckpt / "hf", optimizer
 
 
-def test_carried_moments_are_the_saved_ones_under_the_new_runs_hyperparameters(tmp_path):
+def test_carried_state_is_the_saved_second_moments_and_steps_with_the_first_moments_at_zero(tmp_path):
     torch.manual_seed(0)
     hf, saved = _checkpoint_with_adam(tmp_path, torch.nn.Linear(3, 4))
     model = torch.nn.Linear(3, 4)
@@ -76,16 +76,16 @@ def test_carried_moments_are_the_saved_ones_under_the_new_runs_hyperparameters(t
     for i, p in enumerate(model.parameters()):
         carried, original = optimizer.state[p], saved.state[list(saved.param_groups[0]["params"])[i]]
         assert float(carried["step"]) == 2.0
-        assert torch.equal(carried["exp_avg"], original["exp_avg"])
+        assert not carried["exp_avg"].any() and original["exp_avg"].any()  # the old momentum left behind
         assert torch.equal(carried["exp_avg_sq"], original["exp_avg_sq"])
     assert optimizer.param_groups[0]["lr"] == 5e-5 and optimizer.param_groups[0]["weight_decay"] == 0.0
 
-    # The next step is AdamW's third: a weight moves by lr * m_hat / (sqrt(v_hat) + eps) with the
-    # carried moments folded in, not by the +-lr of a fresh AdamW's first step.
+    # The next step is AdamW's third: the first moment is 0.1 g (nothing of the old momentum), the
+    # second folds g into the carried one, both bias-corrected at step 3.
     p = model.bias
     before = p.detach().clone()
     g = torch.tensor([0.5, -0.25, 1e-4, 0.0])
-    m = 0.9 * optimizer.state[p]["exp_avg"] + 0.1 * g
+    m = 0.1 * g
     v = 0.999 * optimizer.state[p]["exp_avg_sq"] + 0.001 * g * g
     expected = before - 5e-5 * (m / (1 - 0.9**3)) / ((v / (1 - 0.999**3)).sqrt() + 1e-8)
     optimizer.zero_grad()
@@ -177,3 +177,22 @@ def test_a_run_that_cannot_fit_its_checkpoints_fails_naming_size_room_and_fixes(
     # Keeping fewer helps only where more than the 2 that run.keep_checkpoints=1 holds are kept.
     assert ("run.keep_checkpoints=1" in message) is fewer_kept
     assert not (tmp_path / "runs").exists()
+
+
+def test_momentum_drift_moves_weights_by_the_saved_momentum_alone(load_script):
+    """scripts/momentum_drift.py: zero-gradient AdamW steps from a saved state move a weight by
+    lr * m_hat / (sqrt(v_hat) + eps), with m and v decaying by beta1 and beta2 each step."""
+    script = load_script("momentum_drift")
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -1.0]]))
+    m0, v0 = torch.tensor([[0.02, -0.01]]), torch.tensor([[4e-4, 1e-4]])
+    saved = {"state": {0: {"step": torch.tensor(30.0), "exp_avg": m0.clone(), "exp_avg_sq": v0.clone()}}}
+    expected = model.weight.detach().clone()
+    for k in (1, 2):
+        m, v = 0.9**k * m0, 0.999**k * v0
+        expected -= 1e-3 * (m / (1 - 0.9 ** (30 + k))) / ((v / (1 - 0.999 ** (30 + k))).sqrt() + 1e-8)
+    change = script.drift(model, saved, steps=2, lr=1e-3)
+    assert torch.allclose(model.weight.detach(), expected, atol=1e-9)
+    assert change == pytest.approx(float((expected - torch.tensor([[1.0, -1.0]])).norm()), rel=1e-5)
+    assert torch.equal(saved["state"][0]["exp_avg"], m0)  # the saved state is not touched

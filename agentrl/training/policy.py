@@ -252,9 +252,20 @@ def no_optimizer_state(source: str) -> ConfigError:
 def carry_optimizer_moments(
     optimizer: torch.optim.Optimizer, params: list[torch.Tensor], model_dir: str
 ) -> None:
-    """Put the AdamW moments (and step counts) saved beside ``model_dir`` into ``optimizer``; its
-    own hyperparameters (lr, betas, weight decay) stay this run's. Raises :class:`ConfigError` where
-    there are none to carry or they belong to another model."""
+    """Start ``optimizer`` from the AdamW state saved beside ``model_dir``: its second moments and
+    step counts, with the first moments at zero; its own hyperparameters (lr, betas, weight decay)
+    stay this run's. Raises :class:`ConfigError` where there is no state to carry or it belongs to
+    another model.
+
+    The second moments say how large each weight's gradients ran in the run saved, so an update
+    moves a weight by how its new gradient compares with those. The first moments are left behind:
+    they are the momentum of that run's last batches, and with beta1 = 0.9 they would go on moving
+    the weights along those batches' gradients for the next ten steps or so, whatever the new
+    gradients say (from the Sokoban recipe's warm start, four AdamW steps at RL's lr with zero
+    gradient lose 8 of its 105 held-out rooms and gain none: ``scripts/momentum_drift.py``). The
+    restarted first moment keeps the carried step count's bias correction, so the first steps are
+    small and grow as the new momentum builds (0.1, 0.19, 0.27... of a fresh moment's); a fresh
+    moment's own correction, ten times the step at first, eroded the warm start (README)."""
     saved = saved_optimizer_state(model_dir)
     if saved is None:
         raise no_optimizer_state(model_dir)
@@ -267,8 +278,15 @@ def carry_optimizer_moments(
                 f"or trainable set (parameter {i}: {tuple(p.shape)}); {_START_FROM_ZERO}"
             )
     # Copies: the saved tensors are mapped from the checkpoint file, which a later save may delete.
-    owned = {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in m.items()} for i, m in state.items()}
-    optimizer.load_state_dict({"state": owned, "param_groups": optimizer.state_dict()["param_groups"]})
+    carried = {
+        i: {
+            "step": m["step"].clone() if torch.is_tensor(m["step"]) else m["step"],
+            "exp_avg": torch.zeros_like(m["exp_avg"]),
+            "exp_avg_sq": m["exp_avg_sq"].clone(),
+        }
+        for i, m in state.items()
+    }
+    optimizer.load_state_dict({"state": carried, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 def _lr_lambda(cfg: Config, total_updates: int):
