@@ -47,8 +47,9 @@ if [ "$ENV" = countdown ] || [ "$ENV" = math ]; then
   # Countdown's and math's RL is the Sokoban recipe's: under their recipes' 4 x 4 tries most groups
   # held one reward (three in four on Countdown, all of them in half of math's steps), and a fresh
   # AdamW eroded Countdown's warm start (README, learning table). 8 x 8 tries give mixed groups;
-  # only those train, one sequence one vote, AdamW continued. Countdown samples at T = 1; math keeps
-  # T = 0.7 (T = 1 knocks the lightly fine-tuned model off its \boxed{} answers).
+  # only those train, one sequence one vote, AdamW from the warm start's second moments. Countdown
+  # samples at T = 1; math keeps T = 0.7 (T = 1 knocks the lightly fine-tuned model off its
+  # \boxed{} answers).
   COMMON+=(--set rollout.group_size=8 --set train.n_groups=8 --set algo.mixed_success_only=true
            --set algo.policy_loss.aggregation=seq_mean --set train.init_optimizer_state=true)
   if [ "$ENV" = countdown ]; then TEMPERATURE=1.0; fi
