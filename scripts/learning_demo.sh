@@ -44,7 +44,7 @@ COMMON=(--set run.progress=false --set eval.episodes=128
         --set train.steps="$STEPS" --set eval.every="$STEPS")
 TEMPERATURE=0.7
 if [ "$ENV" = countdown ] || [ "$ENV" = math ]; then
-  # Countdown's and math's RL is the Sokoban recipe's: under their recipes' 4 x 4 tries most groups
+  # Countdown's and math's RL is the Sokoban recipe's (at their lr, 2e-5): under 4 x 4 tries most groups
   # held one reward (three in four on Countdown, all of them in half of math's steps), and a fresh
   # AdamW eroded Countdown's warm start (README, learning table). 8 x 8 tries give mixed groups;
   # only those train, one sequence one vote, AdamW from the warm start's second moments. Countdown

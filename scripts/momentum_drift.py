@@ -27,6 +27,12 @@ def drift(model: torch.nn.Module, saved: dict, steps: int, lr: float) -> float:
     """Apply ``steps`` AdamW steps with zero gradients from the ``saved`` optimizer state (both
     moments, step counts) to ``model`` in place; returns the norm of the weights' change."""
     params = [p for p in model.parameters() if p.requires_grad]
+    for i, p in enumerate(params):
+        moments = saved["state"].get(i)
+        if moments is None or tuple(moments["exp_avg"].shape) != tuple(p.shape):
+            raise ValueError(
+                f"the saved optimizer state is of another model (parameter {i}: {tuple(p.shape)})"
+            )
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     state = {
         i: {k: v.clone() if torch.is_tensor(v) else v for k, v in m.items()}
@@ -59,7 +65,10 @@ def main() -> int:
             "folder trained with train.zero_stage=0, e.g. runs/NAME/warm_start/checkpoints/step_000030/hf"
         )
     model = load_model(str(args.checkpoint), dtype="float32", device="cpu")
-    change = drift(model, saved, args.steps, args.lr)
+    try:
+        change = drift(model, saved, args.steps, args.lr)
+    except ValueError as e:
+        parser.error(f"{args.checkpoint}: {e}; give the hf/ folder of the checkpoint whose ds/ state it is")
     model.save_pretrained(args.out)
     load_tokenizer(str(args.checkpoint)).save_pretrained(args.out)
     print(

@@ -93,7 +93,8 @@ def test_carried_state_is_the_saved_second_moments_and_steps_with_the_first_mome
         q.grad = torch.zeros_like(q)
     p.grad = g
     optimizer.step()
-    assert torch.allclose(p.detach(), expected, atol=1e-9)
+    assert not torch.equal(p.detach(), before)
+    assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-9)
 
 
 def test_carrying_moments_of_another_model_or_from_no_checkpoint_is_refused(tmp_path):
@@ -196,3 +197,5 @@ def test_momentum_drift_moves_weights_by_the_saved_momentum_alone(load_script):
     assert torch.allclose(model.weight.detach(), expected, atol=1e-9)
     assert change == pytest.approx(float((expected - torch.tensor([[1.0, -1.0]])).norm()), rel=1e-5)
     assert torch.equal(saved["state"][0]["exp_avg"], m0)  # the saved state is not touched
+    with pytest.raises(ValueError, match=r"another model \(parameter 0: \(1, 3\)\)"):
+        script.drift(torch.nn.Linear(3, 1, bias=False), saved, steps=1, lr=1e-3)
