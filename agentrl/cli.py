@@ -236,7 +236,9 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        _close_process_group()
+        return code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -251,6 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"agentrl: error: {msg}", file=sys.stderr)
             return 2
         raise
+
+
+def _close_process_group() -> None:
+    """After a command that ran on a process group (train, sft), destroy it (see close_distributed)."""
+    if "agentrl.training.distributed" in sys.modules:  # never import torch just to check
+        from agentrl.training.distributed import close_distributed
+
+        close_distributed()
 
 
 #: Exceptions whose message is for the user: bad config, unknown env, missing or unusable model,

@@ -32,6 +32,16 @@ def test_an_episode_samples_the_same_whatever_else_is_in_the_batch(tiny_model_pa
     assert together[2].samples[0].token_ids != together[3].samples[0].token_ids  # a group still varies
 
 
+def test_a_finished_command_destroys_its_process_group(tmp_path):
+    """Left to the interpreter's exit, gloo's threads can abort a finished rank (SIGABRT): the
+    command destroys the group itself once it has finished."""
+    from agentrl.cli import main
+
+    assert main(["train", *tiny_run_args("test_letters", "done", tmp_path, "train.steps=1")]) == 0
+    assert (tmp_path / "done" / "metrics.jsonl").is_file()
+    assert not torch.distributed.is_initialized()
+
+
 LAUNCHERS = {
     "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
     # DeepSpeed's launcher passes --local_rank=N to the module.

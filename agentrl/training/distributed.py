@@ -141,6 +141,18 @@ def init_distributed(device: str, timeout_s: int = 1800) -> World:
     )
 
 
+def close_distributed() -> None:
+    """Destroy the process group at the end of a command that finished on every rank.
+
+    Left to the interpreter's exit, gloo's worker threads can outlive it and abort the process
+    (SIGABRT, "terminate called without an active exception") after the run's work is all done,
+    so a launcher reports a finished run as failed. Not called after an error: another rank may
+    still be inside a collective, and destroying the group under it can hang the job.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 class RankFailure(RuntimeError):
     """Some rank did not reach a meeting point in time: it died or hangs."""
 
