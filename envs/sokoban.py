@@ -25,7 +25,15 @@ from agentrl import TextEnv
 
 from .sokoban_solver import ACTIONS, DELTAS, solve
 
-__all__ = ["SokobanEnv", "SokobanRoom", "generate_room", "parse_layout", "parse_action", "solve"]
+__all__ = [
+    "SokobanEnv",
+    "SokobanRoom",
+    "generate_room",
+    "orient_room",
+    "parse_layout",
+    "parse_action",
+    "solve",
+]
 
 Cell = tuple[int, int]
 
@@ -39,7 +47,9 @@ MAX_ACTION_CHARS = 32
 #: How many seeds derived from one episode seed the generator may try before giving up.
 MAX_GENERATION_ATTEMPTS = 64
 #: The options ``SokobanEnv.reset`` takes.
-RESET_OPTIONS = frozenset({"dim_room", "num_boxes", "layout", "min_plan_length"})
+RESET_OPTIONS = frozenset({"dim_room", "num_boxes", "layout", "min_plan_length", "orientation"})
+#: The symmetries of a room: quarter turns clockwise (0-3), each then mirrored left-right (4-7).
+ORIENTATIONS = 8
 #: How many rooms ``reset(options={"min_plan_length": n})`` may draw before it gives up.
 MAX_PLAN_LENGTH_DRAWS = 200
 
@@ -134,6 +144,47 @@ def parse_layout(text: str) -> SokobanRoom:
             f"a Sokoban layout needs as many boxes as targets (>= 1); found {len(boxes)} and {len(targets)}"
         )
     return SokobanRoom(walls, tuple(targets), tuple(boxes), players[0])
+
+
+def orient_room(room: SokobanRoom, orientation: int) -> SokobanRoom:
+    """``room`` under one of its 8 symmetries: ``orientation % 4`` quarter turns clockwise, then a
+    left-right mirror if ``orientation >= 4`` (0 is the room itself). Moves, pushes and plan lengths
+    carry over: a room's turned copy is solved by its plan's moves turned the same way.
+    """
+    if isinstance(orientation, bool) or orientation not in range(ORIENTATIONS):
+        raise ValueError(f"orientation must be an int 0-{ORIENTATIONS - 1}, got {orientation!r}")
+    # Turn a grid of cell numbers the same way as the walls, then read where each number went.
+    numbers = np.arange(room.walls.size).reshape(room.walls.shape)
+
+    def turn(grid: np.ndarray) -> np.ndarray:
+        grid = np.rot90(grid, k=-(int(orientation) % 4))
+        return np.fliplr(grid) if orientation >= 4 else grid
+
+    width = room.walls.shape[1]
+    moved = {int(n): (int(r), int(c)) for (r, c), n in np.ndenumerate(turn(numbers))}
+
+    def cells(old: tuple[Cell, ...]) -> tuple[Cell, ...]:
+        return tuple(sorted(moved[r * width + c] for r, c in old))
+
+    return SokobanRoom(
+        np.ascontiguousarray(turn(room.walls)),
+        cells(room.targets),
+        cells(room.boxes),
+        moved[room.player[0] * width + room.player[1]],
+    )
+
+
+def _check_orientation(value: Any, seed: int | None) -> int:
+    """The reset option ``orientation``: an int 0-7, or ``"seed"`` for ``seed % 8``."""
+    if value == "seed":
+        if seed is None:
+            raise ValueError('orientation="seed" turns a generated room by its seed; a layout has none')
+        return seed % ORIENTATIONS
+    if isinstance(value, bool) or value not in range(ORIENTATIONS):
+        raise ValueError(
+            f'orientation must be an int 0-{ORIENTATIONS - 1} or "seed" (the seed modulo 8), got {value!r}'
+        )
+    return int(value)
 
 
 _GENERATION_LOCK = threading.Lock()
@@ -363,7 +414,11 @@ class SokobanEnv(TextEnv):
     ``min_plan_length``: the first room whose shortest plan has at least that many moves among the
     rooms of seeds ``s, s + 2**40, s + 2 * 2**40, ...`` (the one built is ``info["room_seed"]``;
     ``reset(seed=s, options=...)`` rebuilds it). Training on the long rooms a warm start still
-    fails spends the rollouts where they can teach something.
+    fails spends the rollouts where they can teach something. ``orientation`` turns and mirrors
+    the room (:func:`orient_room`; ``info["orientation"]``): an int 0-7, or ``"seed"`` for the
+    episode seed modulo 8, so that any 8 consecutive seeds play all 8 symmetries and no push
+    direction comes first more often than another (RL's rooms: a few dozen rooms drawn plain lean
+    to one direction, and RL learns that lean instead of the walls; README, "What RL does here").
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -469,28 +524,34 @@ class SokobanEnv(TextEnv):
         if "layout" in options:
             room = parse_layout(options["layout"])
             room_seed = None
-            self._set_room(room)
+            orientation = _check_orientation(options.get("orientation", 0), room_seed)
         else:
             # Without a seed, draw one from np_random: reproducible from the env's seed, and
             # reported in info so any episode can be rebuilt with reset(seed=info["seed"]).
             room_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2**63 - 1))
+            orientation = _check_orientation(options.get("orientation", 0), room_seed)
             dim_room = options.get("dim_room", self.dim_room)
             num_boxes = options.get("num_boxes", self.num_boxes)
             # min_plan_length: candidate k is the room of seed + k * 2**40 (k = 0 first), so the
             # rooms stay a function of the episode seed and never share a seed with a small
             # (held-out) one. The plan solved here is cached for info and the oracle.
+            # (A room's symmetries share its plan length, so the room is picked before it is turned.)
             for k in range(MAX_PLAN_LENGTH_DRAWS):
                 candidate = room_seed + k * 2**40
-                self._set_room(generate_room(candidate, dim_room, num_boxes))
+                room = generate_room(candidate, dim_room, num_boxes)
+                self._set_room(room)
                 plan = self.oracle_actions() if min_plan else None
                 if not min_plan or (plan is not None and len(plan) >= min_plan):
-                    room = self._room
                     break
             else:
                 raise ValueError(
                     f"no room with a plan of at least min_plan_length={min_plan} moves in "
                     f"{MAX_PLAN_LENGTH_DRAWS} draws of {dim_room} rooms with {num_boxes} box(es): lower it"
                 )
+        if orientation:
+            room = orient_room(room, orientation)
+        if self._room is not room:
+            self._set_room(room)
         info: dict[str, Any] = {
             "success": self._on_target == len(self._targets),
             "action_is_valid": True,
@@ -505,6 +566,8 @@ class SokobanEnv(TextEnv):
         }
         if min_plan and room_seed is not None:
             info["room_seed"] = candidate
+        if "orientation" in options:
+            info["orientation"] = orientation
         if self.plan_in_info:
             plan = self.oracle_actions()
             info["optimal_plan"] = plan

@@ -47,8 +47,12 @@ def _blocked(env: SokobanEnv, push: re.Match) -> bool:
 
 def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
     """The class of the first turn of ``episode`` that departs from the oracle (see module doc)."""
-    # A training room drawn with min_plan_length reports the seed that builds it on its own.
-    env.reset(seed=int(episode.reset_info.get("room_seed", episode.seed)))
+    # A training room drawn with min_plan_length reports the seed that builds it on its own, and a
+    # turned one its orientation.
+    info = episode.reset_info
+    env.reset(
+        seed=int(info.get("room_seed", episode.seed)), options={"orientation": info.get("orientation", 0)}
+    )
     for i, turn in enumerate(episode.turns):
         label = f"turn {min(i + 1, 3)}{'+' if i >= 2 else ''}"
         said, oracle = PUSH.search(turn.reply), PUSH.search(env.oracle_thought())

@@ -12,7 +12,7 @@ import agentrl  # isort: skip
 import gymnasium
 import numpy as np
 import pytest
-from agentrl_envs.sokoban import SokobanEnv, generate_room, parse_action, parse_layout
+from agentrl_envs.sokoban import SokobanEnv, generate_room, orient_room, parse_action, parse_layout
 from agentrl_envs.sokoban_solver import solve
 
 from agentrl.envs.env import HOSTILE_ACTIONS
@@ -463,10 +463,75 @@ def test_min_plan_length_picks_a_long_room_reproducibly() -> None:
         ({"min_plan_length": 2.5}, "min_plan_length must be an int >= 0"),
         ({"min_plan_length": 99}, "lower it"),
         ({"min_plan_length": 3, "layout": "####\n#PXO#\n####"}, "drop one"),
-        ({"min_plan_lenght": 3}, "known: dim_room, layout, min_plan_length, num_boxes"),
+        ({"min_plan_lenght": 3}, "known: dim_room, layout, min_plan_length, num_boxes, orientation"),
     ],
 )
 def test_bad_min_plan_length_is_refused_with_the_fix(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SokobanEnv().reset(seed=1, options=options)
+
+
+# 4 rows x 6 columns: the player left of the box, the target below and right of it.
+TURNABLE = "######\n#PX__#\n#___O#\n######"
+
+
+@pytest.mark.parametrize(
+    ("orientation", "expected"),
+    [
+        (0, TURNABLE),
+        (1, "####\n#_P#\n#_X#\n#__#\n#O_#\n####"),  # a quarter turn clockwise: 6 rows x 4 columns
+        (2, "######\n#O___#\n#__XP#\n######"),  # a half turn
+        (3, "####\n#_O#\n#__#\n#X_#\n#P_#\n####"),
+        (4, "######\n#__XP#\n#O___#\n######"),  # mirrored left-right
+        (5, "####\n#P_#\n#X_#\n#__#\n#_O#\n####"),  # a quarter turn, then mirrored
+    ],
+)
+def test_orient_room_turns_clockwise_then_mirrors(orientation, expected) -> None:
+    assert orient_room(parse_layout(TURNABLE), orientation).to_text() == expected
+
+
+#: Where each move goes under a quarter turn clockwise, and under a left-right mirror.
+TURN = {"Up": "Right", "Right": "Down", "Down": "Left", "Left": "Up"}
+MIRROR = {"Up": "Up", "Down": "Down", "Left": "Right", "Right": "Left"}
+
+
+@pytest.mark.parametrize("orientation", range(8))
+def test_a_turned_room_is_solved_by_its_plan_turned_the_same_way(orientation) -> None:
+    env = SokobanEnv(describe_positions=True)
+    _, plain = env.reset(seed=10_001, options={"min_plan_length": 4})
+    obs, info = env.reset(seed=10_001, options={"min_plan_length": 4, "orientation": orientation})
+    assert info["orientation"] == orientation and info["optimal_plan_length"] == plain["optimal_plan_length"]
+    for move in plain["optimal_plan"]:
+        for _ in range(orientation % 4):
+            move = TURN[move]
+        if orientation >= 4:
+            move = MIRROR[move]
+        *_, info = env.step(move)
+    assert info["success"]
+    # The same seed and options rebuild the same turned room.
+    assert env.reset(seed=10_001, options={"min_plan_length": 4, "orientation": orientation})[0] == obs
+
+
+def test_orientation_by_seed_plays_all_eight_on_eight_consecutive_seeds() -> None:
+    env = SokobanEnv()
+    turned = [env.reset(seed=s, options={"orientation": "seed"}) for s in range(10_000, 10_008)]
+    assert [info["orientation"] for _, info in turned] == list(range(8))
+    for seed, (obs, info) in zip(range(10_000, 10_008), turned):
+        assert env.reset(seed=seed, options={"orientation": info["orientation"]})[0] == obs
+    assert "orientation" not in env.reset(seed=10_000)[1]  # plain rooms say nothing of it
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"orientation": 8}, 'orientation must be an int 0-7 or "seed"'),
+        ({"orientation": -1}, 'orientation must be an int 0-7 or "seed"'),
+        ({"orientation": True}, 'orientation must be an int 0-7 or "seed"'),
+        ({"orientation": "seeds"}, 'orientation must be an int 0-7 or "seed"'),
+        ({"orientation": "seed", "layout": TURNABLE}, "a layout has none"),
+    ],
+)
+def test_bad_orientation_is_refused_with_the_fix(options, message) -> None:
     with pytest.raises(ValueError, match=message):
         SokobanEnv().reset(seed=1, options=options)
 
@@ -500,6 +565,24 @@ def test_failure_script_names_the_first_turn_that_departs_from_the_oracle(load_s
     assert script.first_mistake(env, episode((right, moves), ("I go.", []))) == "turn 2: no push in thought"
     # The right thought, then moves that go nowhere.
     assert script.first_mistake(env, episode((right, []))) == "turn 1: thought right, moves no progress"
+
+
+def test_failure_script_rebuilds_a_turned_training_room(load_script):
+    from agentrl.rollout.trajectory import Trajectory, Turn
+
+    script = load_script("sokoban_failures")
+    env = SokobanEnv(describe_positions=True, describe_pushes=True)
+    options = {"min_plan_length": 4, "orientation": "seed"}
+    _, info = env.reset(seed=10_003, options=options)
+    turns = []  # the oracle's own turns: every one right, so only a wrong room can fault them
+    while env.oracle_actions():
+        thought, moves = env.oracle_thought(), env.oracle_turn_actions()
+        turns.append(Turn(observation="", reply=f"<think>{thought}</think>", actions=moves))
+        for move in moves:
+            env.step(move)
+    episode = Trajectory(env="sokoban", seed=10_003, group=0, turns=turns, reset_info=info)
+    assert info["orientation"] == 3 and len(turns) >= 2
+    assert script.first_mistake(env, episode) == "ran out of turns"
 
 
 def test_failure_script_tells_an_impossible_push_from_a_possible_one(load_script):

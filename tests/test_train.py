@@ -31,6 +31,7 @@ REQUIRED_SCALARS = [
     "perf/rollout_tokens_per_s",
     "perf/train_tokens_per_s",
     "perf/peak_rss_gb",
+    "perf/rss_gb",
 ]
 
 
@@ -143,6 +144,7 @@ def test_update_moves_the_weights_and_logs_sane_numbers(tmp_path, tiny_model_pat
     # This process's resident high-water mark: at least the torch it imported, far below the machine's RAM.
     ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     assert 0.1 < row["perf/peak_rss_gb"] <= ram_gb
+    assert 0.1 < row["perf/rss_gb"] <= row["perf/peak_rss_gb"]  # now, after the step, is below the peak
     after = _weights(tmp_path / "learn" / "checkpoints" / "step_000001" / "hf")
     before = _weights(Path(tiny_model_path))
     assert any(not torch.equal(before[k], after[k]) for k in before if k in after)

@@ -12,6 +12,7 @@ May import: :mod:`agentrl.config`, :mod:`agentrl.training.policy`, :mod:`agentrl
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,18 @@ def peak_rss_gb() -> float:
         return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes on macOS, KiB on Linux
+
+
+def rss_gb() -> float:
+    """This process's resident memory now, in GiB (Linux; 0 where unknown). Logged after each step's
+    memory is handed back, it climbs step over step only if something is kept; the peak above climbs
+    whenever a step needs more than any before it."""
+    try:
+        with open("/proc/self/statm") as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 #: Bytes one checkpoint takes per model parameter: the HF export in float32 (4) and DeepSpeed's

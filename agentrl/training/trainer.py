@@ -68,6 +68,7 @@ from agentrl.training.run import (
     checkpoints_at_once,
     peak_rss_gb,
     prepare_run_dir,
+    rss_gb,
     save,
     set_up_process,
     training_reset_options,
@@ -252,6 +253,7 @@ def update_policy(run: RLRun, selected: list[Trajectory], step: int, stage: Stag
     # what decides whether a laptop's RAM holds the run.
     metrics["perf/peak_rss_gb"] = peak_rss_gb()
     release_memory()  # the update's activations, before the engine allocates again
+    metrics["perf/rss_gb"] = rss_gb()  # what the step kept: a leak shows as a climb here
     return metrics
 
 
