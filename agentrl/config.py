@@ -309,6 +309,10 @@ class SFTConfig:
     """Episodes per optimizer step."""
     lr: float | None = None
     """Learning rate of the SFT updates (``None``: ``train.lr``); warmup/cosine factors still apply."""
+    reset_options: dict[str, Any] = field(default_factory=dict)
+    """Reset options of the oracle demonstrations' episodes (``env.reset(options=...)``): which
+    puzzles to demonstrate (Sokoban: ``{min_plan_length: 4}``, rooms of 4+ moves, whose every turn
+    is one of a longer plan). ``env.train_options`` shape RL's episodes only; evaluation neither."""
     eval_every: int | None = None
     """Held-out evaluation every N SFT updates and after the last (``None``: ``eval.every``; 0: none
     during SFT, only the starting model's and the last). A warm start leaves its last update's

@@ -15,7 +15,7 @@ from agentrl.rollout.engines.hf import HFEngine
 from agentrl.rollout.manager import RolloutConfig, RolloutManager
 from agentrl.rollout.trajectory import write_jsonl
 from agentrl.training.checkpoint import saved_optimizer_state
-from agentrl.training.sft import oracle_reply, successful_episodes
+from agentrl.training.sft import oracle_demonstrations, oracle_reply, successful_episodes
 
 
 @pytest.fixture()
@@ -39,6 +39,26 @@ def test_oracle_demonstrations_win(tiny_model_path, tokenizer, env):
         reply = traj.turns[0].reply
         assert reply.startswith("<think>") and "</think><answer>" in reply
         assert "[" not in reply.split("</think>")[0]  # a true thought, never a placeholder
+
+
+def test_sft_reset_options_pick_the_demonstrated_rooms(tiny_model_path, tokenizer):
+    """sft.reset_options reach the demonstrations' resets: with min_plan_length 4 no room of 1-2
+    moves is demonstrated (8 plain seeds from 10000 include some); RL's env.train_options do not."""
+    model = load_model(tiny_model_path)
+    rm = RolloutManager(
+        HFEngine(model, tokenizer.pad_token_id),
+        tokenizer,
+        "sokoban",
+        RolloutConfig(group_size=1, max_turns=6, max_new_tokens=48, env_workers=1),
+    )
+    lengths = {}
+    for sets in ([], ["sft.reset_options.min_plan_length=4"]):
+        cfg = load_config(env="sokoban", overrides=["env.train_options.min_plan_length=7", *sets])
+        demos = oracle_demonstrations(cfg, rm, episodes=8)
+        assert len(demos) >= 6
+        lengths[bool(sets)] = [d.reset_info["optimal_plan_length"] for d in demos]
+    assert min(lengths[False]) < 4 <= min(lengths[True])
+    assert min(lengths[True]) < 7  # env.train_options shape RL's rooms, not the demonstrations'
 
 
 def test_demonstrations_are_templated_exactly_as_rl_episodes(manager, tokenizer):
@@ -195,6 +215,15 @@ def test_train_with_a_warm_start_is_one_command_and_resumes_without_redoing_it(t
     assert main([*args[:-2], "--resume", *args[-2:]]) == 0
     assert (warm / "sft_data.jsonl").stat().st_mtime_ns == data  # not rebuilt, not retrained
     assert (run / "checkpoints" / "step_000002").is_dir()
+
+
+def test_sft_reset_options_the_env_rejects_fail_before_the_run_starts(tmp_path, capsys):
+    args = ["sft", "--env", "sokoban", "--model", "tiny-random", "--name", "typo"]
+    sets = [f"run.root={tmp_path}", "sft.reset_options.min_plan_lenght=4"]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err
+    assert "unknown reset options ['min_plan_lenght']" in err and "sft.reset_options" in err
+    assert not (tmp_path / "typo").exists()
 
 
 def test_a_warm_start_into_a_taken_run_name_fails_before_any_work(tmp_path, capsys):

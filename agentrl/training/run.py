@@ -59,11 +59,13 @@ def training_reset_options(cfg: Config, stage_options: dict[str, Any] | None) ->
 
 def check_reset_options(cfg: Config) -> None:
     """Fail before anything is written if the env rejects the training episodes' reset options
-    (``env.train_options`` under each curriculum stage's ``env_options``): one probe reset each."""
+    (``env.train_options`` under each curriculum stage's ``env_options``, and the demonstrations'
+    ``sft.reset_options``): one probe reset each."""
     from agentrl.envs.registry import make
 
     stages = [stage.env_options for stage in cfg.curriculum.stages] or [None]
     option_sets = [o for o in (training_reset_options(cfg, s) for s in stages) if o]
+    option_sets += [cfg.sft.reset_options] if cfg.sft.reset_options else []
     if not option_sets:
         return
     env = make(cfg.env.name, **cfg.env.kwargs)
@@ -74,7 +76,7 @@ def check_reset_options(cfg: Config) -> None:
             except (ValueError, TypeError, KeyError) as exc:
                 raise ConfigError(
                     f"env {cfg.env.name!r} rejects the reset options {options} (env.train_options, "
-                    f"curriculum.stages[].env_options): {exc}"
+                    f"curriculum.stages[].env_options, sft.reset_options): {exc}"
                 ) from None
     finally:
         env.close()

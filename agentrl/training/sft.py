@@ -58,7 +58,13 @@ def oracle_demonstrations(cfg: Config, rollout: RolloutManager, episodes: int) -
     reply = oracle_reply(cfg.rollout.think, rollout.max_actions)
     demos: list[Trajectory] = []
     for start in range(0, len(env_seeds), 64):
-        batch = rollout.rollout(env_seeds[start : start + 64], step=0, group_size=1, scripted=reply)
+        batch = rollout.rollout(
+            env_seeds[start : start + 64],
+            step=0,
+            group_size=1,
+            scripted=reply,
+            reset_options=cfg.sft.reset_options or None,
+        )
         demos += [t for t in batch if t.success]
     return demos
 
@@ -108,10 +114,18 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, eval_last: bool = Tru
     from agentrl.training.evaluate import evaluate_and_log, start_eval_config
     from agentrl.training.logger import RunLogger
     from agentrl.training.policy import build_engine, build_policy, seed_everything
-    from agentrl.training.run import check_disk_space, check_model, prepare_run_dir, save, set_up_process
+    from agentrl.training.run import (
+        check_disk_space,
+        check_model,
+        check_reset_options,
+        prepare_run_dir,
+        save,
+        set_up_process,
+    )
 
     cfg = sft_config(cfg)
     check_model(cfg)
+    check_reset_options(cfg)
     check_disk_space(cfg, 1, "SFT saves once, at the end")
     device, world = set_up_process(cfg)
     run_dir = Path(cfg.run.root) / cfg.run.name
