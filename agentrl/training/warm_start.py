@@ -26,7 +26,6 @@ from agentrl.training.policy import release_memory
 from agentrl.training.run import (
     SET_UP_FILES,
     check_disk_space,
-    check_reset_options,
     check_run_dir_free,
     checkpoints_at_once,
 )
@@ -45,8 +44,8 @@ def train_with_warm_start(cfg: Config, resume: bool = False) -> Path:
     """
     run_dir = Path(cfg.run.root) / cfg.run.name
     warm_dir = run_dir / WARM_START
-    # Both checks before the warm start's minutes, not after them.
-    check_reset_options(cfg)
+    # Both checks before the warm start's minutes, not after them. (The reset options, RL's and the
+    # demonstrations', are checked by sft() before its work, and by RL's start on resume.)
     if not resume:
         check_run_dir_free(run_dir)
         rl = checkpoints_at_once(cfg, cfg.train.steps)
