@@ -177,6 +177,11 @@ class AlgoConfig:
     filter, without resampling). Elsewhere returns differ only by shaping such as a per-move cost,
     which GRPO's std division blows up to full-size advantages; with both filters on, an episode
     trains if its group passes both."""
+    min_return_spread: float = 0.0
+    """With ``mixed_success_only``: also train on the groups of one outcome whose returns span at
+    least this (max minus min). A dense progress reward (Sokoban's ``progress_reward`` reset option)
+    makes tries that all failed differ by how far they got, which is worth learning from; a span
+    below this (a per-move cost alone) still is not. 0: mixed groups only."""
     positive_advantage_only: bool = False
     """Train only on what went better than its group: negative advantages become 0, and an episode
     left with none above 0 does not go on to the update (RAFT / rejection-sampling fine-tuning inside
@@ -201,6 +206,13 @@ class AlgoConfig:
             ("algo.kl.estimator", self.kl.estimator, KL_ESTIMATORS),
         )
         out += _not_positive("algo.", self, "ppo_epochs", "mini_batches")
+        if self.min_return_spread < 0:
+            out.append(f"algo.min_return_spread must be >= 0, got {self.min_return_spread}")
+        elif self.min_return_spread and not self.mixed_success_only:
+            out.append(
+                "algo.min_return_spread widens algo.mixed_success_only's filter, which is off: set "
+                "algo.mixed_success_only=true, or drop algo.min_return_spread (every group trains)"
+            )
         if not 0 < self.keep_group_fraction <= 1:
             out.append(f"algo.keep_group_fraction must be in (0, 1], got {self.keep_group_fraction}")
         return out

@@ -18,6 +18,7 @@ from agentrl.algorithms.advantages import (
     group_reward_stats,
     nonzero_std_groups,
     observation_key,
+    select_groups_by_spread,
     select_groups_by_std,
     select_groups_with_mixed_success,
 )
@@ -269,6 +270,16 @@ def test_select_groups_with_mixed_success() -> None:
     assert select_groups_with_mixed_success(torch.zeros(0, dtype=torch.bool), torch.zeros(0)).numel() == 0
 
 
+def test_select_groups_by_spread() -> None:
+    # group 0 spans 1.5 - (-0.3) = 1.8; group 1 spans 0.4 (a per-move cost); group 2 spans
+    # exactly 1.0; group 3 is one episode (spans 0)
+    returns = torch.tensor([1.5, -0.3, 0.2, -0.2, 0.0, 1.0, 5.0])
+    group = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    mask = select_groups_by_spread(returns, group, 1.0)
+    assert mask.tolist() == [True, True, False, False, True, True, False]
+    assert select_groups_by_spread(torch.zeros(0), torch.zeros(0, dtype=torch.long), 1.0).numel() == 0
+
+
 def test_observation_key_is_stable() -> None:
     assert observation_key("#####\n#@ $.#") == observation_key("#####\n#@ $.#")
     assert observation_key("a") != observation_key("b")
@@ -348,6 +359,12 @@ def test_assign_credit_mixed_success_only_drops_groups_that_all_solved_or_all_fa
         trajs, AdvantageParams(), ShapingParams(), keep_group_fraction=0.34, mixed_success_only=True
     )
     assert both.selected == trajs[:2]
+    # min_return_spread 0.5 widens the mixed filter to group 2 (both failed, spanning 1.0), not
+    # group 1 (both solved, spanning 0.2).
+    wider = assign_credit(
+        trajs, AdvantageParams(), ShapingParams(), mixed_success_only=True, min_return_spread=0.5
+    )
+    assert wider.selected == trajs[:2] + trajs[4:]
 
 
 def test_assign_credit_positive_advantage_only_trains_the_better_tries_alone() -> None:

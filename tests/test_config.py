@@ -54,6 +54,11 @@ def test_overrides_are_typed():
             "equals rollout.max_context_tokens=1536, leaving no room for the prompt",
         ),
         ("algo.shaping.cosine_max_tokens=0", "cosine_max_tokens (L_max) must be a positive number"),
+        ("algo.min_return_spread=-1", "algo.min_return_spread must be >= 0"),
+        (
+            ("algo.mixed_success_only=false", "algo.min_return_spread=1"),
+            "widens algo.mixed_success_only's filter, which is off",
+        ),
         ("nonsense", "must look like key=value"),
     ],
 )

@@ -618,3 +618,42 @@ def test_failure_script_rebuilds_the_env_of_the_run_that_wrote_the_file(load_scr
     # A file outside a run folder: the default recipe's env.
     default = script.env_for(tmp_path / "step_000004.jsonl")
     assert (default.dim_room, default.describe_positions, default.describe_pushes) == ((6, 6), True, True)
+
+
+# Player (2,3), box (2,2), target (3,4): the shortest plan walks Up, Left (to above the box),
+# pushes Down, walks Left, Down (to its left) and pushes Right twice: 7 moves.
+PROGRESS_ROOM = "######\n#____#\n#_XP_#\n#___O#\n######"
+
+
+def test_progress_reward_pays_each_move_that_shortens_the_plan() -> None:
+    env = SokobanEnv()
+    _, info = env.reset(options={"layout": PROGRESS_ROOM, "progress_reward": 0.5})
+    assert info["optimal_plan_length"] == 7
+    rewards = [env.step(a)[1] for a in info["optimal_plan"]]
+    # Every move shortens the plan by 1: -0.1 + 0.5; the last also puts the box on its target.
+    assert rewards == pytest.approx([0.4] * 6 + [0.4 + 1.0 + 10.0])
+    # Without the option the same moves earn gym-sokoban's rewards alone.
+    _, info = env.reset(options={"layout": PROGRESS_ROOM})
+    assert [env.step(a)[1] for a in info["optimal_plan"]] == pytest.approx([-0.1] * 6 + [10.9])
+
+
+def test_progress_reward_takes_progress_back_at_a_dead_end() -> None:
+    env = SokobanEnv()
+    env.reset(options={"layout": PROGRESS_ROOM, "progress_reward": 0.5})
+    # Up, Left, Down: 3 moves of progress (plan 7 -> 4), the box now at (3,2) on the bottom row.
+    # Right, Down: away from the square left of the box (plan 4 -> 5 -> 6). Left pushes the box
+    # into the corner (3,1): unsolvable, which counts as the start's 7 moves away.
+    rewards = [env.step(a)[1] for a in ("Up", "Left", "Down", "Right", "Down", "Left")]
+    assert rewards == pytest.approx([0.4, 0.4, 0.4, -0.6, -0.6, -0.6])
+    assert sum(rewards) == pytest.approx(6 * -0.1)  # all progress taken back: the step costs remain
+    assert env.step("Up")[1] == pytest.approx(-0.1)  # from a dead end no move is progress
+    # A move into a wall changes nothing and earns no shaping.
+    env.reset(options={"layout": PROGRESS_ROOM, "progress_reward": 0.5})
+    env.step("Up")
+    assert env.step("Up")[1] == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize("bad", [-0.5, "0.5", True, float("inf")])
+def test_progress_reward_rejects_a_bad_value(bad: object) -> None:
+    with pytest.raises(ValueError, match="progress_reward must be a number >= 0"):
+        SokobanEnv().reset(options={"layout": PROGRESS_ROOM, "progress_reward": bad})

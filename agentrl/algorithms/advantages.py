@@ -341,6 +341,31 @@ def select_groups_with_mixed_success(episode_success: Tensor, episode_group: Ten
     return mixed[seg.index]
 
 
+def select_groups_by_spread(episode_return: Tensor, episode_group: Tensor, min_spread: float) -> Tensor:
+    """Keep the groups whose episode returns span at least ``min_spread`` (max minus min).
+
+    With a dense progress reward (Sokoban's ``progress_reward``) tries that all failed still differ
+    by how far they got; this keeps such groups beside :func:`select_groups_with_mixed_success`'s,
+    while a group whose returns differ only by a per-move cost (a few tenths) stays out.
+
+    Args:
+        episode_return: (B,) each episode's return.
+        episode_group: (B,) long, each episode's group id.
+        min_spread: the smallest max-minus-min return a kept group has.
+
+    Returns:
+        (B,) bool, True for the episodes of groups spanning at least ``min_spread``.
+    """
+    if episode_return.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    _, index = torch.unique(episode_group, return_inverse=True)
+    s = int(index.max()) + 1
+    v = episode_return.to(torch.float64)
+    vmax = torch.full((s,), -math.inf, dtype=torch.float64).scatter_reduce(0, index, v, "amax")
+    vmin = torch.full((s,), math.inf, dtype=torch.float64).scatter_reduce(0, index, v, "amin")
+    return (vmax - vmin >= min_spread)[index]
+
+
 def select_groups_by_std(episode_reward: Tensor, episode_group: Tensor, keep_fraction: float) -> Tensor:
     """StarPO-S variance filtering: keep the groups with the highest in-group reward std.
 

@@ -10,7 +10,8 @@
 4. **tokens**: each turn's advantage is written onto the tokens the model sampled in that turn
    (``Sample.advantages``; 0 on prompt and env tokens);
 5. **filters**: with ``mixed_success_only`` only the groups where some episodes succeeded and some
-   did not (DAPO's dynamic-sampling filter); below ``keep_group_fraction`` < 1 only the groups with
+   did not (DAPO's dynamic-sampling filter), and with ``min_return_spread`` > 0 also those whose
+   returns span at least that much (dense progress rewards); below ``keep_group_fraction`` < 1 only the groups with
    the widest reward spread (StarPO-S); with ``positive_advantage_only`` only the episodes with an
    advantage above 0, their negative ones zeroed (RAFT). An episode goes on to the update if it
    passes all that are on.
@@ -30,6 +31,7 @@ from agentrl.algorithms.advantages import (
     AdvantageParams,
     TurnBatch,
     compute_advantages,
+    select_groups_by_spread,
     select_groups_by_std,
     select_groups_with_mixed_success,
 )
@@ -57,11 +59,13 @@ def assign_credit(
     max_reply_tokens: int | None = None,
     mixed_success_only: bool = False,
     positive_advantage_only: bool = False,
+    min_return_spread: float = 0.0,
 ) -> Credit:
     """Shaped rewards -> per-turn advantages -> per-token advantages on every sample of
     ``trajectories``; then the StarPO-S group filter keeping the top ``keep_group_fraction`` of
     groups by in-group reward std, and with ``mixed_success_only`` only the groups whose episodes
-    differ in success. Advantages are computed over every group first, so a group filter changes
+    differ in success (or, with ``min_return_spread`` > 0, whose returns span at least that much).
+    Advantages are computed over every group first, so a group filter changes
     which episodes train, never their values; ``positive_advantage_only`` then sets the negative
     ones to 0 and drops the episodes left without a positive one. ``max_reply_tokens``: the
     episode's reply budget, the cosine reward's default ``L_max``."""
@@ -88,7 +92,10 @@ def assign_credit(
         keep &= select_groups_by_std(batch.episode_return(), batch.episode_group(), keep_group_fraction)
     if mixed_success_only:
         success = torch.tensor([traj.success for traj in trajectories], dtype=torch.bool)
-        keep &= select_groups_with_mixed_success(success, batch.episode_group())
+        kept = select_groups_with_mixed_success(success, batch.episode_group())
+        if min_return_spread > 0:
+            kept |= select_groups_by_spread(batch.episode_return(), batch.episode_group(), min_return_spread)
+        keep &= kept
     if positive_advantage_only:
         # (B,) whether any turn of the episode kept a positive advantage
         positive = torch.zeros(len(trajectories), dtype=torch.bool).index_fill_(

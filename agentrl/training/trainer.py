@@ -493,6 +493,7 @@ def assign_step_credit(
         max_reply_tokens=limits["max_new_tokens"] * limits["max_turns"],
         mixed_success_only=cfg.algo.mixed_success_only,
         positive_advantage_only=cfg.algo.positive_advantage_only,
+        min_return_spread=cfg.algo.min_return_spread,
     )
 
 
