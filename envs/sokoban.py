@@ -428,7 +428,7 @@ class SokobanEnv(TextEnv):
     the room (:func:`orient_room`; ``info["orientation"]``): an int 0-7, or ``"seed"`` for the
     episode seed modulo 8, so that any 8 consecutive seeds play all 8 symmetries and no push
     direction comes first more often than another (RL's rooms: a few dozen rooms drawn plain lean
-    to one direction, and RL learns that lean instead of the walls; README, "What RL does here").
+    to one direction, and RL learns that lean instead of the walls; docs/sokoban-recipe.md).
     ``progress_reward`` (a float >= 0, this episode only) adds potential-based shaping to every
     step: that many points per move by which the step shortened the shortest plan from the
     current state (:meth:`oracle_actions`), taken away again per move it lengthened it. A state
@@ -483,7 +483,7 @@ class SokobanEnv(TextEnv):
                 column 4 can be pushed Up or Left.``): the square beyond the box and the square
                 behind it, where the player stands to push, are both free. Whether the player can
                 reach that square is left to the agent. Which pushes a room allows is what a
-                135M model fails to read off the grid (README, "What RL does here, measured").
+                135M model fails to read off the grid (docs/sokoban-recipe.md).
         """
         super().__init__(render_mode=render_mode)
         self.dim_room = _check_dim(dim_room)
