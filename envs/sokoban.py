@@ -756,8 +756,9 @@ class SokobanEnv(TextEnv):
         the shortest plan's length from the start."""
         self._progress_reward = _check_progress_reward(progress_reward)
         if self._progress_reward:
-            self._start_distance = 0  # an unsolvable room: no move makes progress
-            self._start_distance = self._distance = self._plan_distance()
+            plan = self.oracle_actions()  # reset's own plan, cached: no second search
+            # An unsolvable room starts at 0 and stays there: no move makes progress.
+            self._start_distance = self._distance = 0 if plan is None else len(plan)
 
     def _progress(self) -> float:
         """The shaping a move earns: ``progress_reward`` times the moves it took off the shortest plan

@@ -220,11 +220,17 @@ class _Segments:
     count: Tensor
     mean: Tensor
     std: Tensor
-    constant: Tensor
+    spread: Tensor
+    """Max minus min of each segment."""
+
+    @property
+    def constant(self) -> Tensor:
+        """Whether all of a segment's values are equal."""
+        return self.spread == 0
 
 
 def _segments(values: Tensor, keys: Tensor) -> _Segments:
-    """Per-segment count, mean, unbiased std and "all values equal" of ``values`` (M,), in float64.
+    """Per-segment count, mean, unbiased std and spread (max - min) of ``values`` (M,), in float64.
 
     ``keys`` is (M,) or (M, K) long; rows with equal keys form one segment (segments sorted by key).
     A segment of one has std 0 and counts as constant.
@@ -239,7 +245,7 @@ def _segments(values: Tensor, keys: Tensor) -> _Segments:
     var = zeros.index_add(0, index, dev * dev) / (count - 1).clamp(min=1)
     vmax = torch.full((s,), -math.inf, dtype=torch.float64).scatter_reduce(0, index, v, "amax")
     vmin = torch.full((s,), math.inf, dtype=torch.float64).scatter_reduce(0, index, v, "amin")
-    return _Segments(index=index, count=count, mean=mean, std=var.sqrt(), constant=vmax == vmin)
+    return _Segments(index=index, count=count, mean=mean, std=var.sqrt(), spread=vmax - vmin)
 
 
 def _normalize(values: Tensor, keys: Tensor, eps: float, scale: bool = True) -> Tensor:
@@ -358,12 +364,8 @@ def select_groups_by_spread(episode_return: Tensor, episode_group: Tensor, min_s
     """
     if episode_return.numel() == 0:
         return torch.zeros(0, dtype=torch.bool)
-    _, index = torch.unique(episode_group, return_inverse=True)
-    s = int(index.max()) + 1
-    v = episode_return.to(torch.float64)
-    vmax = torch.full((s,), -math.inf, dtype=torch.float64).scatter_reduce(0, index, v, "amax")
-    vmin = torch.full((s,), math.inf, dtype=torch.float64).scatter_reduce(0, index, v, "amin")
-    return (vmax - vmin >= min_spread)[index]
+    seg = _segments(episode_return, episode_group)
+    return (seg.spread >= min_spread)[seg.index]
 
 
 def select_groups_by_std(episode_reward: Tensor, episode_group: Tensor, keep_fraction: float) -> Tensor:

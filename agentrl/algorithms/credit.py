@@ -88,13 +88,14 @@ def assign_credit(
     if bonus is not None:
         metrics["train/shaping_bonus"] = float(bonus.mean())
     keep = torch.ones(len(trajectories), dtype=torch.bool)
+    returns, groups = batch.episode_return(), batch.episode_group()  # (B,) each
     if keep_group_fraction < 1.0:
-        keep &= select_groups_by_std(batch.episode_return(), batch.episode_group(), keep_group_fraction)
+        keep &= select_groups_by_std(returns, groups, keep_group_fraction)
     if mixed_success_only:
         success = torch.tensor([traj.success for traj in trajectories], dtype=torch.bool)
-        kept = select_groups_with_mixed_success(success, batch.episode_group())
+        kept = select_groups_with_mixed_success(success, groups)
         if min_return_spread > 0:
-            kept |= select_groups_by_spread(batch.episode_return(), batch.episode_group(), min_return_spread)
+            kept |= select_groups_by_spread(returns, groups, min_return_spread)
         keep &= kept
     if positive_advantage_only:
         # (B,) whether any turn of the episode kept a positive advantage
