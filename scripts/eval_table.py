@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from agentrl.rollout.trajectory import Trajectory, read_jsonl, step_filename
-from agentrl.training.metrics import paired_p_value, wilson_interval
+from agentrl.training.metrics import paired_change, wilson_interval
 
 
 def eval_rows(run: Path) -> list[dict]:
@@ -62,19 +62,6 @@ def distinct_across(episodes: list[Trajectory]) -> str:
     return f"{len(set(first.values())) / len(first):.2f}" if first else "-"
 
 
-def vs_first(first: list[Trajectory], episodes: list[Trajectory]) -> str:
-    """``+gained -lost (p = ...)`` on the puzzles both evaluations played (first sample of each)."""
-    before = {e.seed: bool(e.success) for e in reversed(first)}
-    after = {e.seed: bool(e.success) for e in reversed(episodes)}
-    common = before.keys() & after.keys()
-    gained = sum(after[s] and not before[s] for s in common)
-    lost = sum(before[s] and not after[s] for s in common)
-    p = paired_p_value(gained, lost)
-    # Two decimals, or two significant digits below 0.01 (a clear difference is not "p = 0.00").
-    shown = f"{p:.2f}" if p >= 0.01 else f"{p:.1e}"
-    return f"+{gained} -{lost} (p = {shown}, {len(common)} puzzles)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -88,7 +75,7 @@ def main() -> None:
     for run in args.runs:
         for row in eval_rows(run):
             episodes = read_eval(run / "eval" / step_filename(int(row["step"])))
-            paired = "-" if first is None else vs_first(first, episodes)
+            paired = "-" if first is None else str(paired_change(first, episodes))
             first = episodes if first is None else first
             wins = sum(bool(e.success) for e in episodes)
             low, high = wilson_interval(wins, len(episodes))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentrl.training.logger import progress_text
-from agentrl.training.metrics import paired_p_value, wilson_interval
+from agentrl.training.metrics import paired_change, paired_p_value, wilson_interval
 
 
 def test_wilson_interval_by_hand():
@@ -56,6 +56,18 @@ def test_summary_line_from_a_runs_metrics(tmp_path):
     )
     cfg.run.init = "runs/warm"
     assert "held-out success warm start (step 0)" in summary_line(cfg, tmp_path)
+    # With both evaluations' episodes on disk it also counts the puzzles gained and lost:
+    # step 0 solved seeds 0-1 of 0-3, step 2 seeds 1-3: +2 (seeds 2, 3) -1 (seed 0), p = 1.
+    from agentrl.rollout.trajectory import Trajectory, step_filename, write_jsonl
+
+    for step, solved in ((0, {0, 1}), (2, {1, 2, 3})):
+        episodes = [Trajectory(env="sokoban", seed=s, group=s, success=s in solved) for s in range(4)]
+        write_jsonl(tmp_path / "eval" / step_filename(step), episodes)
+    assert summary_line(cfg, tmp_path) == (
+        "agentrl: held-out success warm start (step 0) 0.000 (0/16, 95% CI 0.00-0.19) -> "
+        "step 2 0.312 (5/16, 95% CI 0.14-0.56); step 2 against step 0 on the same puzzles: "
+        f"+2 -1 (p = 1.00, 4 puzzles). Replay: agentrl replay {tmp_path}"
+    )
     # eval.at_start=false: the first evaluation is not the warm start's, and is not called so.
     later = [{**rows[2], "step": 4}, {**rows[2], "step": 8, "eval/success_rate": 0.5}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in later))
@@ -76,10 +88,8 @@ def test_paired_p_value_by_hand():
     assert paired_p_value(0, 10) == pytest.approx(2 / 1024)
 
 
-def test_eval_table_counts_puzzles_gained_and_lost_on_the_common_seeds(load_script):
+def test_paired_change_counts_puzzles_gained_and_lost_on_the_common_seeds():
     from agentrl.rollout.trajectory import Trajectory
-
-    script = load_script("eval_table")
 
     def evals(outcomes: dict[int, bool]) -> list[Trajectory]:
         return [Trajectory(env="t", seed=s, group=s, success=ok) for s, ok in outcomes.items()]
@@ -87,10 +97,36 @@ def test_eval_table_counts_puzzles_gained_and_lost_on_the_common_seeds(load_scri
     first = evals({0: True, 1: True, 2: False, 3: False, 4: True})
     later = evals({0: False, 1: True, 2: True, 3: True, 9: True})  # seed 4 unplayed, 9 new
     # common seeds 0-3: gained seeds 2 and 3, lost seed 0: p = 2 * (C(3,0) + C(3,1)) / 2^3 = 1 (capped)
-    assert script.vs_first(first, later) == "+2 -1 (p = 1.00, 4 puzzles)"
+    change = paired_change(first, later)
+    assert (change.gained, change.lost, change.puzzles) == (2, 1, 4)
+    assert str(change) == "+2 -1 (p = 1.00, 4 puzzles)"
     # 16 gained, 3 lost: p = 2 * (1 + 19 + 171 + 969) / 2^19 = 0.004425
     many = evals({s: s < 3 for s in range(19)}), evals({s: s >= 3 for s in range(19)})
-    assert script.vs_first(*many) == "+16 -3 (p = 4.4e-03, 19 puzzles)"
+    assert str(paired_change(*many)) == "+16 -3 (p = 4.4e-03, 19 puzzles)"
+    # A seed played twice counts by its first episode.
+    assert paired_change(evals({0: False}), evals({0: True}) + evals({0: False})).gained == 1
+
+
+def test_eval_table_prints_each_evaluation_against_the_first(load_script, tmp_path, monkeypatch, capsys):
+    import json
+
+    from agentrl.rollout.trajectory import Trajectory, step_filename, write_jsonl
+
+    script = load_script("eval_table")
+    # Two runs, one evaluation each, on seeds 0-3: the warm start solves 0 and 1, RL 1, 2 and 3.
+    for name, solved in (("warm", {0, 1}), ("rl", {1, 2, 3})):
+        run = tmp_path / name
+        episodes = [Trajectory(env="t", seed=s, group=s, success=s in solved) for s in range(4)]
+        write_jsonl(run / "eval" / step_filename(0), episodes)
+        row = {"step": 0, "eval/success_rate": len(solved) / 4, "eval/format_valid_rate": 1.0}
+        row.update({"eval/reward": 0.5, "timing/eval_s": 120.0})
+        (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setattr(sys, "argv", ["eval_table.py", str(tmp_path / "warm"), str(tmp_path / "rl")])
+    script.main()
+    warm, rl = capsys.readouterr().out.splitlines()[2:]
+    # 2/4: Wilson 0.15-0.85; 3/4: 0.30-0.95; 2 minutes of eval each; RL +2 (seeds 2, 3) -1 (seed 0).
+    assert warm == "| warm | 0 | 0.500 | 0.15-0.85 | 1.000 | 0.25 | +0.50 | 4 | 2 | - |"
+    assert rl == "| rl | 0 | 0.750 | 0.30-0.95 | 1.000 | 0.25 | +0.50 | 4 | 2 | +2 -1 (p = 1.00, 4 puzzles) |"
 
 
 def test_paired_eval_compares_sampled_success_puzzle_by_puzzle(load_script, tmp_path):

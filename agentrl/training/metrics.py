@@ -13,6 +13,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -139,6 +140,42 @@ def paired_p_value(gained: int, lost: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """How a second evaluation differs from a first on the puzzles both played (first try each)."""
+
+    gained: int
+    """Puzzles the second solves and the first does not."""
+    lost: int
+    """Puzzles the first solves and the second does not."""
+    puzzles: int
+    """Puzzles (env seeds) both evaluations played."""
+
+    @property
+    def p_value(self) -> float:
+        """Exact two-sided McNemar p of the difference (:func:`paired_p_value`)."""
+        return paired_p_value(self.gained, self.lost)
+
+    def __str__(self) -> str:
+        # Two decimals, or two significant digits below 0.01 (a clear difference is not "p = 0.00").
+        p = self.p_value
+        shown = f"{p:.2f}" if p >= 0.01 else f"{p:.1e}"
+        return f"+{self.gained} -{self.lost} (p = {shown}, {self.puzzles} puzzles)"
+
+
+def paired_change(first: Sequence[Trajectory], second: Sequence[Trajectory]) -> PairedChange:
+    """Puzzles gained and lost from ``first`` to ``second``, over the env seeds both played; a seed
+    played more than once counts by its first episode (greedy evaluation plays each once)."""
+    before = {t.seed: bool(t.success) for t in reversed(first)}
+    after = {t.seed: bool(t.success) for t in reversed(second)}
+    common = before.keys() & after.keys()
+    return PairedChange(
+        gained=sum(after[s] and not before[s] for s in common),
+        lost=sum(before[s] and not after[s] for s in common),
+        puzzles=len(common),
+    )
 
 
 def eval_metrics(trajectories: Sequence[Trajectory], prefix: str = "eval") -> dict[str, float]:

@@ -39,7 +39,7 @@ from agentrl.algorithms.credit import Credit, assign_credit
 from agentrl.config import Config, ConfigError
 from agentrl.rollout.engines.base import Engine
 from agentrl.rollout.manager import PER_CALL_SETTINGS, RolloutManager
-from agentrl.rollout.trajectory import Trajectory, step_filename, write_jsonl
+from agentrl.rollout.trajectory import Trajectory, read_jsonl, step_filename, write_jsonl
 from agentrl.rollout.weight_sync import (
     WeightSyncError,
     logprob_gap,
@@ -52,7 +52,7 @@ from agentrl.training.curriculum import CurriculumState, advance, stage_at
 from agentrl.training.distributed import World, all_reduce_max, gather_objects, meet
 from agentrl.training.evaluate import evaluate_and_log, evaluation_due, start_eval_config, success_text
 from agentrl.training.logger import RunLogger, read_metrics, render_sample
-from agentrl.training.metrics import rollout_metrics
+from agentrl.training.metrics import paired_change, rollout_metrics
 from agentrl.training.policy import (
     Policy,
     build_engine,
@@ -520,7 +520,21 @@ def summary_line(cfg: Config, run_dir: Path) -> str | None:
     if init_rows and init_rows[0]["step"] == 0:
         parts.insert(0, f"base {success_text(init_rows[0])}")
         replay += f" (the warm start: agentrl replay {cfg.run.init})"
-    return f"agentrl: held-out success {' -> '.join(parts)}. Replay: {replay}"
+    # Two overlapping intervals can still be a real difference, and a small net gain can be many
+    # puzzles won and lost: the paired count over the same puzzles says which.
+    first_eps, last_eps = (_eval_episodes(run_dir, int(r["step"])) for r in (first, last))
+    paired = ""
+    if first_eps and last_eps:
+        paired = f"; step {last['step']} against step {first['step']} on the same puzzles: {paired_change(first_eps, last_eps)}"
+    return f"agentrl: held-out success {' -> '.join(parts)}{paired}. Replay: {replay}"
+
+
+def _eval_episodes(run_dir: Path, step: int) -> list[Trajectory]:
+    """The valid episodes of a run's evaluation at ``step`` (none where its file is missing)."""
+    try:
+        return read_jsonl(run_dir / "eval" / step_filename(step))[0]
+    except OSError:
+        return []
 
 
 def _eval_rows(run_dir: Path) -> list[dict[str, Any]]:
