@@ -143,7 +143,10 @@ def _cmd_play(args: argparse.Namespace, stdin=None, stdout=None) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import time
     from pathlib import Path
+
+    started = time.monotonic()  # run.time_budget_min counts from here
 
     from agentrl.config import ConfigError, load_config
     from agentrl.training.trainer import train
@@ -169,7 +172,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = build(str(saved))
     run = train_with_warm_start if cfg.sft.warm_start else train
     with _no_folder_left_on_failed_start(Path(cfg.run.root) / cfg.run.name, args.resume):
-        run(cfg, resume=args.resume)
+        run(cfg, resume=args.resume, started=started)
     return 0
 
 

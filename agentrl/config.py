@@ -329,10 +329,17 @@ class SFTConfig:
     """Held-out evaluation every N SFT updates and after the last (``None``: ``eval.every``; 0: none
     during SFT, only the starting model's and the last). A warm start leaves its last update's
     evaluation to RL's step 0, which evaluates the same weights. ``eval.every: 0`` turns all off."""
+    eval_episodes: int | None = None
+    """Held-out seeds of the evaluations between SFT updates: the first ``eval_episodes`` of
+    ``eval.episodes``'s (``None``: all of them). They draw the learning curve; the model that SFT
+    ends with is evaluated on all (after the last update, or at RL's step 0 for a warm start), and so
+    is RL. A model still learning fails most rooms and plays every turn of them, so these are the
+    slowest evaluations of a run."""
 
     def problems(self) -> list[str]:
         """What is wrong with this section, each with its fix (empty: nothing)."""
         out = _not_positive("sft.", self, "episodes", "epochs", "batch_episodes")
+        out += _not_positive("sft.", self, "eval_episodes") if self.eval_episodes is not None else []
         out += _not_positive("sft.", self, "lr") if self.lr is not None else []
         if self.eval_every is not None and self.eval_every < 0:
             out.append(f"sft.eval_every must be >= 0 (0: no evaluation during SFT), got {self.eval_every}")
@@ -352,6 +359,19 @@ class RunConfig:
     """Start from this run's (or folder's) model, e.g. an SFT run."""
     progress: bool = True
     """Show a progress bar."""
+    time_budget_min: float | None = None
+    """Minutes from the command's start (a warm start's included) that RL's steps and final
+    evaluation must fit in: after each step, if one more as long as the longest so far and its
+    evaluation would end past it, that step is RL's last (evaluated and saved; ``--resume`` plays
+    the rest). The first RL step always runs. ``None``: no budget, ``train.steps`` steps."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each with its fix (empty: nothing)."""
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            return [
+                f"run.time_budget_min must be positive (minutes), or null for no budget; got {self.time_budget_min}"
+            ]
+        return []
 
 
 @dataclass
@@ -859,7 +879,17 @@ def validate(cfg: Config) -> None:
     """Check the whole tree before any work starts: each section its own fields (its ``problems()``),
     then the few settings that involve two sections (:func:`problems_across_sections`). The first
     section with a problem raises :class:`ConfigError`; then a run without a name gets one."""
-    sections = (cfg.env, cfg.collapse, cfg.algo, cfg.engine, cfg.rollout, cfg.train, cfg.sft, cfg.eval)
+    sections = (
+        cfg.env,
+        cfg.collapse,
+        cfg.algo,
+        cfg.engine,
+        cfg.rollout,
+        cfg.train,
+        cfg.sft,
+        cfg.eval,
+        cfg.run,
+    )
     for section in (*sections, cfg.curriculum, cfg.model):
         problems = section.problems()
         if problems:

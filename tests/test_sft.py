@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,18 @@ def test_sft_evaluates_every_sft_eval_every_updates_and_the_last_unless_a_warm_s
         load_config(env="sokoban", overrides=["sft.eval_every=-1"])
 
 
+def test_sft_evaluates_the_first_sft_eval_episodes_between_updates_and_all_after_the_last():
+    from agentrl.training.sft import eval_config
+
+    cfg = load_config(env="sokoban", overrides=["eval.episodes=128", "sft.eval_episodes=32"])
+    assert [eval_config(cfg, step, 30).eval.episodes for step in (10, 20, 30)] == [32, 32, 128]
+    assert eval_config(replace(cfg, eval=replace(cfg.eval, episodes=16)), 10, 30).eval.episodes == 16
+    unset = load_config(env="sokoban", overrides=["eval.episodes=128", "sft.eval_episodes=null"])
+    assert eval_config(unset, 10, 30).eval.episodes == 128
+    with pytest.raises(ConfigError, match="sft.eval_episodes"):
+        load_config(env="sokoban", overrides=["sft.eval_episodes=0"])
+
+
 def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
     sets = [
         f"run.root={root}",
@@ -177,6 +190,7 @@ def _warm_start_args(root: Path, name: str, steps: int) -> list[str]:
         "eval.base_episodes=1",
         "eval.every=1",
         "sft.eval_every=1",
+        "sft.eval_episodes=1",
         "run.progress=false",
     ]
     return ["train", "--env", "sokoban", "--model", "tiny-random", "--name", name] + [
@@ -195,7 +209,8 @@ def test_train_with_a_warm_start_is_one_command_and_resumes_without_redoing_it(t
     warm_rows = [json.loads(x) for x in (warm / "metrics.jsonl").read_text().splitlines()]
     # The base model, then update 1 of 2 (sft.eval_every=1); update 2's weights are RL's step 0.
     assert [r["step"] for r in warm_rows if "eval/success_rate" in r] == [0, 1]
-    assert warm_rows[0]["eval/episodes"] == 1  # eval.base_episodes
+    # eval.base_episodes, then sft.eval_episodes between updates
+    assert [r["eval/episodes"] for r in warm_rows if "eval/episodes" in r] == [1, 1]
     assert [r["step"] for r in warm_rows if "sft/nll" in r] == [1, 2]  # 6 demonstrations, 3 per update
     assert (warm / "checkpoints" / "step_000002" / "hf" / "config.json").is_file()
     rl_rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -171,6 +171,26 @@ def test_a_resume_without_room_for_its_next_checkpoint_stops_before_any_step(tmp
     assert not (tmp_path / "full" / "checkpoints" / "step_000002").exists()
 
 
+def test_the_time_budget_ends_rl_at_a_step_evaluated_and_saved_and_resume_plays_the_rest(tmp_path, capsys):
+    """run.time_budget_min: a budget spent before step 2 could start makes step 1 the last (eval.every=2
+    would not evaluate it otherwise); --resume without the budget plays steps 2 and 3."""
+    args = _tiny_args(tmp_path, "budget", "train.steps=3", "eval.every=2", "run.save_every=0", *LEARNING)
+    assert main(["train", "--env", "test_letters", *args, "--set", "run.time_budget_min=0.0001"]) == 0
+    out = capsys.readouterr().out
+    assert "agentrl: RL ends at step 1 of 3: another step (up to " in out
+    assert "run.time_budget_min=0.0001" in out and "--resume continues" in out
+    rows = _metrics(tmp_path / "budget")
+    assert [r["step"] for r in rows] == [1] and "eval/success_rate" in rows[0]
+    assert sorted(p.name for p in (tmp_path / "budget" / "checkpoints").iterdir()) == ["step_000001"]
+    # The run's saved config keeps the budget: a resume counts it afresh, or drops it.
+    assert (
+        main(["train", "--env", "test_letters", "--resume", *args, "--set", "run.time_budget_min=null"]) == 0
+    )
+    rows = _metrics(tmp_path / "budget")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert ["eval/success_rate" in r for r in rows] == [True, True, True]  # step 2 by eval.every, 3 the last
+
+
 def test_a_run_folder_without_checkpoints_is_not_reused(tmp_path, capsys):
     """A run still going (or dead before its first checkpoint) keeps its folder: a second run with
     the same name would interleave their metrics."""

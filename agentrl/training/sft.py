@@ -160,7 +160,9 @@ def sft(cfg: Config, sources: Sequence[str] | None = None, eval_last: bool = Tru
             if evaluation_due(cfg, step, total, eval_last):
                 if engine.capabilities.own_weights:  # the engine evaluates the weights just trained
                     engine.update_weights(policy_weights(policy.model, cfg.train.zero_stage))
-                metrics.update(evaluate_and_log(cfg, rollout, run_dir, step, log, world))
+                metrics.update(
+                    evaluate_and_log(eval_config(cfg, step, total), rollout, run_dir, step, log, world)
+                )
             log.log(step, metrics)
             log.advance(step)
         save(cfg, run_dir, ckpt.TrainerState(step=step), policy, world)
@@ -178,6 +180,14 @@ def evaluation_due(cfg: Config, step: int, total: int, eval_last: bool) -> bool:
 
     every = cfg.eval.every if cfg.sft.eval_every is None else cfg.sft.eval_every
     return bool(cfg.eval.every) and due(step, total, every, at_last=eval_last)
+
+
+def eval_config(cfg: Config, step: int, total: int) -> Config:
+    """The config of the evaluation after SFT update ``step`` of ``total``: between updates, the
+    first ``sft.eval_episodes`` held-out seeds; after the last, all ``eval.episodes``."""
+    if step >= total or cfg.sft.eval_episodes is None:
+        return cfg
+    return replace(cfg, eval=replace(cfg.eval, episodes=min(cfg.sft.eval_episodes, cfg.eval.episodes)))
 
 
 def sft_config(cfg: Config) -> Config:

@@ -11,10 +11,11 @@ restores the loop's state on resume. Then each step:
    each a sum of micro-batches of at most ``micro_batch_tokens`` tokens (DeepSpeed accumulates);
 5. **sync** (:func:`sync_weights`) the engine's weights (a no-op for the ``hf`` engine);
 6. **score** (:func:`score_step`): the step's metrics over every rank's episodes, its trajectory file;
-7. **evaluate** (:func:`evaluate_if_due`) on the held-out seeds when due;
+7. **time** (:func:`out_of_time`): ``run.time_budget_min`` makes this step the last when one more
+   would not fit; **evaluate** (:func:`evaluate_if_due`) on the held-out seeds when due and at the last;
 8. **log** (:func:`guard_and_log`): the collapse guard decides (warn, stop, filter), the metrics are
    written, the curriculum picks the next step's stage;
-9. **checkpoint** (:func:`checkpoint_if_due`) when due, on Ctrl-C and before a stop.
+9. **checkpoint** (:func:`checkpoint_if_due`) when due, at the last, on Ctrl-C and before a stop.
 
 Curriculum stage logic lives in :mod:`agentrl.training.curriculum`, collapse detection in
 :mod:`agentrl.algorithms.collapse`, the credit path in :mod:`agentrl.algorithms.credit`, what RL
@@ -48,6 +49,7 @@ from agentrl.rollout.weight_sync import (
     sync_tolerance,
 )
 from agentrl.training import checkpoint as ckpt
+from agentrl.training.budget import TimeBudget
 from agentrl.training.curriculum import CurriculumState, advance, stage_at
 from agentrl.training.distributed import World, all_reduce_max, gather_objects, meet
 from agentrl.training.evaluate import evaluate_and_log, evaluation_due, start_eval_config, success_text
@@ -91,12 +93,14 @@ class Stage:
     """Rollout settings the stage sets for its steps (``max_new_tokens``...; empty: the run's own)."""
 
 
-def train(cfg: Config, resume: bool = False) -> Path:
-    """Run (or resume) training as configured; return the run directory."""
-    run = start_run(cfg, resume)
+def train(cfg: Config, resume: bool = False, started: float | None = None) -> Path:
+    """Run (or resume) training as configured; return the run directory. ``started``: the
+    command's ``time.monotonic()`` start, which ``run.time_budget_min`` counts from (default: now)."""
+    run = start_run(cfg, resume, started)
     try:
         evaluate_at_start(run)
         for step in range(run.start_step, cfg.train.steps + 1):
+            t0 = time.monotonic()
             stage = begin_step(run, step)
             trajectories, metrics = roll_out(run, step, stage)
             credit = assign_step_credit(cfg, trajectories, run.state.keep_group_fraction, stage)
@@ -104,10 +108,12 @@ def train(cfg: Config, resume: bool = False) -> Path:
             metrics.update(update_policy(run, credit.selected, step, stage))
             metrics.update(sync_weights(cfg, run.engine, run.policy, trajectories, run.world))
             metrics.update(score_step(run, step, trajectories, metrics))
-            metrics.update(evaluate_if_due(run, step, stage))
+            run.budget.step_done(time.monotonic() - t0)
+            last = step == cfg.train.steps or out_of_time(run, step)
+            metrics.update(evaluate_if_due(run, step, stage, last))
             stop = guard_and_log(run, step, metrics)
-            checkpoint_if_due(run, step, stop)
-            if stop or run.ctrl_c.requested:
+            checkpoint_if_due(run, step, stop, last)
+            if stop or last or run.ctrl_c.requested:
                 break
         if run.world.is_main:
             log_summary(run)
@@ -138,6 +144,7 @@ class RLRun:
     tis: bool
     """Correct for the engine's numerics (truncated importance sampling, ``algo.tis``)."""
     ctrl_c: _GracefulStop
+    budget: TimeBudget
 
     def close(self) -> None:
         self.ctrl_c.restore()
@@ -146,7 +153,7 @@ class RLRun:
         self.log.close()
 
 
-def start_run(cfg: Config, resume: bool) -> RLRun:
+def start_run(cfg: Config, resume: bool, started: float | None = None) -> RLRun:
     """Set up the process, the run folder, the policy (restored on ``resume``), its engine, the
     rollout manager and the logger."""
     check_model(cfg)
@@ -185,8 +192,9 @@ def start_run(cfg: Config, resume: bool) -> RLRun:
     # The engine's log-probs are the behaviour policy's; correct for its numerics where they differ
     # (another engine's kernels, or the trainer's own bf16 autocast against fp32 sampling).
     tis = cfg.algo.tis.enabled(engine.capabilities.same_numerics and policy.autocast is None)
+    budget = TimeBudget(cfg.run.time_budget_min, time.monotonic() if started is None else started)
     return RLRun(
-        cfg, world, run_dir, start_step, policy, engine, rollout, log, state, tis, _GracefulStop(log)
+        cfg, world, run_dir, start_step, policy, engine, rollout, log, state, tis, _GracefulStop(log), budget
     )
 
 
@@ -203,6 +211,7 @@ def evaluate_at_start(run: RLRun) -> None:
         metrics = evaluate_and_log(
             start_eval_config(cfg), run.rollout, run.run_dir, 0, run.log, run.world, env_options
         )
+        run.budget.evaluated(metrics["timing/eval_s"])
         run.log.log(0, metrics)
 
 
@@ -272,14 +281,27 @@ def score_step(
     return out
 
 
-def evaluate_if_due(run: RLRun, step: int, stage: Stage) -> dict[str, float]:
-    """The held-out evaluation when due (every ``eval.every`` steps and the last); the stage's limits."""
+def out_of_time(run: RLRun, step: int) -> bool:
+    """Whether ``run.time_budget_min`` ends RL at ``step`` (every rank agrees: any rank's clock
+    that runs out ends all); the log says so."""
+    cfg = run.cfg
+    eval_due = bool(cfg.eval.every) and evaluation_due(step, cfg.train.steps, cfg.eval.every)
+    over = all_reduce_max(int(not run.budget.fits_another_step(eval_due)), run.world)
+    if over:
+        run.log.info(run.budget.stop_note(step, cfg.train.steps))
+    return bool(over)
+
+
+def evaluate_if_due(run: RLRun, step: int, stage: Stage, last: bool) -> dict[str, float]:
+    """The held-out evaluation when due (every ``eval.every`` steps and at ``last``, RL's last step:
+    ``train.steps``, or where the time budget ends it); the stage's limits."""
     cfg = run.cfg
     out: dict[str, float] = {}
-    if cfg.eval.every and evaluation_due(step, cfg.train.steps, cfg.eval.every):
+    if cfg.eval.every and evaluation_due(step, step if last else cfg.train.steps, cfg.eval.every):
         out.update(
             evaluate_and_log(cfg, run.rollout, run.run_dir, step, run.log, run.world, stage.env_options)
         )
+        run.budget.evaluated(out["timing/eval_s"])
         release_memory()
     if cfg.curriculum.stages:
         out.update(stage_metrics(cfg, stage))
@@ -296,11 +318,11 @@ def guard_and_log(run: RLRun, step: int, metrics: dict[str, float]) -> bool:
     return collapsed
 
 
-def checkpoint_if_due(run: RLRun, step: int, collapsed: bool) -> None:
-    """Save every ``run.save_every`` steps, at the last, on Ctrl-C and before a collapse stop."""
+def checkpoint_if_due(run: RLRun, step: int, collapsed: bool, last: bool) -> None:
+    """Save every ``run.save_every`` steps, at the ``last``, on Ctrl-C and before a collapse stop."""
     cfg = run.cfg
     due = cfg.run.save_every and step % cfg.run.save_every == 0
-    if due or step == cfg.train.steps or run.ctrl_c.requested or collapsed:
+    if due or last or run.ctrl_c.requested or collapsed:
         save(cfg, run.run_dir, run.state, run.policy, run.world)
     run.log.advance(step)
     if collapsed:

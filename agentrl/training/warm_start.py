@@ -17,6 +17,7 @@ May import: config, sft, trainer, run, checkpoint (this module sits above both l
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,12 +37,15 @@ from agentrl.training.trainer import train
 WARM_START = "warm_start"
 
 
-def train_with_warm_start(cfg: Config, resume: bool = False) -> Path:
+def train_with_warm_start(cfg: Config, resume: bool = False, started: float | None = None) -> Path:
     """The warm start (unless its checkpoint exists already), then RL from it; returns the RL run dir.
+    ``started``: the command's ``time.monotonic()`` start, which ``run.time_budget_min`` counts from
+    (default: now, so the warm start's minutes count).
 
     ``resume``: a finished warm start is kept and RL resumes from its latest checkpoint (or starts
     afresh from the warm start if it had none yet); an unfinished warm start starts over.
     """
+    started = time.monotonic() if started is None else started
     run_dir = Path(cfg.run.root) / cfg.run.name
     warm_dir = run_dir / WARM_START
     # Both checks before the warm start's minutes, not after them. (The reset options, RL's and the
@@ -60,7 +64,7 @@ def train_with_warm_start(cfg: Config, resume: bool = False) -> Path:
     elif resume and ckpt.latest_checkpoint(run_dir) is None:
         _forget_unstarted_rl(run_dir)
         resume = False
-    return train(rl_config(cfg), resume=resume)
+    return train(rl_config(cfg), resume=resume, started=started)
 
 
 def warm_start_config(cfg: Config) -> Config:
