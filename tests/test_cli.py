@@ -276,7 +276,7 @@ def test_only_a_folder_the_failed_start_wrote_is_removed(tmp_path, capsys, monke
     import agentrl.training.trainer
     from agentrl.config import ConfigError
 
-    def failing_train(cfg, resume=False):
+    def failing_train(cfg, resume=False, started=None):
         run = Path(cfg.run.root) / cfg.run.name
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text("x: 1\n")
