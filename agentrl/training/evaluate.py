@@ -57,9 +57,14 @@ def run_eval(
 def start_eval_config(cfg: Config) -> Config:
     """The config of a run's step-0 evaluation: a base model (no ``run.init``) plays the first
     ``eval.base_episodes`` held-out seeds; a run that starts from another is evaluated on all."""
-    if cfg.run.init or cfg.eval.base_episodes is None:
+    return cfg if cfg.run.init else first_seeds(cfg, cfg.eval.base_episodes)
+
+
+def first_seeds(cfg: Config, n: int | None) -> Config:
+    """``cfg`` evaluating only the first ``n`` of its held-out seeds (``None``: all of them)."""
+    if n is None or n >= cfg.eval.episodes:
         return cfg
-    return replace(cfg, eval=replace(cfg.eval, episodes=min(cfg.eval.base_episodes, cfg.eval.episodes)))
+    return replace(cfg, eval=replace(cfg.eval, episodes=n))
 
 
 def evaluate(cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:

@@ -185,9 +185,9 @@ def evaluation_due(cfg: Config, step: int, total: int, eval_last: bool) -> bool:
 def eval_config(cfg: Config, step: int, total: int) -> Config:
     """The config of the evaluation after SFT update ``step`` of ``total``: between updates, the
     first ``sft.eval_episodes`` held-out seeds; after the last, all ``eval.episodes``."""
-    if step >= total or cfg.sft.eval_episodes is None:
-        return cfg
-    return replace(cfg, eval=replace(cfg.eval, episodes=min(cfg.sft.eval_episodes, cfg.eval.episodes)))
+    from agentrl.training.evaluate import first_seeds
+
+    return cfg if step >= total else first_seeds(cfg, cfg.sft.eval_episodes)
 
 
 def sft_config(cfg: Config) -> Config:
