@@ -32,12 +32,14 @@ def tiny_model(tiny_model_path):
 def load_script():
     """``load_script("eval_table")``: a script of ``scripts/`` imported as a module, to test its functions."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     def load(name: str):
         path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # as an import would: dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
 

@@ -252,3 +252,37 @@ def test_paired_eval_names_a_missing_file_and_what_to_give_instead(tmp_path):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{missing} is not a file" in done.stderr and "agentrl eval --out DIR" in done.stderr
+
+
+def test_rl_headroom_splits_greedy_failures_by_whether_a_sampled_try_solved_them(
+    load_script, tmp_path, capsys
+):
+    from agentrl.rollout.trajectory import Trajectory, write_jsonl
+
+    script = load_script("rl_headroom")
+
+    def evals(name: str, solved: dict[int, list[bool]]) -> Path:
+        episodes = [
+            Trajectory(env="t", seed=s, group=s, success=ok) for s, oks in solved.items() for ok in oks
+        ]
+        return write_jsonl(tmp_path / name, episodes)
+
+    # Four tries a puzzle: seed 0 4/4, 1 2/4, 2 1/4, 3 0/4, 4 3/4; greedy solves seeds 0 and 1 only.
+    tries = {0: [True] * 4, 1: [True, False, True, False], 2: [False, False, True, False]}
+    tries |= {3: [False] * 4, 4: [True, True, False, True]}
+    sampled = script.solved_tries(evals("sampled.jsonl", tries))
+    greedy = script.greedy_solved(evals("greedy.jsonl", {s: [s < 2] for s in range(5)}))
+    room = script.headroom(sampled, greedy)
+    assert (room.puzzles, room.tries, room.greedy) == (5, 4, 2)
+    assert (room.reachable, room.unreached, room.ceiling) == ([2, 4], [3], 4)
+    # pass@1: mean share (4+2+1+0+3)/16 = 0.5; pass@2 per seed 1, 1-1/6, 1-3/6, 0, 1 -> 3.333/5;
+    # pass@4: 4 of 5 seeds solved at least once.
+    assert room.pass_at == pytest.approx({1: 0.5, 2: 10 / 15, 4: 0.8})
+    # +10 points of 5 puzzles needs 2.5 solved: within the ceiling of 4; +50 needs 4.5: 0.5 beyond.
+    assert script.report(room, sampled, 10.0)[2].endswith("+10 points needs 2.5/5: within reach")
+    lines = script.report(room, sampled, 50.0)
+    assert lines[2].endswith("+50 points needs 4.5/5: 0.5 puzzles that no try solves")
+    assert lines[3] == "reachable failures (tries solved): 4 (3/4), 2 (1/4)"
+    # After RL greedy solves 0, 2 and 3: seed 2 gained within reach, seed 3 beyond it, seed 1 lost.
+    after = script.greedy_solved(evals("after.jsonl", {s: [s in (0, 2, 3)] for s in range(5)}))
+    assert script.gains(sampled, greedy, after) == ([2], [3], [1])
