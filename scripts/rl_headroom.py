@@ -42,12 +42,8 @@ def solved_tries(path: Path) -> dict[int, tuple[int, int]]:
 
 
 def greedy_solved(path: Path) -> dict[int, bool]:
-    """Seed -> whether its (first) greedy episode solved it."""
-    episodes, _ = read_jsonl(path)
-    out: dict[int, bool] = {}
-    for episode in episodes:
-        out.setdefault(episode.seed, bool(episode.success))
-    return out
+    """Seed -> whether its greedy episode solved it (greedy evaluation plays each seed once)."""
+    return {seed: solved > 0 for seed, (solved, _) in solved_tries(path).items()}
 
 
 @dataclass(frozen=True)

@@ -254,9 +254,7 @@ def test_paired_eval_names_a_missing_file_and_what_to_give_instead(tmp_path):
     assert f"{missing} is not a file" in done.stderr and "agentrl eval --out DIR" in done.stderr
 
 
-def test_rl_headroom_splits_greedy_failures_by_whether_a_sampled_try_solved_them(
-    load_script, tmp_path, capsys
-):
+def test_rl_headroom_splits_greedy_failures_by_whether_a_sampled_try_solved_them(load_script, tmp_path):
     from agentrl.rollout.trajectory import Trajectory, write_jsonl
 
     script = load_script("rl_headroom")
