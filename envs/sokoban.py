@@ -23,7 +23,7 @@ import numpy as np
 
 from agentrl import TextEnv
 
-from .sokoban_solver import ACTIONS, DELTAS, solve
+from .sokoban_solver import ACTIONS, DELTAS, live_squares, solve
 
 __all__ = [
     "SokobanEnv",
@@ -462,6 +462,7 @@ class SokobanEnv(TextEnv):
         plan_in_info: bool = True,
         describe_positions: bool = False,
         describe_pushes: bool = False,
+        exclude_dead_pushes: bool = False,
     ):
         """
         Args:
@@ -484,6 +485,13 @@ class SokobanEnv(TextEnv):
                 behind it, where the player stands to push, are both free. Whether the player can
                 reach that square is left to the agent. Which pushes a room allows is what a
                 135M model fails to read off the grid (docs/sokoban-recipe.md).
+            exclude_dead_pushes: with ``describe_pushes``, leave out the pushes that would put a
+                box on a dead square, one from which no pushes bring a lone box to any target (a
+                corner that is not a target, a wall side with no target along it:
+                :func:`~agentrl_envs.sokoban_solver.live_squares`, the solver's own pruning). A box
+                already on one ``cannot be pushed``. Such a push loses the room for good, and which
+                squares are dead depends on walls a few squares away, what the 135M model's thought
+                does not work out (docs/sokoban-recipe.md, "Dead pushes").
         """
         super().__init__(render_mode=render_mode)
         self.dim_room = _check_dim(dim_room)
@@ -497,6 +505,12 @@ class SokobanEnv(TextEnv):
         self.plan_in_info = bool(plan_in_info)
         self.describe_positions = bool(describe_positions)
         self.describe_pushes = bool(describe_pushes)
+        self.exclude_dead_pushes = bool(exclude_dead_pushes)
+        if self.exclude_dead_pushes and not self.describe_pushes:
+            raise ValueError(
+                "exclude_dead_pushes narrows the pushes line of describe_pushes, which is off: "
+                "set describe_pushes=True too (or drop exclude_dead_pushes)"
+            )
         self.instructions = _instructions(self.max_actions_per_turn)
         if self.describe_positions:
             self.instructions += (
@@ -506,13 +520,19 @@ class SokobanEnv(TextEnv):
         if self.describe_pushes:
             # Worded to follow the positions' sentence (the main job's prompt, as measured).
             self.instructions += (
-                "\nThen the directions each box can be pushed, walls and boxes allowing."
+                "\nThen the directions each box can be pushed, walls and boxes allowing"
                 if self.describe_positions
-                else "\nUnder the grid: the directions each box off a target can be pushed, walls and boxes allowing."
+                else "\nUnder the grid: the directions each box off a target can be pushed, walls and boxes allowing"
+            )
+            self.instructions += (
+                ", and only onto squares from which it can still reach a target."
+                if self.exclude_dead_pushes
+                else "."
             )
         # Episode state, set by reset.
         self._room: SokobanRoom | None = None
         self._floor: frozenset[Cell] = frozenset()
+        self._live: frozenset[Cell] = frozenset()
         self._base_chars: list[str] = []
         self._stride = 1
         self._targets: frozenset[Cell] = frozenset()
@@ -603,6 +623,8 @@ class SokobanEnv(TextEnv):
         self._room = room
         h, w = room.dim
         self._floor = frozenset((r, c) for r in range(h) for c in range(w) if not room.walls[r, c])
+        # Where a box may still go (exclude_dead_pushes): the walls and targets fix it for the episode.
+        self._live = live_squares(room.walls, room.targets) if self.exclude_dead_pushes else self._floor
         # The fixed part of the text (walls, floor, targets), one char per cell plus a newline per
         # row: each observation copies it and overlays boxes and player.
         self._stride = w + 1
@@ -791,7 +813,8 @@ class SokobanEnv(TextEnv):
 
     def _free_pushes(self, box: Cell) -> list[str]:
         """The moves that would push ``box`` (in ``ACTIONS`` order): the square beyond it and the square
-        behind it (where the player must stand) are both floor with no other box."""
+        behind it (where the player must stand) are both floor with no other box, and with
+        ``exclude_dead_pushes`` the square beyond is not dead."""
         return [
             move
             for move, (dr, dc) in zip(ACTIONS, DELTAS)
@@ -799,6 +822,7 @@ class SokobanEnv(TextEnv):
                 cell in self._floor and cell not in self._boxes
                 for cell in ((box[0] + dr, box[1] + dc), (box[0] - dr, box[1] - dc))
             )
+            and (box[0] + dr, box[1] + dc) in self._live
         ]
 
     def _pushes(self) -> str:

@@ -11,7 +11,7 @@ Pure Python, no agentrl import: usable on its own to generate warm-start data.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 #: Action names in the order of :data:`DELTAS`.
 ACTIONS: tuple[str, str, str, str] = ("Up", "Down", "Left", "Right")
@@ -43,23 +43,7 @@ def solve(  # noqa: C901, PLR0912
         ``[]`` if the room is already solved, a shortest plan if one is found within
         ``max_nodes`` states, else ``None`` (unsolvable, or the limit was reached).
     """
-    height = len(walls)
-    width = len(walls[0]) if height else 0
-    # Flat indices over a grid padded with a wall border: bounds checks become wall checks.
-    stride = width + 2
-    free = bytearray((height + 2) * stride)
-    for r in range(height):
-        row = walls[r]
-        for c in range(width):
-            if not row[c]:
-                free[(r + 1) * stride + c + 1] = 1
-
-    def flat(cell: Cell) -> int:
-        r, c = int(cell[0]), int(cell[1])
-        if not (0 <= r < height and 0 <= c < width):
-            raise ValueError(f"cell {cell} lies outside the {height}x{width} grid")
-        return (r + 1) * stride + c + 1
-
+    free, stride, flat = _padded(walls)
     box_cells = tuple(sorted(flat(b) for b in boxes))
     target_cells = frozenset(flat(t) for t in targets)
     start_player = flat(player)
@@ -105,6 +89,39 @@ def solve(  # noqa: C901, PLR0912
                 return None
             queue.append((q, nbs, nk))
     return None
+
+
+def live_squares(walls: Sequence[Sequence[bool]], targets: Iterable[Cell]) -> frozenset[Cell]:
+    """The squares from which a lone box can still be pushed onto one of ``targets`` (other boxes
+    and where the player can walk ignored): every other floor square is *dead*, a box there is stuck
+    for good (a corner that is not a target, a wall side with no target along it). The solver prunes
+    pushes onto dead squares; the env can leave them out of the pushes it describes."""
+    free, stride, flat = _padded(walls)
+    live = _live_cells(free, frozenset(flat(t) for t in targets), (-stride, stride, -1, 1))
+    height, width = len(walls), len(walls[0]) if len(walls) else 0
+    return frozenset((r, c) for r in range(height) for c in range(width) if live[(r + 1) * stride + c + 1])
+
+
+def _padded(walls: Sequence[Sequence[bool]]) -> tuple[bytearray, int, Callable[[Cell], int]]:
+    """The grid as flat cells padded with a wall border (bounds checks become wall checks): the
+    free-cell mask, the row stride and the map from (row, col) to a flat index."""
+    height = len(walls)
+    width = len(walls[0]) if height else 0
+    stride = width + 2
+    free = bytearray((height + 2) * stride)
+    for r in range(height):
+        row = walls[r]
+        for c in range(width):
+            if not row[c]:
+                free[(r + 1) * stride + c + 1] = 1
+
+    def flat(cell: Cell) -> int:
+        r, c = int(cell[0]), int(cell[1])
+        if not (0 <= r < height and 0 <= c < width):
+            raise ValueError(f"cell {cell} lies outside the {height}x{width} grid")
+        return (r + 1) * stride + c + 1
+
+    return free, stride, flat
 
 
 def _live_cells(free: bytearray, targets: frozenset[int], steps: tuple[int, ...]) -> bytearray:

@@ -13,7 +13,7 @@ import gymnasium
 import numpy as np
 import pytest
 from agentrl_envs.sokoban import SokobanEnv, generate_room, orient_room, parse_action, parse_layout
-from agentrl_envs.sokoban_solver import solve
+from agentrl_envs.sokoban_solver import live_squares, solve
 
 from agentrl.envs.env import HOSTILE_ACTIONS
 
@@ -330,6 +330,47 @@ def test_describe_pushes_names_the_pushes_walls_and_boxes_allow():
     )
 
 
+def test_live_squares_are_those_a_lone_box_can_still_be_pushed_from_onto_a_target():
+    room = parse_layout("#####\n#P_X#\n#O__#\n#####")
+    # Target (2,1). A box reaches it from (2,2) pushed Left (the player at (2,3)); nothing reaches
+    # (2,2): from (2,3) the player would stand in the wall, from (1,2) above the top row. The top
+    # row and (2,3) are dead: a box there is stuck for good.
+    assert live_squares(room.walls, room.targets) == {(2, 1), (2, 2)}
+    # The solver prunes the same squares: a box on a dead one has no plan.
+    assert solve(room.walls, [(1, 3)], room.targets, (2, 3)) is None
+    open_room = parse_layout("######\n#____#\n#_X__#\n#P_O_#\n######")
+    # Target (3,3) on the bottom row: the bottom row stays live (a box there goes Left or Right along
+    # it), the top row and the side columns are dead, the middle row lives.
+    assert live_squares(open_room.walls, open_room.targets) == {(2, 2), (2, 3), (3, 2), (3, 3)}
+
+
+def test_exclude_dead_pushes_leaves_out_the_pushes_that_lose_the_room():
+    layout = "######\n#____#\n#_X__#\n#P_O_#\n######"  # box (2,2), target (3,3)
+    walls_only = SokobanEnv(describe_positions=True, describe_pushes=True)
+    assert walls_only.reset(options={"layout": layout})[0].splitlines()[-1] == (
+        "The box at row 3 column 3 can be pushed Up, Down, Left or Right."
+    )
+    env = SokobanEnv(describe_positions=True, describe_pushes=True, exclude_dead_pushes=True)
+    obs, _ = env.reset(options={"layout": layout})
+    # Up (the top row) and Left (the left column) would stick it; Down and Right keep the target in reach.
+    assert obs.splitlines()[-1] == "The box at row 3 column 3 can be pushed Down or Right."
+    # The thought copies the narrowed list; the plan's push is always in it (a plan never kills the room).
+    assert "It can be pushed Down or Right. I push the box " in env.oracle_thought()
+    # Pushed Up onto a dead square anyway, the box cannot be pushed anywhere that helps.
+    env.step("Right")
+    obs, *_ = env.step("Up")  # from (3,2): the box to (1,2), the top row
+    assert obs.splitlines()[-1] == "The box at row 2 column 3 cannot be pushed."
+    assert walls_only.reset(options={"layout": "######\n#_X__#\n#_P__#\n#__O_#\n######"})[0].endswith(
+        "The box at row 2 column 3 can be pushed Left or Right."
+    )
+    assert env.instructions.endswith(
+        "\nThen the directions each box can be pushed, walls and boxes allowing, "
+        "and only onto squares from which it can still reach a target."
+    )
+    with pytest.raises(ValueError, match="set describe_pushes=True too"):
+        SokobanEnv(exclude_dead_pushes=True)
+
+
 def test_oracle_thought_with_pushes_copies_them_before_choosing_one():
     env = SokobanEnv(describe_positions=True, describe_pushes=True)
     env.reset(options={"layout": "#####\n#O__#\n#XP_#\n#___#\n#####"})
@@ -378,11 +419,14 @@ def test_oracle_thought_with_positions_skips_the_copy_and_says_where_i_stand():
     )
 
 
-def test_oracle_thought_is_true_on_generated_rooms():
-    """On 200 rooms, the push the thought names is the plan's first box move, made from where it says."""
+@pytest.mark.parametrize("exclude_dead_pushes", [False, True])
+def test_oracle_thought_is_true_on_generated_rooms(exclude_dead_pushes: bool):
+    """On 200 rooms, the push the thought names is the plan's first box move, made from where it
+    says, and one the observation lists (also where dead pushes are left out: a plan never kills
+    its room)."""
     import re
 
-    env = SokobanEnv(describe_positions=True, describe_pushes=True)
+    env = SokobanEnv(describe_positions=True, describe_pushes=True, exclude_dead_pushes=exclude_dead_pushes)
     for seed in range(200):
         obs, _ = env.reset(seed=seed)
         thought, plan = env.oracle_thought(), env.oracle_actions()
