@@ -12,6 +12,10 @@ replayed; the first turn that goes wrong is classified:
   oracle's, the reply's moves then make the room unsolvable or do not shorten the plan;
 - ``ran out of turns``: every turn was right and the turns ran out.
 
+Apart from that class, it counts the failed rooms where a box went onto a *dead square*, one from
+which no pushes bring it to a target (``live_squares``: the pushes ``exclude_dead_pushes`` leaves
+out of the observation), and the turn it first did.
+
     python scripts/sokoban_failures.py runs/NAME/eval/step_000004.jsonl [more files]
 """
 
@@ -22,7 +26,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from agentrl_envs.sokoban import ACTIONS, DELTAS, WALL, SokobanEnv
+from agentrl_envs.sokoban import ACTIONS, DELTAS, WALL, SokobanEnv, parse_layout
+from agentrl_envs.sokoban_solver import live_squares
 
 from agentrl.config import load_config
 from agentrl.rollout.trajectory import Trajectory, read_jsonl
@@ -45,14 +50,31 @@ def _blocked(env: SokobanEnv, push: re.Match) -> bool:
     return wall(row, col) or wall(*past)
 
 
-def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
-    """The class of the first turn of ``episode`` that departs from the oracle (see module doc)."""
-    # A training room drawn with min_plan_length reports the seed that builds it on its own, and a
-    # turned one its orientation.
+def _replay_start(env: SokobanEnv, episode: Trajectory) -> None:
+    """Reset ``env`` to ``episode``'s room. A training room drawn with min_plan_length reports the
+    seed that builds it on its own, and a turned one its orientation."""
     info = episode.reset_info
     env.reset(
         seed=int(info.get("room_seed", episode.seed)), options={"orientation": info.get("orientation", 0)}
     )
+
+
+def dead_square_turn(env: SokobanEnv, episode: Trajectory) -> int | None:
+    """The turn (from 1) whose moves first put a box on a dead square, ``None`` if none did."""
+    _replay_start(env, episode)
+    room = parse_layout(env.render())
+    live = live_squares(room.walls, room.targets)
+    for i, turn in enumerate(episode.turns):
+        for action in turn.actions:
+            env.step(action)
+            if not live.issuperset(parse_layout(env.render()).boxes):
+                return i + 1
+    return None
+
+
+def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
+    """The class of the first turn of ``episode`` that departs from the oracle (see module doc)."""
+    _replay_start(env, episode)
     for i, turn in enumerate(episode.turns):
         label = f"turn {min(i + 1, 3)}{'+' if i >= 2 else ''}"
         said, oracle = PUSH.search(turn.reply), PUSH.search(env.oracle_thought())
@@ -94,6 +116,12 @@ def main() -> None:
         print(f"{path}: {len(failed)} of {len(episodes)} failed")
         for kind, n in counts.most_common():
             print(f"  {n:>4}  {kind}")
+        dead = Counter(t for e in failed if (t := dead_square_turn(env, e)) is not None)
+        turns = ", ".join(f"turn {t}: {n}" for t, n in sorted(dead.items()))
+        print(
+            f"  a box pushed onto a dead square in {sum(dead.values())} of the {len(failed)}"
+            + (f" ({turns})" if turns else "")
+        )
 
 
 if __name__ == "__main__":

@@ -629,6 +629,49 @@ def test_failure_script_rebuilds_a_turned_training_room(load_script):
     assert script.first_mistake(env, episode) == "ran out of turns"
 
 
+def _walk_then_dead_push(room) -> list[str] | None:
+    """Moves that walk round the box (never touching it) and then push it onto a dead square."""
+    from collections import deque
+
+    steps = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}
+    live = live_squares(room.walls, room.targets)
+    box = room.boxes[0]
+    paths, queue = {room.player: []}, deque([room.player])
+    while queue:  # where the player can walk, and how
+        cell = queue.popleft()
+        for move, (dr, dc) in steps.items():
+            nxt = (cell[0] + dr, cell[1] + dc)
+            if not room.walls[nxt] and nxt != box and nxt not in paths:
+                paths[nxt] = [*paths[cell], move]
+                queue.append(nxt)
+    for move, (dr, dc) in steps.items():
+        stand, beyond = (box[0] - dr, box[1] - dc), (box[0] + dr, box[1] + dc)
+        if stand in paths and not room.walls[beyond] and beyond not in live:
+            return [*paths[stand], move]
+    return None
+
+
+def test_failure_script_finds_the_turn_a_box_went_onto_a_dead_square(load_script):
+    from agentrl.rollout.trajectory import Trajectory, Turn
+
+    script = load_script("sokoban_failures")
+    env = SokobanEnv(describe_positions=True, describe_pushes=True)
+    seed = next(
+        s for s in range(50) if env.reset(seed=s) and _walk_then_dead_push(parse_layout(env.render()))
+    )
+    _, info = env.reset(seed=seed)
+    dead_push = _walk_then_dead_push(parse_layout(env.render()))
+
+    def episode(*actions: list[str]) -> Trajectory:
+        turns = [Turn(observation="", reply="", actions=a, reward=-0.1, format_ok=True) for a in actions]
+        return Trajectory(env="sokoban", seed=seed, group=0, turns=turns, reset_info=info)
+
+    # The plan's own first turn never does; a turn of the plan's, then (from the start again, in a
+    # second episode) a wasted turn and the walk and push onto a dead square, on turn 2.
+    assert script.dead_square_turn(env, episode(env.oracle_turn_actions())) is None
+    assert script.dead_square_turn(env, episode([], dead_push)) == 2
+
+
 def test_failure_script_tells_an_impossible_push_from_a_possible_one(load_script):
     """Impossible: a wall where the player must stand, or where the box would go."""
     script = load_script("sokoban_failures")
