@@ -98,8 +98,8 @@ def live_squares(walls: Sequence[Sequence[bool]], targets: Iterable[Cell]) -> fr
     pushes onto dead squares; the env can leave them out of the pushes it describes."""
     free, stride, flat = _padded(walls)
     live = _live_cells(free, frozenset(flat(t) for t in targets), (-stride, stride, -1, 1))
-    height, width = len(walls), len(walls[0]) if len(walls) else 0
-    return frozenset((r, c) for r in range(height) for c in range(width) if live[(r + 1) * stride + c + 1])
+    cells = ((r, c) for r in range(len(walls)) for c in range(len(walls[r])))
+    return frozenset(cell for cell in cells if live[flat(cell)])
 
 
 def _padded(walls: Sequence[Sequence[bool]]) -> tuple[bytearray, int, Callable[[Cell], int]]:

@@ -13,7 +13,7 @@ import gymnasium
 import numpy as np
 import pytest
 from agentrl_envs.sokoban import SokobanEnv, generate_room, orient_room, parse_action, parse_layout
-from agentrl_envs.sokoban_solver import live_squares, solve
+from agentrl_envs.sokoban_solver import ACTIONS, DELTAS, live_squares, solve
 
 from agentrl.envs.env import HOSTILE_ACTIONS
 
@@ -633,7 +633,7 @@ def _walk_then_dead_push(room) -> list[str] | None:
     """Moves that walk round the box (never touching it) and then push it onto a dead square."""
     from collections import deque
 
-    steps = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}
+    steps = dict(zip(ACTIONS, DELTAS))
     live = live_squares(room.walls, room.targets)
     box = room.boxes[0]
     paths, queue = {room.player: []}, deque([room.player])
