@@ -611,6 +611,40 @@ def test_failure_script_names_the_first_turn_that_departs_from_the_oracle(load_s
     assert script.first_mistake(env, episode((right, []))) == "turn 1: thought right, moves no progress"
 
 
+# Box at row 3 column 4, target at row 2 column 2: both Up and Left bring it nearer, the walls allow
+# both, and the target opens only to a push Left (below it and left of it are walls), so Left
+# comes last and Up first: the plan is Down, Left, Up (push), Right, Up, Left (push), Left (push).
+CORNER_TARGET = "######\n#O___#\n#__XP#\n##___#\n######\n######"
+
+
+def test_push_choice_classes_hand_built_rooms(load_script):
+    script = load_script("sokoban_push_choice")
+    room = parse_layout(CORNER_TARGET)
+    assert script.toward((2, 3), (1, 1)) == ["Up", "Left"]
+    assert script.allowed(room, (2, 3)) == ["Up", "Down", "Left", "Right"]
+    assert script.open_sides(room, (1, 1)) == ["Left"]
+    assert script.classify(room, "Up") == "the target's side decides, rightly"
+    assert script.classify(room, "Left") == "the target's side decides, wrongly"
+    assert script.classify(room, "Down") == "away"
+    # In the target's row, only Left brings the box nearer.
+    in_row = parse_layout("######\n#O_XP#\n#____#\n##___#\n######\n######")
+    assert script.classify(in_row, "Left") == "one toward allowed"
+    # Down and Right both bring it nearer, and the target opens to both: walls further away decide.
+    both_open = parse_layout("######\n#____#\n#_X__#\n#___O#\n#__P_#\n######")
+    assert script.open_sides(both_open, (3, 4)) == ["Down", "Right"]
+    assert script.classify(both_open, "Down") == "open"
+
+
+def test_push_choice_walks_the_plan_push_by_push(load_script):
+    script = load_script("sokoban_push_choice")
+    env = SokobanEnv()
+    env.reset(options={"layout": CORNER_TARGET})
+    pushes = script.plan_pushes(env)
+    assert [move for _, move in pushes] == ["Up", "Left", "Left"]
+    assert [room.boxes[0] for room, _ in pushes] == [(2, 3), (1, 3), (1, 2)]
+    assert env.oracle_actions() == []  # the plan played out: solved
+
+
 def test_failure_script_rebuilds_a_turned_training_room(load_script):
     from agentrl.rollout.trajectory import Trajectory, Turn
 
