@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -388,6 +389,11 @@ def _either(moves: Sequence[str]) -> str:
     return moves[0] if len(moves) == 1 else f"{', '.join(moves[:-1])} or {moves[-1]}"
 
 
+def _walk_sentence(push: str, walk: Sequence[str]) -> str:
+    """``"Walk to push Up: Down, Left."``, ``"Walk to push Left: none."``"""
+    return f"Walk to push {push}: {', '.join(walk) or 'none'}."
+
+
 def _first_push(plan: Sequence[str], player: Cell, box: Cell) -> tuple[int, str, Cell] | None:
     """The first move of ``plan`` that pushes the (only) box: its index, the move, and where the
     player stands for it."""
@@ -463,6 +469,7 @@ class SokobanEnv(TextEnv):
         describe_positions: bool = False,
         describe_pushes: bool = False,
         exclude_dead_pushes: bool = False,
+        describe_walks: bool = False,
     ):
         """
         Args:
@@ -492,6 +499,13 @@ class SokobanEnv(TextEnv):
                 already on one ``cannot be pushed``. Such a push loses the room for good, and which
                 squares are dead depends on walls a few squares away, what the 135M model's thought
                 does not work out (docs/sokoban-recipe.md, "Dead pushes").
+            describe_walks: with ``describe_pushes``, follow each box's pushes with the shortest walk
+                to the square each push is made from, round walls and boxes (``Walk to push Up:
+                Down, Left. Walk to push Left: none.``); a push whose square the player cannot reach
+                gets none. Finding that route is mechanical, and the 135M model fails at it where
+                the walk goes round the box: it walks the square's offset straight and pushes the
+                box the wrong way (docs/sokoban-recipe.md, "Two ways to the target, and the walk
+                around the box"). Which push to make is still the agent's choice.
         """
         super().__init__(render_mode=render_mode)
         self.dim_room = _check_dim(dim_room)
@@ -506,11 +520,13 @@ class SokobanEnv(TextEnv):
         self.describe_positions = bool(describe_positions)
         self.describe_pushes = bool(describe_pushes)
         self.exclude_dead_pushes = bool(exclude_dead_pushes)
-        if self.exclude_dead_pushes and not self.describe_pushes:
-            raise ValueError(
-                "exclude_dead_pushes narrows the pushes line of describe_pushes, which is off: "
-                "set describe_pushes=True too (or drop exclude_dead_pushes)"
-            )
+        self.describe_walks = bool(describe_walks)
+        for name in ("exclude_dead_pushes", "describe_walks"):
+            if getattr(self, name) and not self.describe_pushes:
+                raise ValueError(
+                    f"{name} adds to the pushes line of describe_pushes, which is off: "
+                    f"set describe_pushes=True too (or drop {name})"
+                )
         self.instructions = _instructions(self.max_actions_per_turn)
         if self.describe_positions:
             self.instructions += (
@@ -529,6 +545,9 @@ class SokobanEnv(TextEnv):
                 if self.exclude_dead_pushes
                 else "."
             )
+            if self.describe_walks:
+                self.instructions += " After each push, your shortest walk to the square it is pushed from."
+
         # Episode state, set by reset.
         self._room: SokobanRoom | None = None
         self._floor: frozenset[Cell] = frozenset()
@@ -730,9 +749,14 @@ class SokobanEnv(TextEnv):
                 parts.append(f"It can be pushed {_either(self._free_pushes(boxes[0]))}.")
             _, move, (sr, sc) = push
             parts.append(f"I push the box {move} from row {sr + 1} column {sc + 1}.")
-            (pr, pc) = self._player
-            where = "there already" if (sr, sc) == (pr, pc) else _offset((sr, sc), (pr, pc))
-            parts.append(f"I am at row {pr + 1} column {pc + 1}: {where}.")
+            walk = self._walk((sr, sc)) if self.describe_walks else None
+            if walk is not None:
+                # Copied from the observation: the route is read, not worked out.
+                parts.append(_walk_sentence(move, walk))
+            else:
+                (pr, pc) = self._player
+                where = "there already" if (sr, sc) == (pr, pc) else _offset((sr, sc), (pr, pc))
+                parts.append(f"I am at row {pr + 1} column {pc + 1}: {where}.")
         elif plan:
             parts.append(f"It takes {len(plan)} move{'s' if len(plan) != 1 else ''}.")
         return " ".join(parts)
@@ -748,7 +772,12 @@ class SokobanEnv(TextEnv):
         plan = self.oracle_actions()
         boxes = [b for b in self._boxes if b not in self._targets]
         push = _first_push(plan, self._player, boxes[0]) if plan and len(boxes) == 1 else None
-        return plan if push is None else plan[: push[0] + 1]
+        if push is None:
+            return plan
+        walk = self._walk(push[2]) if self.describe_walks else None
+        # The walk the observation names, as long as the plan's own (both shortest, round the box):
+        # the reply then makes the walk its thought copied.
+        return [*walk, push[1]] if walk is not None else plan[: push[0] + 1]
 
     def oracle_actions(self, max_nodes: int | None = None) -> list[str] | None:
         """A shortest plan (``["Up", "Left", ...]``) from the current state, by BFS over (player, boxes).
@@ -825,13 +854,36 @@ class SokobanEnv(TextEnv):
             and (box[0] + dr, box[1] + dc) in self._live
         ]
 
+    def _walk(self, square: Cell) -> list[str] | None:
+        """A shortest walk of the player to ``square`` round walls and boxes (moves in ``ACTIONS``
+        order break ties), ``[]`` if there already, ``None`` if it cannot be reached."""
+        paths: dict[Cell, list[str]] = {self._player: []}
+        queue = deque([self._player])
+        while queue:
+            cell = queue.popleft()
+            if cell == square:
+                return paths[cell]
+            for move, (dr, dc) in zip(ACTIONS, DELTAS):
+                nxt = (cell[0] + dr, cell[1] + dc)
+                if nxt in self._floor and nxt not in self._boxes and nxt not in paths:
+                    paths[nxt] = [*paths[cell], move]
+                    queue.append(nxt)
+        return None
+
     def _pushes(self) -> str:
         """``"The box at row 3 column 4 can be pushed Up or Left."`` for each box off a target."""
 
         def sentence(box: Cell) -> str:
             free = self._free_pushes(box)
             where = f"The box at row {box[0] + 1} column {box[1] + 1}"
-            return f"{where} can be pushed {_either(free)}." if free else f"{where} cannot be pushed."
+            if not free:
+                return f"{where} cannot be pushed."
+            out = [f"{where} can be pushed {_either(free)}."]
+            for move in free if self.describe_walks else ():
+                dr, dc = DELTAS[ACTIONS.index(move)]
+                if (walk := self._walk((box[0] - dr, box[1] - dc))) is not None:
+                    out.append(_walk_sentence(move, walk))
+            return " ".join(out)
 
         return " ".join(sentence(b) for b in sorted(self._boxes) if b not in self._targets)
 

@@ -617,6 +617,39 @@ def test_failure_script_names_the_first_turn_that_departs_from_the_oracle(load_s
 CORNER_TARGET = "######\n#O___#\n#__XP#\n##___#\n######\n######"
 
 
+def test_walks_name_the_shortest_way_to_each_push_round_the_box():
+    env = SokobanEnv(describe_positions=True, describe_pushes=True, describe_walks=True)
+    obs, _ = env.reset(options={"layout": CORNER_TARGET})
+    # Player at row 3 column 5 right of the box: Left is pushed from where it stands; Right's square
+    # lies behind the box, 4 moves round it (over the top: Up comes first among equal walks).
+    assert obs.splitlines()[-1] == (
+        "The box at row 3 column 4 can be pushed Up, Down, Left or Right. Walk to push Up: Down, Left. "
+        "Walk to push Down: Up, Left. Walk to push Left: none. Walk to push Right: Up, Left, Left, Down."
+    )
+    assert "your shortest walk to the square it is pushed from" in env.instructions
+    # The plan pushes Up first: the thought copies that push's walk, and the reply makes it.
+    assert env.oracle_thought().endswith(
+        "I push the box Up from row 4 column 4. Walk to push Up: Down, Left."
+    )
+    assert env.oracle_turn_actions() == ["Down", "Left", "Up"]
+    with pytest.raises(ValueError, match="describe_walks adds to the pushes line of describe_pushes"):
+        SokobanEnv(describe_walks=True)
+
+
+def test_walk_demonstrations_stay_optimal_and_copy_the_observation():
+    env = SokobanEnv(describe_positions=True, describe_pushes=True, describe_walks=True)
+    for seed in range(60):
+        obs, info = env.reset(seed=seed)
+        moves = 0
+        while env.oracle_actions():
+            walk = env.oracle_thought().rsplit(". ", 1)[-1]
+            assert walk.startswith("Walk to push ") and walk in obs
+            for move in env.oracle_turn_actions():
+                obs, _, terminated, _, _ = env.step(move)
+                moves += 1
+        assert terminated and moves == info["optimal_plan_length"], seed
+
+
 def test_push_choice_classes_hand_built_rooms(load_script):
     script = load_script("sokoban_push_choice")
     room = parse_layout(CORNER_TARGET)
