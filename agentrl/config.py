@@ -189,6 +189,14 @@ class AlgoConfig:
     and shorter episodes (failed multi-turn episodes are the long ones: on Sokoban about 220 sampled
     tokens per trained episode against 290 under plain GRPO), and leaves alone the text the failed
     tries share with the solved ones."""
+    faithful_only: bool = False
+    """Pull up no episode with a turn whose answer ignored its thought: where the env judges replies
+    (its optional ``actions_follow_thought``, Sokoban's checks the moves make the push the thought
+    names), an episode with a turn judged ``False`` gets no positive advantage, so with
+    ``positive_advantage_only`` it does not train at all. An outcome reward alone pays for a success
+    the reasoning did not earn (a walk made backwards that happened to work), and reinforcing those
+    teaches that answer and thought need not agree, which then breaks rooms the model had solved
+    (docs/sokoban-recipe.md). Envs without the judge: no effect."""
     skip_zero_advantage: bool = True
     """Skip the forward/backward of samples whose advantages are all zero (their policy gradient is
     zero); only when KL and entropy terms are off, since those still act on such samples."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -55,6 +56,10 @@ RESET_OPTIONS = frozenset(
 ORIENTATIONS = 8
 #: How many rooms ``reset(options={"min_plan_length": n})`` may draw before it gives up.
 MAX_PLAN_LENGTH_DRAWS = 200
+#: The sentence of a thought that names its push (:meth:`SokobanEnv.oracle_thought` writes it).
+_NAMED_PUSH = re.compile(r"\bI push the box (up|down|left|right)\b", re.IGNORECASE)
+#: How much of a thought :meth:`SokobanEnv.actions_follow_thought` reads (bounded time on any reply).
+MAX_THOUGHT_CHARS = 4096
 
 
 def parse_action(action: Any) -> int | None:
@@ -778,6 +783,55 @@ class SokobanEnv(TextEnv):
         # The walk the observation names, as long as the plan's own (both shortest, round the box):
         # the reply then makes the walk its thought copied.
         return [*walk, push[1]] if walk is not None else plan[: push[0] + 1]
+
+    def actions_follow_thought(self, thought: str, actions: Sequence[str]) -> bool | None:
+        """Whether one reply's ``actions`` (before they are sent) make the push its ``thought`` names.
+
+        The thought's first "I push the box <move>" names the push (the oracle thought's sentence).
+        The actions follow it if that push is one the walls allow, the moves before it walk a
+        shortest way to the square it is made from (round walls and the box), and nothing comes
+        after it; a reply that stops short of the push, still on such a walk, follows it too (the
+        walk may take more than one turn). ``None`` where there is no single box off its target or
+        the thought names no push: nothing to judge. An outcome reward alone would reinforce a
+        success whose answer ignored its reasoning (a reversed walk that happened to work), and
+        the model would learn that the two need not agree (docs/sokoban-recipe.md).
+        """
+        boxes = [b for b in self._boxes if b not in self._targets]
+        named = _NAMED_PUSH.search(thought[:MAX_THOUGHT_CHARS])
+        if len(boxes) != 1 or named is None:
+            return None
+        box, push = boxes[0], named.group(1).capitalize()
+        if push not in self._free_pushes(box):
+            return False
+        dr, dc = DELTAS[ACTIONS.index(push)]
+        square = (box[0] - dr, box[1] - dc)
+        distance = self._distances_to(square)
+        cell = self._player
+        for i, action in enumerate(actions):
+            move = parse_action(action)
+            if move is None:
+                return False
+            if cell == square:
+                # At the square: the push, and it ends the reply.
+                return ACTIONS[move] == push and i == len(actions) - 1
+            nxt = (cell[0] + DELTAS[move][0], cell[1] + DELTAS[move][1])
+            if distance.get(nxt, -1) != distance.get(cell, -2) - 1:
+                return False
+            cell = nxt
+        return True
+
+    def _distances_to(self, square: Cell) -> dict[Cell, int]:
+        """Walking distance of each floor cell to ``square`` round walls and boxes (BFS)."""
+        distance = {square: 0}
+        queue = deque([square])
+        while queue:
+            cell = queue.popleft()
+            for dr, dc in DELTAS:
+                nxt = (cell[0] + dr, cell[1] + dc)
+                if nxt in self._floor and nxt not in self._boxes and nxt not in distance:
+                    distance[nxt] = distance[cell] + 1
+                    queue.append(nxt)
+        return distance
 
     def oracle_actions(self, max_nodes: int | None = None) -> list[str] | None:
         """A shortest plan (``["Up", "Left", ...]``) from the current state, by BFS over (player, boxes).

@@ -20,20 +20,20 @@ import argparse
 from pathlib import Path
 
 from agentrl.algorithms.advantages import AdvantageParams
-from agentrl.algorithms.credit import assign_credit
+from agentrl.algorithms.credit import EpisodeFilter, assign_credit
 from agentrl.algorithms.rewards import ShapingParams
 from agentrl.rollout.trajectory import read_jsonl
 
 FILTERS = {
-    "StarPO-S top half": {"keep_group_fraction": 0.5},
-    "mixed success only": {"mixed_success_only": True},
+    "StarPO-S top half": EpisodeFilter(keep_group_fraction=0.5),
+    "mixed success only": EpisodeFilter(mixed_success_only=True),
 }
 
 
-def balance(run: Path, step: int, filters: dict) -> tuple[int, float, float]:
+def balance(run: Path, step: int, filters: EpisodeFilter) -> tuple[int, float, float]:
     """(episodes trained, token_mean balance, seq_mean balance) of one step's trajectories."""
     trajectories, _ = read_jsonl(run / "trajectories" / f"step_{step:06d}.jsonl")
-    credit = assign_credit(trajectories, AdvantageParams(), ShapingParams(), **filters)
+    credit = assign_credit(trajectories, AdvantageParams(), ShapingParams(), filters)
     tok_net = tok_abs = seq_net = seq_abs = 0.0
     for traj in credit.selected:
         adv = [a for s in traj.samples for a, m in zip(s.advantages, s.loss_mask) if m]

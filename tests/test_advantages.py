@@ -22,7 +22,7 @@ from agentrl.algorithms.advantages import (
     select_groups_by_std,
     select_groups_with_mixed_success,
 )
-from agentrl.algorithms.credit import assign_credit
+from agentrl.algorithms.credit import EpisodeFilter, assign_credit
 from agentrl.algorithms.rewards import ShapingParams
 from agentrl.rollout.trajectory import Sample, Trajectory, Turn
 
@@ -324,7 +324,7 @@ def test_assign_credit_puts_each_turns_advantage_on_its_sampled_tokens() -> None
 
 def test_assign_credit_starpo_s_keeps_the_groups_with_spread() -> None:
     trajs = [_episode(0, 0, [1.0]), _episode(0, 0, [0.0]), _episode(1, 1, [0.5]), _episode(1, 1, [0.5])]
-    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), keep_group_fraction=0.5)
+    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), EpisodeFilter(keep_group_fraction=0.5))
     assert credit.selected == trajs[:2]
     assert credit.metrics["train/kept_episode_fraction"] == 0.5
 
@@ -346,25 +346,71 @@ def test_assign_credit_mixed_success_only_drops_groups_that_all_solved_or_all_fa
         _with_success(_episode(2, 2, [-0.1]), False),
         _with_success(_episode(2, 2, [-0.1, -1.0]), False),
     ]
-    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), mixed_success_only=True)
+    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), EpisodeFilter(mixed_success_only=True))
     assert credit.selected == trajs[:2]
     assert credit.metrics["train/kept_episode_fraction"] == pytest.approx(2 / 6)
     # The filter picks episodes; it does not change advantages: group 1's are still +-0.7071.
     assert trajs[2].samples[0].advantages[2] == pytest.approx(0.7071, abs=1e-3)
     # StarPO-S alone at 0.34 keeps ceil(1.02) = 2 groups by spread: 0 and 2 (a group that only
     # failed); with the mixed filter too, an episode trains only if its group passes both.
-    spread_only = assign_credit(trajs, AdvantageParams(), ShapingParams(), keep_group_fraction=0.34)
+    spread_only = assign_credit(
+        trajs, AdvantageParams(), ShapingParams(), EpisodeFilter(keep_group_fraction=0.34)
+    )
     assert spread_only.selected == [trajs[0], trajs[1], trajs[4], trajs[5]]
     both = assign_credit(
-        trajs, AdvantageParams(), ShapingParams(), keep_group_fraction=0.34, mixed_success_only=True
+        trajs,
+        AdvantageParams(),
+        ShapingParams(),
+        EpisodeFilter(keep_group_fraction=0.34, mixed_success_only=True),
     )
     assert both.selected == trajs[:2]
     # min_return_spread 0.5 widens the mixed filter to group 2 (both failed, spanning 1.0), not
     # group 1 (both solved, spanning 0.2).
     wider = assign_credit(
-        trajs, AdvantageParams(), ShapingParams(), mixed_success_only=True, min_return_spread=0.5
+        trajs,
+        AdvantageParams(),
+        ShapingParams(),
+        EpisodeFilter(mixed_success_only=True, min_return_spread=0.5),
     )
     assert wider.selected == trajs[:2] + trajs[4:]
+
+
+def test_assign_credit_faithful_only_never_pulls_up_a_success_its_thought_did_not_earn() -> None:
+    # Group 0, returns 10, 10, 0: mean 6.6667, unbiased std sqrt((2 * 3.3333^2 + 6.6667^2) / 2)
+    # = 5.7735, so A = +0.5774, +0.5774, -1.1547 over the episodes' every turn. Episode 1's second
+    # turn made moves its thought did not name: its +0.5774 becomes 0 on both turns, and with
+    # positive_advantage_only it leaves the update; episode 2's failure keeps its -1.1547.
+    trajs = [_episode(0, 0, [10.0]), _episode(0, 0, [0.0, 10.0]), _episode(0, 0, [0.0])]
+    for traj in trajs:
+        traj.success = traj.reward > 0
+        for turn in traj.turns:
+            turn.follows_thought = True
+    trajs[1].turns[1].follows_thought = False
+    trajs[2].turns[0].follows_thought = None  # not judged: counts as faithful
+    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), EpisodeFilter(faithful_only=True))
+    assert trajs[0].samples[0].advantages[2:4] == pytest.approx([0.5774] * 2, abs=1e-4)
+    assert trajs[1].samples[0].advantages == [0.0] * 8
+    assert trajs[2].samples[0].advantages[2:4] == pytest.approx([-1.1547] * 2, abs=1e-4)
+    assert credit.selected == trajs
+    assert credit.metrics["train/unfaithful_success_fraction"] == pytest.approx(1 / 2)
+    both = assign_credit(
+        trajs,
+        AdvantageParams(),
+        ShapingParams(),
+        EpisodeFilter(faithful_only=True, positive_advantage_only=True),
+    )
+    assert both.selected == [trajs[0]]
+    # Off, the unfaithful success is pulled up like the other; the metric still counts it.
+    off = assign_credit(trajs, AdvantageParams(), ShapingParams())
+    assert trajs[1].samples[0].advantages[5:7] == pytest.approx([0.5774] * 2, abs=1e-4)
+    assert off.metrics["train/unfaithful_success_fraction"] == pytest.approx(1 / 2)
+    # No turn judged (an env without the judge): no metric, and the filter changes nothing.
+    for traj in trajs:
+        for turn in traj.turns:
+            turn.follows_thought = None
+    plain = assign_credit(trajs, AdvantageParams(), ShapingParams(), EpisodeFilter(faithful_only=True))
+    assert "train/unfaithful_success_fraction" not in plain.metrics
+    assert trajs[1].samples[0].advantages[2:4] == pytest.approx([0.5774] * 2, abs=1e-4)
 
 
 def test_assign_credit_positive_advantage_only_trains_the_better_tries_alone() -> None:
@@ -377,7 +423,9 @@ def test_assign_credit_positive_advantage_only_trains_the_better_tries_alone() -
         _episode(1, 1, [1.0]),
         _episode(1, 1, [0.0, 0.0]),
     ]
-    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), positive_advantage_only=True)
+    credit = assign_credit(
+        trajs, AdvantageParams(), ShapingParams(), EpisodeFilter(positive_advantage_only=True)
+    )
     assert credit.selected == [trajs[0], trajs[1], trajs[3]]
     assert credit.metrics["train/kept_episode_fraction"] == pytest.approx(3 / 5)
     assert trajs[1].samples[0].advantages == pytest.approx(
@@ -395,7 +443,7 @@ def test_assign_credit_positive_advantage_only_trains_the_better_tries_alone() -
     gig = [_episode(0, 0, [-0.1, 10.0]), _episode(0, 0, [-0.1, -0.1]), _episode(0, 0, [-0.1, -1.0])]
     gig[0].turns[1].observation = "o-solved"
     credit = assign_credit(
-        gig, AdvantageParams(estimator="gigpo"), ShapingParams(), positive_advantage_only=True
+        gig, AdvantageParams(estimator="gigpo"), ShapingParams(), EpisodeFilter(positive_advantage_only=True)
     )
     assert credit.selected == [gig[0], gig[1]]
     assert gig[1].samples[0].advantages == pytest.approx([0, 0, 0, 0, 0, 0.205, 0.205, 0], abs=1e-3)
@@ -412,7 +460,7 @@ def test_advantage_balance_script_leans_negative_under_token_mean_when_failures_
     # token_mean: (2 - 4) * 0.7071 / (6 * 0.7071) = -1/3; seq_mean: (0.7071 - 0.7071) / 1.41 = 0.
     trajs = [_with_success(_episode(0, 0, [10.9]), True), _with_success(_episode(0, 0, [-0.1, -0.1]), False)]
     write_jsonl(tmp_path / "trajectories" / "step_000001.jsonl", trajs)
-    n, token_mean, seq_mean = script.balance(tmp_path, 1, {"mixed_success_only": True})
+    n, token_mean, seq_mean = script.balance(tmp_path, 1, EpisodeFilter(mixed_success_only=True))
     assert n == 2
     assert token_mean == pytest.approx(-1 / 3, abs=1e-4)
     assert seq_mean == pytest.approx(0.0, abs=1e-6)

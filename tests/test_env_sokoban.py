@@ -811,3 +811,60 @@ def test_progress_reward_takes_progress_back_at_a_dead_end() -> None:
 def test_progress_reward_rejects_a_bad_value(bad: object) -> None:
     with pytest.raises(ValueError, match="progress_reward must be a number >= 0"):
         SokobanEnv().reset(options={"layout": PROGRESS_ROOM, "progress_reward": bad})
+
+
+# ------------------------------------------------------------------------------------------------
+# actions_follow_thought: does a reply's answer make the push its thought names?
+# ------------------------------------------------------------------------------------------------
+
+# Player row 3 column 2, box row 3 column 4 (1-based), target row 4 column 5.
+OPEN_ROOM = "######\n#____#\n#P_X_#\n#___O#\n######"
+
+
+def test_actions_follow_thought_when_they_walk_a_shortest_way_then_make_the_named_push() -> None:
+    env = SokobanEnv()
+    env.reset(options={"layout": OPEN_ROOM})
+    right = "Box row 3, target row 4: 1 down. I push the box Right from row 3 column 3."
+    assert env.actions_follow_thought(right, ["Right", "Right"]) is True
+    assert env.actions_follow_thought(right, ["Right"]) is True  # the walk, the push next turn
+    assert env.actions_follow_thought("so i push the box right", ["right", " Right "]) is True
+    assert env.actions_follow_thought(right, ["Right", "Right", "Up"]) is False  # a move after the push
+    assert env.actions_follow_thought(right, ["Up", "Right", "Right"]) is False  # not a shortest walk
+    assert env.actions_follow_thought(right, ["Right", "Up"]) is False  # at the square, not the push
+    # Down is pushed from row 2 column 4, three moves away by either of two shortest walks.
+    down = "I push the box Down from row 2 column 4."
+    assert env.actions_follow_thought(down, ["Up", "Right", "Right", "Down"]) is True
+    assert env.actions_follow_thought(down, ["Right", "Up", "Right"]) is True
+    assert env.actions_follow_thought(down, ["Right", "Right", "Up"]) is False  # walks into the box
+    assert env.actions_follow_thought(down, ["Down", "Right"]) is False  # unknown to the walk
+    assert env.actions_follow_thought(down, ["Jump"]) is False
+
+
+def test_actions_follow_thought_refuses_a_push_the_walls_forbid_and_judges_nothing_unnamed() -> None:
+    env = SokobanEnv()
+    env.reset(options={"layout": "#####\n#P_X#\n#O__#\n#####"})  # the box against the right wall
+    assert env.actions_follow_thought("I push the box Right from row 2 column 3.", ["Right"]) is False
+    assert env.actions_follow_thought("The box goes left.", ["Right"]) is None  # no push named
+    assert env.actions_follow_thought("x" * 1_000_000 + " I push the box Up", ["Up"]) is None  # unread
+    two = SokobanEnv(num_boxes=2)
+    two.reset(seed=3)
+    assert two.actions_follow_thought("I push the box Up.", ["Up"]) is None
+
+
+@pytest.mark.parametrize("walks", [False, True])
+def test_the_oracle_replies_follow_their_thoughts_on_generated_rooms(walks: bool) -> None:
+    """The warm start's replies (thought, then the actions it explains) pass, turn after turn."""
+    env = SokobanEnv(describe_positions=True, describe_pushes=True, describe_walks=walks)
+    for seed in range(60):
+        env.reset(seed=seed)
+        for _ in range(10):
+            actions = env.oracle_turn_actions()
+            assert actions, seed
+            assert env.actions_follow_thought(env.oracle_thought(), actions) is True, seed
+            for action in actions:
+                *_, terminated, _, info = env.step(action)
+            if terminated:
+                assert info["success"]
+                break
+        else:
+            raise AssertionError(f"seed {seed}: the oracle's replies did not solve the room")

@@ -385,6 +385,23 @@ def test_turn_actions_are_the_actions_sent(tokenizer):
     assert trajs[0].turns[0].actions == ["Up"]
 
 
+def test_turns_record_whether_the_answer_follows_the_thought(tokenizer):
+    env = agentrl.make("sokoban")
+    env.reset(seed=0)
+    thought, actions = env.oracle_thought(), env.oracle_turn_actions()
+    detour = ["Down", *actions]  # a step off the walk the thought names
+    assert env.actions_follow_thought(thought, detour) is False
+    script = [[reply(*actions, think=thought), reply(*detour, think=thought), reply(*actions)]]
+    trajs, _, _ = rollout(tokenizer, script, seeds=[0], group_size=3, max_turns=1, max_actions_per_turn=10)
+    assert [t.turns[0].follows_thought for t in trajs] == [True, False, None]  # "ok" names no push
+    assert parse_reply(reply("Up", think="I push the box Up"), think=True, max_actions=3).thought == (
+        "I push the box Up"
+    )
+    # A reply the parser refuses is not judged.
+    trajs, _, _ = rollout(tokenizer, "<answer>Up</answer>", seeds=[0], group_size=1, max_turns=1)
+    assert trajs[0].turns[0].follows_thought is None
+
+
 def test_reply_prefix_is_prompt_not_sampled(tokenizer):
     """``reply_prefix`` (``<think>`` pre-filled) is shown to the model as prompt tokens (mask 0) and
     the parser sees it: the model then only writes the rest of the think block."""

@@ -13,8 +13,10 @@
    did not (DAPO's dynamic-sampling filter), and with ``min_return_spread`` > 0 also those whose
    returns span at least that much (dense progress rewards); below ``keep_group_fraction`` < 1 only the groups with
    the widest reward spread (StarPO-S); with ``positive_advantage_only`` only the episodes with an
-   advantage above 0, their negative ones zeroed (RAFT). An episode goes on to the update if it
-   passes all that are on.
+   advantage above 0, their negative ones zeroed (RAFT). With ``faithful_only`` an episode with a
+   turn whose answer ignored its thought (``Turn.follows_thought`` is False) has its positive
+   advantages zeroed first: it is never pulled up. An episode goes on to the update if it passes
+   all that are on.
 
 May import: :mod:`agentrl.algorithms.advantages`, :mod:`agentrl.algorithms.rewards`,
 :mod:`agentrl.rollout.trajectory`.
@@ -47,28 +49,40 @@ class Credit:
     """The trajectories that go on to the update (all of them, or StarPO-S's kept groups), their
     samples carrying per-token advantages."""
     metrics: dict[str, float]
-    """``train/advantage_abs_mean``, ``train/kept_episode_fraction`` and, with shaping,
-    ``train/shaping_bonus``."""
+    """``train/advantage_abs_mean``, ``train/kept_episode_fraction``, where the env judges replies
+    ``train/unfaithful_success_fraction`` (successes with a turn whose answer ignored its thought)
+    and, with shaping, ``train/shaping_bonus``."""
+
+
+@dataclass(frozen=True)
+class EpisodeFilter:
+    """Which episodes go on to the update (step 5 above); every filter is off by default."""
+
+    keep_group_fraction: float = 1.0
+    """StarPO-S: only the top fraction of groups by in-group reward std (1.0: all groups)."""
+    mixed_success_only: bool = False
+    """Only the groups whose episodes differ in success."""
+    min_return_spread: float = 0.0
+    """With ``mixed_success_only``: also the groups whose returns span at least this (0: off)."""
+    positive_advantage_only: bool = False
+    """Negative advantages become 0 and the episodes left without a positive one drop out."""
+    faithful_only: bool = False
+    """An episode with a turn whose answer ignored its thought (``follows_thought`` False) has its
+    positive advantages zeroed before that: it is never pulled up."""
 
 
 def assign_credit(
     trajectories: Sequence[Trajectory],
     advantage: AdvantageParams,
     shaping: ShapingParams,
-    keep_group_fraction: float = 1.0,
+    episodes: EpisodeFilter = EpisodeFilter(),
     max_reply_tokens: int | None = None,
-    mixed_success_only: bool = False,
-    positive_advantage_only: bool = False,
-    min_return_spread: float = 0.0,
 ) -> Credit:
     """Shaped rewards -> per-turn advantages -> per-token advantages on every sample of
-    ``trajectories``; then the StarPO-S group filter keeping the top ``keep_group_fraction`` of
-    groups by in-group reward std, and with ``mixed_success_only`` only the groups whose episodes
-    differ in success (or, with ``min_return_spread`` > 0, whose returns span at least that much).
-    Advantages are computed over every group first, so a group filter changes
-    which episodes train, never their values; ``positive_advantage_only`` then sets the negative
-    ones to 0 and drops the episodes left without a positive one. ``max_reply_tokens``: the
-    episode's reply budget, the cosine reward's default ``L_max``."""
+    ``trajectories``; then ``episodes`` picks those that train. Advantages are computed over every
+    group first, so a group filter changes which episodes train, never their values;
+    ``faithful_only`` and ``positive_advantage_only`` do change them (above).
+    ``max_reply_tokens``: the episode's reply budget, the cosine reward's default ``L_max``."""
     bonus = None
     if shaping.enabled:
         bonus = shaping_bonus(
@@ -82,22 +96,33 @@ def assign_credit(
     batch = TurnBatch.from_trajectories(trajectories, bonus)
     advantages = compute_advantages(batch, advantage)  # (N,) one per turn
     metrics = {"train/advantage_abs_mean": float(advantages.abs().mean()) if advantages.numel() else 0.0}
-    if positive_advantage_only:
+    unfaithful = torch.tensor(
+        [any(t.follows_thought is False for t in traj.turns) for traj in trajectories], dtype=torch.bool
+    )
+    if any(t.follows_thought is not None for traj in trajectories for t in traj.turns):
+        successes = torch.tensor([traj.success for traj in trajectories], dtype=torch.bool)
+        metrics["train/unfaithful_success_fraction"] = float(
+            (unfaithful & successes).sum() / successes.sum().clamp(min=1)
+        )
+    if episodes.faithful_only:
+        # (N,) per turn: its episode has an unfaithful turn
+        advantages = torch.where(unfaithful[batch.episode], advantages.clamp(max=0.0), advantages)
+    if episodes.positive_advantage_only:
         advantages = advantages.clamp(min=0.0)
     advantages_onto_tokens(trajectories, batch, advantages)
     if bonus is not None:
         metrics["train/shaping_bonus"] = float(bonus.mean())
     keep = torch.ones(len(trajectories), dtype=torch.bool)
     returns, groups = batch.episode_return(), batch.episode_group()  # (B,) each
-    if keep_group_fraction < 1.0:
-        keep &= select_groups_by_std(returns, groups, keep_group_fraction)
-    if mixed_success_only:
+    if episodes.keep_group_fraction < 1.0:
+        keep &= select_groups_by_std(returns, groups, episodes.keep_group_fraction)
+    if episodes.mixed_success_only:
         success = torch.tensor([traj.success for traj in trajectories], dtype=torch.bool)
         kept = select_groups_with_mixed_success(success, groups)
-        if min_return_spread > 0:
-            kept |= select_groups_by_spread(returns, groups, min_return_spread)
+        if episodes.min_return_spread > 0:
+            kept |= select_groups_by_spread(returns, groups, episodes.min_return_spread)
         keep &= kept
-    if positive_advantage_only:
+    if episodes.positive_advantage_only:
         # (B,) whether any turn of the episode kept a positive advantage
         positive = torch.zeros(len(trajectories), dtype=torch.bool).index_fill_(
             0, batch.episode[advantages > 0], True

@@ -59,6 +59,11 @@ class TextEnv(gymnasium.Env[str, str]):
       warm-start reply's ``<think>``), and ``oracle_turn_actions() -> list[str] | None``, the
       actions one warm-start reply gives: those the thought explains (default: the plan's first
       ``max_actions_per_turn``).
+    - Optional: ``actions_follow_thought(thought: str, actions: list[str]) -> bool | None``,
+      called before a reply's actions are sent: whether they are the ones its ``<think>`` text
+      (``thought``) names, judged at the current state; ``None`` when there is nothing to judge.
+      Recorded as the turn's ``follows_thought``; ``algo.faithful_only`` then trains no success
+      whose answer ignored its reasoning. Untrusted text: parse it, never run it.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}

@@ -162,9 +162,11 @@ class ParsedReply:
     error: str | None = None
     """``None`` when usable, else ``no_answer_tag``, ``no_think_tag``, ``empty_answer``,
     ``too_many_actions`` or ``unknown_action``."""
+    thought: str = ""
+    """The text of the last ``<think>...</think>`` before the answer (empty if none)."""
 
 
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 def parse_reply(
@@ -182,6 +184,7 @@ def parse_reply(
     format error instead of an env step. With ``answer_format="raw"`` the whole reply is the answer.
     """
     text = text[:MAX_REPLY_CHARS]
+    thought = ""
     if answer_format == "raw":
         answer = text
     else:
@@ -191,8 +194,10 @@ def parse_reply(
         start = text.rfind("<answer>", 0, end) if end >= 0 else -1
         if start < 0:
             return ParsedReply(error="no_answer_tag")
-        if think and not _THINK.search(text[:start]):
+        thoughts = _THINK.findall(text[:start])
+        if think and not thoughts:
             return ParsedReply(error="no_think_tag")
+        thought = thoughts[-1] if thoughts else ""
         answer = text[start + len("<answer>") : end]
     actions = [a.strip() for a in answer.split(separator)] if max_actions > 1 else [answer.strip()]
     actions = [a for a in actions if a]
@@ -205,7 +210,7 @@ def parse_reply(
         if any(a.lower() not in canon for a in actions):
             return ParsedReply(actions=actions, error="unknown_action")
         actions = [canon[a.lower()] for a in actions]
-    return ParsedReply(actions=actions)
+    return ParsedReply(actions=actions, thought=thought)
 
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -553,6 +558,13 @@ class RolloutManager:
             turn.reward = self.config.format_penalty * (1.0 - credit)
             e.last_reward = turn.reward
             return
+        judge = getattr(e.env, "actions_follow_thought", None)
+        if judge is not None and self.config.think:
+            try:
+                verdict = judge(parsed.thought, list(parsed.actions))
+                turn.follows_thought = None if verdict is None else bool(verdict)
+            except Exception:  # noqa: BLE001 - a judge that breaks leaves the turn unjudged
+                turn.follows_thought = None
         reward = 0.0
         turn.actions = []  # from here on: only the actions actually sent
         for action in parsed.actions:

@@ -84,6 +84,9 @@ class Turn:
     """Whether the reply followed the answer format and gave usable actions."""
     format_error: str | None = None
     """Why the reply was not usable (``no_answer_tag``, ``too_many_actions``...), if not."""
+    follows_thought: bool | None = None
+    """Whether the actions are the ones the reply's thought names, as the env judged before they
+    were sent (its optional ``actions_follow_thought``); ``None``: not judged."""
     info: dict[str, Any] = field(default_factory=dict)
     """The env's info after the last action of this turn."""
     sample: int = 0

@@ -36,7 +36,7 @@ import torch
 
 from agentrl import seeds
 from agentrl.algorithms.collapse import GuardDecision, decide, detect, signals
-from agentrl.algorithms.credit import Credit, assign_credit
+from agentrl.algorithms.credit import Credit, EpisodeFilter, assign_credit
 from agentrl.config import Config, ConfigError
 from agentrl.rollout.engines.base import Engine
 from agentrl.rollout.manager import PER_CALL_SETTINGS, RolloutManager
@@ -511,11 +511,14 @@ def assign_step_credit(
         trajectories,
         cfg.algo.advantage,
         cfg.algo.shaping,
-        keep_group_fraction,
+        EpisodeFilter(
+            keep_group_fraction=keep_group_fraction,
+            mixed_success_only=cfg.algo.mixed_success_only,
+            min_return_spread=cfg.algo.min_return_spread,
+            positive_advantage_only=cfg.algo.positive_advantage_only,
+            faithful_only=cfg.algo.faithful_only,
+        ),
         max_reply_tokens=limits["max_new_tokens"] * limits["max_turns"],
-        mixed_success_only=cfg.algo.mixed_success_only,
-        positive_advantage_only=cfg.algo.positive_advantage_only,
-        min_return_spread=cfg.algo.min_return_spread,
     )
 
 
