@@ -148,13 +148,16 @@ def _sokoban(tok: ToyTokenizer, rng: random.Random, level: int, skill: float, ma
     game = Sokoban(board)
     plan = list(solution) if rng.random() < skill else []
     turns = []
+    follows: list[bool | None] = []  # the env's verdict per turn: the plan's moves follow the thought
     end_reason = "max_turns"
     for k in range(max_turns):
         obs = f"Turn {k + 1}. Push every box onto a target.\n{game.render()}"
         if rng.random() < 0.08:  # a reply without an answer: format penalty, env not stepped
             reply = "<think>I am not sure which way to go.</think>I will move the box."
             turns.append((obs, reply, [], -0.1, False, "no_answer_tag", {}, "stop"))
+            follows.append(None)
             continue
+        follows.append(bool(plan))
         action = plan.pop(0) if plan else rng.choice(list(MOVES))
         think = rng.choice(
             [
@@ -167,6 +170,7 @@ def _sokoban(tok: ToyTokenizer, rng: random.Random, level: int, skill: float, ma
             plan.insert(0, action)
             reply = f"<think>{think} Let me double check the walls"
             turns.append((obs, reply, [], -0.1, False, "no_answer_tag", {}, "length"))
+            follows[-1] = None
             continue
         reward, moved = game.step(action)
         info = {
@@ -180,6 +184,8 @@ def _sokoban(tok: ToyTokenizer, rng: random.Random, level: int, skill: float, ma
             end_reason = "terminated"
             break
     sample, built = _episode(tok, rng, "sokoban", SOKOBAN_INSTRUCTIONS, turns)
+    for turn, verdict in zip(built, follows):
+        turn.follows_thought = verdict
     return sample, built, game.solved, end_reason, {"level": level, "solution": solution}
 
 

@@ -538,8 +538,11 @@ def test_page_plays_an_episode_with_board_and_tokens(server, run_dir, watched):
     page.wait_for_selector(f"#slot-A .turn-label >> text=turn 3 / {n}")
     page.keyboard.press("ArrowLeft")
     page.wait_for_selector(f"#slot-A .turn-label >> text=turn 2 / {n}")
-    # Reply: thinking and answer apart; actions, reward.
+    # Reply: thinking and answer apart; actions, reward; the env's verdict on the answer, if any.
     assert page.locator("#slot-A .seg.think").count() + page.locator("#slot-A .seg.answer").count() >= 1
+    verdict = RunData(run_dir).episode("train", 1, i)["turns"][1].get("follows_thought")
+    shown = page.locator("#slot-A .turn-meta >> text=follows thought")
+    assert shown.count() == (verdict is not None)
     # Token view: trained tokens coloured, log-prob and advantage on hover.
     page.check("#show-tokens")
     trained = page.locator("#slot-A .tokens .tok.trained")

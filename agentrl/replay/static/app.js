@@ -479,6 +479,12 @@
       h('div', {}, h('span', { class: 'k', text: 'format' }), t.format_ok
         ? h('span', { class: 'ok', text: '✓ ok' })
         : h('span', { class: 'fail', text: '✗ ' + (t.format_error || 'invalid') })),
+      // The env's verdict (Turn.follows_thought): null or absent when it did not judge.
+      typeof t.follows_thought === 'boolean'
+        ? h('div', {}, h('span', { class: 'k', text: 'follows thought' }), t.follows_thought
+          ? h('span', { class: 'ok', text: '✓ yes' })
+          : h('span', { class: 'fail', text: '✗ the moves are not those the thought names' }))
+        : null,
       Object.keys(t.info || {}).length
         ? h('details', {}, h('summary', { text: 'env info' }), h('pre', { class: 'code', text: JSON.stringify(t.info, null, 2) }))
         : null);
