@@ -16,6 +16,12 @@ Apart from that class, it counts the failed rooms where a box went onto a *dead 
 which no pushes bring it to a target (``live_squares``: the pushes ``exclude_dead_pushes`` leaves
 out of the observation), and the turn it first did.
 
+Over all episodes, solved or not, it counts those with a turn whose moves ignored its thought
+(``SokobanEnv.actions_follow_thought``: not a shortest walk to the named push, or more than that
+push); files written before turns recorded ``follows_thought`` are judged on the replay. A solved
+room with such a turn is a success the reasoning did not earn, which ``algo.faithful_only`` keeps
+out of RL's update.
+
     python scripts/sokoban_failures.py runs/NAME/eval/step_000004.jsonl [more files]
 """
 
@@ -94,6 +100,25 @@ def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
     return "ran out of turns"
 
 
+_THOUGHT = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def ignores_its_thought(env: SokobanEnv, episode: Trajectory) -> bool:
+    """Whether a turn of ``episode`` made moves its thought did not name: the recorded
+    ``follows_thought``, else the env's verdict on the replay."""
+    if any(t.follows_thought is not None for t in episode.turns):
+        return any(t.follows_thought is False for t in episode.turns)
+    _replay_start(env, episode)
+    for turn in episode.turns:
+        if turn.format_ok:
+            thought = _THOUGHT.search(turn.reply)
+            if env.actions_follow_thought(thought.group(1) if thought else "", turn.actions) is False:
+                return True
+        for action in turn.actions:
+            env.step(action)
+    return False
+
+
 def env_for(path: Path) -> SokobanEnv:
     """The env of the run that wrote ``path`` (``RUN/eval/step_*.jsonl``: ``RUN/config.yaml``'s
     ``env.kwargs``), else the default recipe's."""
@@ -121,6 +146,12 @@ def main() -> None:
         print(
             f"  a box pushed onto a dead square in {sum(dead.values())} of the {len(failed)}"
             + (f" ({turns})" if turns else "")
+        )
+        solved = [e for e in episodes if e.success]
+        print(
+            "  moves that ignored the thought: in "
+            f"{sum(ignores_its_thought(env, e) for e in solved)} of {len(solved)} solved, "
+            f"{sum(ignores_its_thought(env, e) for e in failed)} of {len(failed)} failed"
         )
 
 

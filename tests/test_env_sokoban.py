@@ -609,6 +609,14 @@ def test_failure_script_names_the_first_turn_that_departs_from_the_oracle(load_s
     assert script.first_mistake(env, episode((right, moves), ("I go.", []))) == "turn 2: no push in thought"
     # The right thought, then moves that go nowhere.
     assert script.first_mistake(env, episode((right, []))) == "turn 1: thought right, moves no progress"
+    # Moves the thought did not name, judged on the replay; the recorded verdict wins where present.
+    reversed_moves = [*moves[::-1], moves[-1]]
+    assert env.actions_follow_thought(right, reversed_moves) is False
+    assert script.ignores_its_thought(env, episode((right, moves))) is False
+    assert script.ignores_its_thought(env, episode((right, reversed_moves))) is True
+    recorded = episode((right, reversed_moves))
+    recorded.turns[0].follows_thought = True
+    assert script.ignores_its_thought(env, recorded) is False
 
 
 # Box at row 3 column 4, target at row 2 column 2: both Up and Left bring it nearer, the walls allow
