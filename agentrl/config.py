@@ -197,6 +197,11 @@ class AlgoConfig:
     the reasoning did not earn (a walk made backwards that happened to work), and reinforcing those
     teaches that answer and thought need not agree, which then breaks rooms the model had solved
     (docs/sokoban-recipe.md). Envs without the judge: no effect."""
+    unfaithful_turn_advantage: float = 0.0
+    """Not 0: the advantage of each turn whose answer ignored its thought (judged by the env, as for
+    ``faithful_only``), in place of the estimator's and whatever its episode's outcome or group, so
+    that -1 pushes those replies down as firmly as a clear failure under ``grpo``, also under
+    ``positive_advantage_only``. Only the offending turn's tokens get it. 0: off."""
     skip_zero_advantage: bool = True
     """Skip the forward/backward of samples whose advantages are all zero (their policy gradient is
     zero); only when KL and entropy terms are off, since those still act on such samples."""

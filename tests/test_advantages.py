@@ -400,6 +400,13 @@ def test_assign_credit_faithful_only_never_pulls_up_a_success_its_thought_did_no
         EpisodeFilter(faithful_only=True, positive_advantage_only=True),
     )
     assert both.selected == [trajs[0]]
+    # A turn that ignored its thought pushed down, its episode kept although nothing else of it trains;
+    # the failure (not judged) is still zeroed and dropped by positive_advantage_only.
+    down = EpisodeFilter(faithful_only=True, positive_advantage_only=True, unfaithful_turn_advantage=-1.0)
+    pushed = assign_credit(trajs, AdvantageParams(), ShapingParams(), down)
+    assert pushed.selected == trajs[:2]
+    assert trajs[1].samples[0].advantages == [0, 0, 0, 0, 0, -1.0, -1.0, 0]
+    assert trajs[0].samples[0].advantages[2:4] == pytest.approx([0.5774] * 2, abs=1e-4)
     # Off, the unfaithful success is pulled up like the other; the metric still counts it.
     off = assign_credit(trajs, AdvantageParams(), ShapingParams())
     assert trajs[1].samples[0].advantages[5:7] == pytest.approx([0.5774] * 2, abs=1e-4)

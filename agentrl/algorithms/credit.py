@@ -69,6 +69,10 @@ class EpisodeFilter:
     faithful_only: bool = False
     """An episode with a turn whose answer ignored its thought (``follows_thought`` False) has its
     positive advantages zeroed before that: it is never pulled up."""
+    unfaithful_turn_advantage: float = 0.0
+    """Not 0: each turn whose answer ignored its thought gets this advantage in place of the
+    estimator's, after every filter above, and its episode trains whatever its group (a negative
+    value pushes those replies down, also under ``positive_advantage_only``)."""
 
 
 def assign_credit(
@@ -128,6 +132,15 @@ def assign_credit(
             0, batch.episode[advantages > 0], True
         )
         keep &= positive
+    if episodes.unfaithful_turn_advantage:
+        # (N,) per turn: this turn's moves ignored its thought
+        rows = zip(batch.episode.tolist(), batch.turn.tolist())
+        ignored = torch.tensor(
+            [trajectories[e].turns[t].follows_thought is False for e, t in rows], dtype=torch.bool
+        )
+        advantages = torch.where(ignored, torch.tensor(episodes.unfaithful_turn_advantage), advantages)
+        advantages_onto_tokens(trajectories, batch, advantages)
+        keep |= unfaithful
     selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
     metrics["train/kept_episode_fraction"] = len(selected) / max(1, len(trajectories))
     return Credit(selected, metrics)

@@ -517,6 +517,7 @@ def assign_step_credit(
             min_return_spread=cfg.algo.min_return_spread,
             positive_advantage_only=cfg.algo.positive_advantage_only,
             faithful_only=cfg.algo.faithful_only,
+            unfaithful_turn_advantage=cfg.algo.unfaithful_turn_advantage,
         ),
         max_reply_tokens=limits["max_new_tokens"] * limits["max_turns"],
     )
