@@ -16,7 +16,8 @@
    advantage above 0, their negative ones zeroed (RAFT). With ``faithful_only`` an episode with a
    turn whose answer ignored its thought (``Turn.follows_thought`` is False) has its positive
    advantages zeroed first: it is never pulled up. An episode goes on to the update if it passes
-   all that are on.
+   all that are on; with ``unfaithful_turn_advantage`` not 0, each turn that ignored its thought
+   then gets that advantage instead, and its episode goes on whatever the filters said.
 
 May import: :mod:`agentrl.algorithms.advantages`, :mod:`agentrl.algorithms.rewards`,
 :mod:`agentrl.rollout.trajectory`.
