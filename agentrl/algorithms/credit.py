@@ -101,9 +101,12 @@ def assign_credit(
     batch = TurnBatch.from_trajectories(trajectories, bonus)
     advantages = compute_advantages(batch, advantage)  # (N,) one per turn
     metrics = {"train/advantage_abs_mean": float(advantages.abs().mean()) if advantages.numel() else 0.0}
-    unfaithful = torch.tensor(
-        [any(t.follows_thought is False for t in traj.turns) for traj in trajectories], dtype=torch.bool
+    # (N,) per turn: the env judged its moves not those its thought named; (B,) per episode: any such turn
+    rows = zip(batch.episode.tolist(), batch.turn.tolist())
+    ignored = torch.tensor(
+        [trajectories[e].turns[t].follows_thought is False for e, t in rows], dtype=torch.bool
     )
+    unfaithful = torch.zeros(len(trajectories), dtype=torch.bool).index_fill_(0, batch.episode[ignored], True)
     if any(t.follows_thought is not None for traj in trajectories for t in traj.turns):
         successes = torch.tensor([traj.success for traj in trajectories], dtype=torch.bool)
         metrics["train/unfaithful_success_fraction"] = float(
@@ -114,6 +117,8 @@ def assign_credit(
         advantages = torch.where(unfaithful[batch.episode], advantages.clamp(max=0.0), advantages)
     if episodes.positive_advantage_only:
         advantages = advantages.clamp(min=0.0)
+    if episodes.unfaithful_turn_advantage:
+        advantages = torch.where(ignored, torch.tensor(episodes.unfaithful_turn_advantage), advantages)
     advantages_onto_tokens(trajectories, batch, advantages)
     if bonus is not None:
         metrics["train/shaping_bonus"] = float(bonus.mean())
@@ -134,14 +139,7 @@ def assign_credit(
         )
         keep &= positive
     if episodes.unfaithful_turn_advantage:
-        # (N,) per turn: this turn's moves ignored its thought
-        rows = zip(batch.episode.tolist(), batch.turn.tolist())
-        ignored = torch.tensor(
-            [trajectories[e].turns[t].follows_thought is False for e, t in rows], dtype=torch.bool
-        )
-        advantages = torch.where(ignored, torch.tensor(episodes.unfaithful_turn_advantage), advantages)
-        advantages_onto_tokens(trajectories, batch, advantages)
-        keep |= unfaithful
+        keep |= unfaithful  # its pushed-down turns train whatever the filters said
     selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
     metrics["train/kept_episode_fraction"] = len(selected) / max(1, len(trajectories))
     return Credit(selected, metrics)
