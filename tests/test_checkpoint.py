@@ -135,14 +135,24 @@ def test_checkpoints_at_once_counts_the_saves_a_run_holds_at_its_fullest(steps, 
 def test_checkpoint_size_is_counted_from_the_model_headers(tmp_path, tiny_model):
     from agentrl.config import load_config
     from agentrl.models import tiny_model_dir
-    from agentrl.training.run import CHECKPOINT_BYTES_PER_PARAM, checkpoint_gb
+    from agentrl.training.run import checkpoint_gb
 
     params = sum(p.numel() for p in tiny_model.parameters())
     # The export copies the folder's other files (config, tokenizer) as they are.
     others = sum(f.stat().st_size for f in tiny_model_dir().iterdir() if f.suffix != ".safetensors")
-    for overrides, kind in (([], "zero0"), (["train.zero_stage=2"], "zero1+"), (["model.lora.r=8"], "lora")):
-        cfg = load_config(env="sokoban", model="tiny-random", overrides=overrides)
-        assert checkpoint_gb(cfg) == pytest.approx((params * CHECKPOINT_BYTES_PER_PARAM[kind] + others) / 1e9)
+    # Per parameter: the export and DeepSpeed's weights (4 + 4 in float32, 2 + 2 in bf16), AdamW's
+    # float32 moments (8) and, where DeepSpeed keeps one, a float32 master copy (4); LoRA: the two copies.
+    cases = {
+        ("float32", "train.zero_stage=0"): 4 + 4 + 8,
+        ("float32", "train.zero_stage=2"): 4 + 4 + 4 + 8,
+        ("float32", "model.lora.r=8"): 4 + 4,
+        ("bfloat16", "train.zero_stage=0"): 2 + 2 + 4 + 8,
+        ("bfloat16", "train.zero_stage=2"): 2 + 2 + 4 + 8,
+        ("bfloat16", "model.lora.r=8"): 2 + 2,
+    }
+    for (dtype, kind), per_param in cases.items():
+        cfg = load_config(env="sokoban", model="tiny-random", overrides=[f"model.dtype={dtype}", kind])
+        assert checkpoint_gb(cfg) == pytest.approx((params * per_param + others) / 1e9)
     # A folder with no safetensors (weights in .bin files, say): no estimate, no check.
     (tmp_path / "config.json").write_text("{}")
     assert checkpoint_gb(load_config(env="sokoban", model=str(tmp_path))) is None

@@ -32,6 +32,29 @@ def test_an_episode_samples_the_same_whatever_else_is_in_the_batch(tiny_model_pa
     assert together[2].samples[0].token_ids != together[3].samples[0].token_ids  # a group still varies
 
 
+def test_a_cpu_run_keeps_its_model_on_the_cpu_where_deepspeed_picked_the_gpu():
+    """Where a GPU is visible DeepSpeed takes CUDA as its accelerator, and deepspeed.initialize moves
+    the model onto it: a run asked onto the CPU (train.device=cpu) must keep its weights there (found
+    on an H200: the weights on cuda:0, the batches on the CPU)."""
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+    from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+
+    from agentrl.config import load_config
+    from agentrl.training.distributed import init_distributed
+    from agentrl.training.policy import build_policy
+
+    before = get_accelerator()
+    set_accelerator(CUDA_Accelerator())  # what DeepSpeed picks on a GPU machine
+    try:
+        init_distributed("cpu")
+        assert get_accelerator().device_name() == "cpu"
+        cfg = load_config(env="sokoban", model="tiny-random", overrides=["engine.name=hf"])
+        policy = build_policy(cfg, torch.device("cpu"))
+        assert {p.device.type for p in policy.model.parameters()} == {"cpu"}
+    finally:
+        set_accelerator(before)
+
+
 def test_a_finished_command_destroys_its_process_group(tmp_path):
     """Left to the interpreter's exit, gloo's threads can abort a finished rank (SIGABRT): the
     command destroys the group itself once it has finished."""

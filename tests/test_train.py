@@ -221,6 +221,7 @@ def test_the_documented_custom_env_trains(tmp_path, monkeypatch):
     [
         ("model.lora.r=4", "algo.kl.coef=0.05"),  # LoRA; the reference is the base with adapters off
         ("train.zero_stage=2",),
+        ("train.zero_stage=2", "model.dtype=bfloat16"),  # the GPU's layout: bf16 weights, float32 master
         (
             "algo.advantage.estimator=gigpo",
             "algo.keep_group_fraction=0.5",
@@ -228,7 +229,7 @@ def test_the_documented_custom_env_trains(tmp_path, monkeypatch):
             "algo.ppo_epochs=2",
         ),
     ],
-    ids=["lora-kl", "zero2", "gigpo-starpo_s-minibatches"],
+    ids=["lora-kl", "zero2", "zero2-bf16", "gigpo-starpo_s-minibatches"],
 )
 def test_training_options_run_and_update(tmp_path, extra):
     args = _tiny_args(

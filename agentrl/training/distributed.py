@@ -106,10 +106,31 @@ def build_ops() -> Path | None:
     return folder / "deepspeed_shm_comm" if build_shm_op() is not None else None
 
 
+def _match_accelerator(device: str) -> None:
+    """Point DeepSpeed's accelerator at ``device`` ("cpu" or "cuda").
+
+    DeepSpeed picks its accelerator from the machine (CUDA wherever a GPU is visible), and
+    ``deepspeed.initialize`` moves the model onto it: a run asked onto the CPU on a GPU machine
+    (``train.device=cpu``) would find its weights on the GPU and its batches on the CPU."""
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if get_accelerator().device_name() == device:
+        return
+    if device == "cpu":
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+        set_accelerator(CPU_Accelerator())
+    elif device == "cuda":
+        from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+
+        set_accelerator(CUDA_Accelerator())
+
+
 def init_distributed(device: str, timeout_s: int = 1800) -> World:
     """Initialise DeepSpeed's process group (a world of one when no launcher set one up)."""
     import deepspeed
 
+    _match_accelerator(device)
     # DeepSpeed's CPU backend JIT-builds its shared-memory op here (torch's extension folder), at
     # its first run unless set-up built it already (build_ops).
     _use_extensions_dir()

@@ -27,6 +27,7 @@ from agentrl.training.policy import (
     Policy,
     carries_optimizer_state,
     device_for,
+    dtype_for,
     no_optimizer_state,
     quiet_libraries,
 )
@@ -104,12 +105,17 @@ def rss_gb() -> float:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-#: Bytes one checkpoint takes per model parameter: the HF export in float32 (4) and DeepSpeed's
-#: float32 weights with AdamW's two moments (12); ZeRO-1 and up keep a float32 master copy beside the
-#: module's weights (4 more); under LoRA the merged export and DeepSpeed's copy of the weights (the
-#: adapters and their moments are a small share). Measured: 2.156 GB for the default model's 134.5M
-#: parameters, 16.03 bytes each; tests/test_train.py checks each kind on a saved checkpoint.
-CHECKPOINT_BYTES_PER_PARAM = {"zero0": 16, "zero1+": 20, "lora": 8}
+#: Bytes one checkpoint takes per model parameter, by the dtype the run trains in and the kind of run:
+#: the HF export and DeepSpeed's copy of the weights, each in that dtype; AdamW's two float32 moments
+#: (8); a float32 master copy (4) wherever DeepSpeed keeps one (ZeRO-1 and up; every stage in bf16).
+#: Under LoRA only the merged export and DeepSpeed's weights count (the adapters and their moments are
+#: a small share). Measured: 16.03 bytes for the default model's 134.5M parameters in float32 on CPU
+#: (2.156 GB); 16.02 (ZeRO-2) and 4.06 (LoRA) for the tiny model in bfloat16 on an H200 (2026-12-04).
+#: tests/test_train.py checks each kind on a saved checkpoint of the machine it runs on.
+CHECKPOINT_BYTES_PER_PARAM = {
+    "float32": {"zero0": 16, "zero1+": 20, "lora": 8},
+    "bfloat16": {"zero0": 16, "zero1+": 16, "lora": 4},
+}
 #: Room asked beyond the checkpoints: the tokenizer's files in each, logs, trajectories, TensorBoard.
 DISK_MARGIN = 1.1
 
@@ -157,8 +163,9 @@ def checkpoint_gb(cfg: Config) -> float | None:
             for name in f.keys():
                 params += torch.Size(f.get_slice(name).get_shape()).numel()
     kind = "lora" if cfg.model.lora.r > 0 else "zero0" if cfg.train.zero_stage == 0 else "zero1+"
+    per_param = CHECKPOINT_BYTES_PER_PARAM[dtype_for(cfg, device_for(cfg))][kind]
     others = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.suffix != ".safetensors")
-    return (params * CHECKPOINT_BYTES_PER_PARAM[kind] + others) / 1e9
+    return (params * per_param + others) / 1e9
 
 
 def free_disk_gb(path: Path) -> float:
