@@ -1,7 +1,8 @@
 """Every ``--set KEY=VALUE`` shown to a user loads, every ``agentrl ...`` command shown parses (and
 its ``--config``, ``--env`` and ``--set`` load), and every config key is read by something.
 
-The examples come from ``agentrl train --help``, ``agentrl sft --help``, README.md and docs/*.md;
+The examples come from ``agentrl train --help``, ``agentrl sft --help``, README.md and docs/*.md
+(and the ``--set``s of scripts/*.sh);
 each is loaded with :func:`agentrl.config.load_config` in the context its command gives it (its
 ``--config`` or ``--env``, else the recipe the page last named, else Sokoban; where it fails alone,
 with the other ``--set``s of its line). Placeholders
@@ -27,6 +28,9 @@ from agentrl.rollout.manager import RolloutConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: Shell scripts: their ``--set``s are checked, not their commands (shell variables in them). The
+#: overrides of scripts/gpu_check.sh only ever run on a GPU machine: a misspelt key would wait for one.
+SCRIPT_FILES = sorted((ROOT / "scripts").glob("*.sh"))
 
 _SET = re.compile(r"--set[ =]+([A-Za-z_][\w.\[\]]*)=([^\s`'\"]+)")
 _CONFIG = re.compile(r"--config[ =]+(\S+\.ya?ml)")
@@ -105,7 +109,7 @@ def _help(command: str, capsys) -> str:
 
 def _doc_examples() -> list[Example]:
     out = []
-    for path in DOC_FILES:
+    for path in [*DOC_FILES, *SCRIPT_FILES]:
         out += extract(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
     return out
 
