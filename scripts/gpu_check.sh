@@ -46,10 +46,12 @@ rl_steps() {  # NAME ZERO_STAGE
         --set run.time_budget_min=null --set algo.mixed_success_only=false \
         --set algo.skip_zero_advantage=false --set algo.positive_advantage_only=false > "$out/$1.log" 2>&1
     echo "== $1 (ZeRO-$2): exit $?"
-    python3 - "$out/$1/metrics.jsonl" <<'PY'
-import json, sys
+    python3 - "$out/$1" <<'PY'
+import sys
 
-rows = [json.loads(line) for line in open(sys.argv[1])]
+from agentrl.training.logger import read_metrics
+
+rows = read_metrics(sys.argv[1])  # a run the timeout cut: its rows so far, the cut last line skipped
 print(f"{len(rows)} steps; averaged over steps 2-{len(rows)} (step 1 warms up)")
 for key in ("perf/rollout_tokens_per_s", "perf/train_tokens_per_s", "perf/peak_memory_gb",
             "train/trained_tokens", "timing/rollout_s", "timing/update_s"):
