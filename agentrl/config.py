@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import time
 import types
@@ -228,6 +229,12 @@ class AlgoConfig:
             )
         if not 0 < self.keep_group_fraction <= 1:
             out.append(f"algo.keep_group_fraction must be in (0, 1], got {self.keep_group_fraction}")
+        if not (math.isfinite(self.unfaithful_turn_advantage) and self.unfaithful_turn_advantage <= 0):
+            out.append(
+                f"algo.unfaithful_turn_advantage must be a finite number <= 0 (e.g. -1 pushes a reply "
+                f"that ignored its thought down; 0: off), got {self.unfaithful_turn_advantage}: a "
+                f"positive value would reward those replies"
+            )
         return out
 
 
@@ -935,6 +942,20 @@ def problems_across_sections(cfg: Config) -> list[str]:
         out.append(
             f"train.steps={cfg.train.steps} differs from the sum of the curriculum stages' steps "
             f"({sum(s.steps for s in cfg.curriculum.stages)}); leave train.steps out with curriculum.stages"
+        )
+    # The env judges a reply's moves against its thought only where replies have one.
+    faithful = [
+        k
+        for k, on in (
+            ("algo.faithful_only", cfg.algo.faithful_only),
+            ("algo.unfaithful_turn_advantage", cfg.algo.unfaithful_turn_advantage),
+        )
+        if on
+    ]
+    if faithful and not cfg.rollout.think:
+        out.append(
+            f"{' and '.join(faithful)} judge each reply's moves against its <think> thought, which "
+            f"rollout.think=false leaves out: set rollout.think=true, or drop {' and '.join(faithful)}"
         )
     # One micro-batch must hold the longest sample a rollout can make.
     if cfg.train.micro_batch_tokens < cfg.rollout.max_context_tokens:

@@ -801,7 +801,10 @@ class SokobanEnv(TextEnv):
         if len(boxes) != 1 or named is None:
             return None
         box, push = boxes[0], named.group(1).capitalize()
-        if push not in self._free_pushes(box):
+        # Whether the reply does what its thought says, not whether the thought was wise: a push
+        # onto a dead square the moves then make is faithful (exclude_dead_pushes leaves it off
+        # the pushes line, not off the walls' list).
+        if push not in self._free_pushes(box, live_only=False):
             return False
         dr, dc = DELTAS[ACTIONS.index(push)]
         square = (box[0] - dr, box[1] - dc)
@@ -894,10 +897,11 @@ class SokobanEnv(TextEnv):
             parts.append("Target at " + ", ".join(map(where, targets)) + ".")
         return " ".join(parts)
 
-    def _free_pushes(self, box: Cell) -> list[str]:
+    def _free_pushes(self, box: Cell, live_only: bool = True) -> list[str]:
         """The moves that would push ``box`` (in ``ACTIONS`` order): the square beyond it and the square
         behind it (where the player must stand) are both floor with no other box, and with
-        ``exclude_dead_pushes`` the square beyond is not dead."""
+        ``exclude_dead_pushes`` (unless ``live_only`` is False) the square beyond is not dead."""
+        live = self._live if live_only else self._floor
         return [
             move
             for move, (dr, dc) in zip(ACTIONS, DELTAS)
@@ -905,7 +909,7 @@ class SokobanEnv(TextEnv):
                 cell in self._floor and cell not in self._boxes
                 for cell in ((box[0] + dr, box[1] + dc), (box[0] - dr, box[1] - dc))
             )
-            and (box[0] + dr, box[1] + dc) in self._live
+            and (box[0] + dr, box[1] + dc) in live
         ]
 
     def _walk(self, square: Cell) -> list[str] | None:

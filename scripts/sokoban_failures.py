@@ -36,7 +36,8 @@ from agentrl_envs.sokoban import ACTIONS, DELTAS, WALL, SokobanEnv, parse_layout
 from agentrl_envs.sokoban_solver import live_squares
 
 from agentrl.config import load_config
-from agentrl.rollout.trajectory import Trajectory, read_jsonl
+from agentrl.rollout.manager import parse_reply
+from agentrl.rollout.trajectory import Trajectory, Turn, read_jsonl
 
 PUSH = re.compile(r"I push the box (\w+) from row (\d+) column (\d+)")
 
@@ -56,6 +57,12 @@ def _blocked(env: SokobanEnv, push: re.Match) -> bool:
     return wall(row, col) or wall(*past)
 
 
+def _sent(turn: Turn) -> list[str]:
+    """The actions the env received in ``turn``: after a format error the recorded ones were parsed
+    but never sent."""
+    return turn.actions if turn.format_ok else []
+
+
 def _replay_start(env: SokobanEnv, episode: Trajectory) -> None:
     """Reset ``env`` to ``episode``'s room. A training room drawn with min_plan_length reports the
     seed that builds it on its own, and a turned one its orientation."""
@@ -71,7 +78,7 @@ def dead_square_turn(env: SokobanEnv, episode: Trajectory) -> int | None:
     room = parse_layout(env.render())
     live = live_squares(room.walls, room.targets)
     for i, turn in enumerate(episode.turns):
-        for action in turn.actions:
+        for action in _sent(turn):
             env.step(action)
             if not live.issuperset(parse_layout(env.render()).boxes):
                 return i + 1
@@ -90,7 +97,7 @@ def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
             kind = "direction" if said.group(1) != oracle.group(1) else "square"
             return f"{label}: wrong push {kind} ({'impossible' if _blocked(env, said) else 'possible'})"
         before = env.oracle_actions() or []
-        for action in turn.actions:
+        for action in _sent(turn):
             env.step(action)
         after = env.oracle_actions()
         if after is None:
@@ -98,9 +105,6 @@ def first_mistake(env: SokobanEnv, episode: Trajectory) -> str:
         if len(after) >= len(before):
             return f"{label}: thought right, moves no progress"
     return "ran out of turns"
-
-
-_THOUGHT = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 def ignores_its_thought(env: SokobanEnv, episode: Trajectory) -> bool:
@@ -111,10 +115,12 @@ def ignores_its_thought(env: SokobanEnv, episode: Trajectory) -> bool:
     _replay_start(env, episode)
     for turn in episode.turns:
         if turn.format_ok:
-            thought = _THOUGHT.search(turn.reply)
-            if env.actions_follow_thought(thought.group(1) if thought else "", turn.actions) is False:
+            # What the rollout judged: the last <think> before the answer and every action parsed
+            # (``turn.actions`` stops where the room was solved).
+            parsed = parse_reply(turn.reply, think=True, max_actions=len(ACTIONS) ** 4)
+            if env.actions_follow_thought(parsed.thought, parsed.actions) is False:
                 return True
-        for action in turn.actions:
+        for action in _sent(turn):
             env.step(action)
     return False
 

@@ -393,6 +393,7 @@ def test_assign_credit_faithful_only_never_pulls_up_a_success_its_thought_did_no
     assert trajs[2].samples[0].advantages[2:4] == pytest.approx([-1.1547] * 2, abs=1e-4)
     assert credit.selected == trajs
     assert credit.metrics["train/unfaithful_success_fraction"] == pytest.approx(1 / 2)
+    assert credit.metrics["train/judged_turn_fraction"] == pytest.approx(3 / 4)  # of 4 turns, 1 unjudged
     both = assign_credit(
         trajs,
         AdvantageParams(),
@@ -418,6 +419,27 @@ def test_assign_credit_faithful_only_never_pulls_up_a_success_its_thought_did_no
     plain = assign_credit(trajs, AdvantageParams(), ShapingParams(), EpisodeFilter(faithful_only=True))
     assert "train/unfaithful_success_fraction" not in plain.metrics
     assert trajs[1].samples[0].advantages[2:4] == pytest.approx([0.5774] * 2, abs=1e-4)
+
+
+def test_assign_credit_readmits_a_dropped_episode_for_its_pushed_down_turn_alone() -> None:
+    # Group 0 solved twice, in 1 and 2 moves (10.9 vs 10.8: a spread from the step cost alone),
+    # so mixed_success_only drops it; episode 1's second turn ignored its thought. Pushed down to
+    # -1, that turn trains; its first turn (estimator: -0.7071) and episode 0 (+0.7071) do not.
+    trajs = [_episode(0, 0, [10.9]), _episode(0, 0, [-0.1, 10.9])]
+    for traj in trajs:
+        traj.success = True
+    trajs[1].turns[1].follows_thought = False
+    down = EpisodeFilter(mixed_success_only=True, unfaithful_turn_advantage=-1.0)
+    credit = assign_credit(trajs, AdvantageParams(), ShapingParams(), down)
+    assert credit.selected == [trajs[1]]
+    assert trajs[1].samples[0].advantages == [0, 0, 0, 0, 0, -1.0, -1.0, 0]
+    # An episode the context ended before its first reply (no turn, one placeholder row) is judged
+    # nothing and breaks nothing.
+    empty = _episode(0, 0, [])
+    empty.success = False
+    credit = assign_credit([*trajs, empty], AdvantageParams(), ShapingParams(), down)
+    assert empty.samples[0].advantages == [0.0, 0.0]
+    assert credit.metrics["train/unfaithful_success_fraction"] == pytest.approx(1 / 2)
 
 
 def test_assign_credit_positive_advantage_only_trains_the_better_tries_alone() -> None:

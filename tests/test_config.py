@@ -59,6 +59,12 @@ def test_overrides_are_typed():
             ("algo.mixed_success_only=false", "algo.min_return_spread=1"),
             "widens algo.mixed_success_only's filter, which is off",
         ),
+        ("algo.unfaithful_turn_advantage=1", "a positive value would reward those replies"),
+        ("algo.unfaithful_turn_advantage=nan", "must be a finite number <= 0"),
+        (
+            ("rollout.think=false", "algo.faithful_only=true"),
+            "algo.faithful_only judge each reply's moves against its <think> thought",
+        ),
         ("nonsense", "must look like key=value"),
     ],
 )

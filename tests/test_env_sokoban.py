@@ -598,7 +598,10 @@ def test_failure_script_names_the_first_turn_that_departs_from_the_oracle(load_s
             env="sokoban",
             seed=seed,
             group=0,
-            turns=[Turn(observation="", reply=f"<think>{t}</think>", actions=a) for t, a in turns],
+            turns=[
+                Turn(observation="", reply=f"<think>{t}</think><answer>{' || '.join(a)}</answer>", actions=a)
+                for t, a in turns
+            ],
         )
 
     assert script.first_mistake(env, episode((wrong, moves))) in (
@@ -617,6 +620,13 @@ def test_failure_script_names_the_first_turn_that_departs_from_the_oracle(load_s
     recorded = episode((right, reversed_moves))
     recorded.turns[0].follows_thought = True
     assert script.ignores_its_thought(env, recorded) is False
+    # As in the rollout, the last thought before the answer is the one judged.
+    two = episode((right, moves))
+    answer = f"<answer>{' || '.join(moves)}</answer>"
+    two.turns[0].reply = f"<think>{wrong}</think><think>{right}</think>{answer}"
+    assert script.ignores_its_thought(env, two) is False
+    two.turns[0].reply = f"<think>{right}</think><think>{wrong}</think>{answer}"
+    assert script.ignores_its_thought(env, two) is True
 
 
 # Box at row 3 column 4, target at row 2 column 2: both Up and Left bring it nearer, the walls allow
@@ -745,6 +755,10 @@ def test_failure_script_finds_the_turn_a_box_went_onto_a_dead_square(load_script
     # second episode) a wasted turn and the walk and push onto a dead square, on turn 2.
     assert script.dead_square_turn(env, episode(env.oracle_turn_actions())) is None
     assert script.dead_square_turn(env, episode([], dead_push)) == 2
+    # After a format error the recorded actions were parsed, never sent: the replay skips them.
+    unsent = episode(dead_push)
+    unsent.turns[0].format_ok = False
+    assert script.dead_square_turn(env, unsent) is None
 
 
 def test_failure_script_tells_an_impossible_push_from_a_possible_one(load_script):
@@ -857,6 +871,11 @@ def test_actions_follow_thought_refuses_a_push_the_walls_forbid_and_judges_nothi
     two = SokobanEnv(num_boxes=2)
     two.reset(seed=3)
     assert two.actions_follow_thought("I push the box Up.", ["Up"]) is None
+    # A push onto a dead square is unwise, not unfaithful: left off the pushes line by
+    # exclude_dead_pushes, it is still judged by the walls (box row 3 column 3, player below-left).
+    dead = SokobanEnv(describe_positions=True, describe_pushes=True, exclude_dead_pushes=True)
+    dead.reset(options={"layout": "######\n#____#\n#_X__#\n#P_O_#\n######"})
+    assert dead.actions_follow_thought("I push the box Up from row 4 column 3.", ["Right", "Up"]) is True
 
 
 @pytest.mark.parametrize("walks", [False, True])

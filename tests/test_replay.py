@@ -523,8 +523,13 @@ def test_page_plays_an_episode_with_board_and_tokens(server, run_dir, watched):
     assert page.locator("#charts svg.plot polyline.line.train").count() == 4
     page.select_option("#step", "1")
     page.wait_for_selector("#step-stats >> text=16 episodes")
-    i = find_episode(run_dir, 1, lambda e: e["env"] == "sokoban" and e["turns"] >= 3)
-    n = RunData(run_dir).step("train", 1)["episodes"][i]["turns"]
+    data = RunData(run_dir)
+
+    def judged(e: dict) -> bool:  # turn 2 carries the env's verdict on its answer
+        return isinstance(data.episode("train", 1, e["i"])["turns"][1].get("follows_thought"), bool)
+
+    i = find_episode(run_dir, 1, lambda e: e["env"] == "sokoban" and e["turns"] >= 3 and judged(e))
+    n = data.step("train", 1)["episodes"][i]["turns"]
     page.click(f"#episodes .chip[data-i='{i}']")
     page.wait_for_selector(f"#slot-A .turn-label >> text=turn 1 / {n}")
     assert board_pixels(page) > 4
@@ -540,9 +545,10 @@ def test_page_plays_an_episode_with_board_and_tokens(server, run_dir, watched):
     page.wait_for_selector(f"#slot-A .turn-label >> text=turn 2 / {n}")
     # Reply: thinking and answer apart; actions, reward; the env's verdict on the answer, if any.
     assert page.locator("#slot-A .seg.think").count() + page.locator("#slot-A .seg.answer").count() >= 1
-    verdict = RunData(run_dir).episode("train", 1, i)["turns"][1].get("follows_thought")
-    shown = page.locator("#slot-A .turn-meta >> text=follows thought")
-    assert shown.count() == (verdict is not None)
+    verdict = data.episode("train", 1, i)["turns"][1]["follows_thought"]
+    assert page.locator("#slot-A .turn-meta >> text=follows thought").count() == 1
+    said = "✓ yes" if verdict else "✗ the moves are not those the thought names"
+    assert page.locator(f"#slot-A .turn-meta >> text={said}").count() == 1
     # Token view: trained tokens coloured, log-prob and advantage on hover.
     page.check("#show-tokens")
     trained = page.locator("#slot-A .tokens .tok.trained")

@@ -7,17 +7,18 @@
 2. **turns**: :meth:`TurnBatch.from_trajectories <agentrl.algorithms.advantages.TurnBatch.from_trajectories>`
    flattens the episodes into one row per turn;
 3. **advantages**: the estimator named in the config gives one advantage per turn;
-4. **tokens**: each turn's advantage is written onto the tokens the model sampled in that turn
-   (``Sample.advantages``; 0 on prompt and env tokens);
-5. **filters**: with ``mixed_success_only`` only the groups where some episodes succeeded and some
+4. **filters**: with ``mixed_success_only`` only the groups where some episodes succeeded and some
    did not (DAPO's dynamic-sampling filter), and with ``min_return_spread`` > 0 also those whose
-   returns span at least that much (dense progress rewards); below ``keep_group_fraction`` < 1 only the groups with
-   the widest reward spread (StarPO-S); with ``positive_advantage_only`` only the episodes with an
-   advantage above 0, their negative ones zeroed (RAFT). With ``faithful_only`` an episode with a
-   turn whose answer ignored its thought (``Turn.follows_thought`` is False) has its positive
-   advantages zeroed first: it is never pulled up. An episode goes on to the update if it passes
-   all that are on; with ``unfaithful_turn_advantage`` not 0, each turn that ignored its thought
-   then gets that advantage instead, and its episode goes on whatever the filters said.
+   returns span at least that much (dense progress rewards); below ``keep_group_fraction`` < 1 only
+   the groups with the widest reward spread (StarPO-S); with ``positive_advantage_only`` only the
+   episodes with an advantage above 0, their negative ones zeroed (RAFT). With ``faithful_only`` an
+   episode with a turn whose answer ignored its thought (``Turn.follows_thought`` is False) has its
+   positive advantages zeroed first: it is never pulled up. An episode goes on to the update if it
+   passes all that are on; with ``unfaithful_turn_advantage`` not 0, each turn that ignored its
+   thought then gets that advantage instead, and its episode goes on whatever the filters said (one
+   the filters dropped trains that turn alone);
+5. **tokens**: each turn's advantage is written onto the tokens the model sampled in that turn
+   (``Sample.advantages``; 0 on prompt and env tokens).
 
 May import: :mod:`agentrl.algorithms.advantages`, :mod:`agentrl.algorithms.rewards`,
 :mod:`agentrl.rollout.trajectory`.
@@ -47,17 +48,18 @@ class Credit:
     """What :func:`assign_credit` hands the update."""
 
     selected: list[Trajectory]
-    """The trajectories that go on to the update (all of them, or StarPO-S's kept groups), their
-    samples carrying per-token advantages."""
+    """The trajectories that go on to the update (all of them, or those :class:`EpisodeFilter`'s
+    filters kept), their samples carrying per-token advantages."""
     metrics: dict[str, float]
     """``train/advantage_abs_mean``, ``train/kept_episode_fraction``, where the env judges replies
     ``train/unfaithful_success_fraction`` (successes with a turn whose answer ignored its thought)
+    and ``train/judged_turn_fraction`` (turns the env could judge)
     and, with shaping, ``train/shaping_bonus``."""
 
 
 @dataclass(frozen=True)
 class EpisodeFilter:
-    """Which episodes go on to the update (step 5 above); every filter is off by default."""
+    """Which episodes go on to the update (step 4 above); every filter is off by default."""
 
     keep_group_fraction: float = 1.0
     """StarPO-S: only the top fraction of groups by in-group reward std (1.0: all groups)."""
@@ -102,12 +104,21 @@ def assign_credit(
     advantages = compute_advantages(batch, advantage)  # (N,) one per turn
     metrics = {"train/advantage_abs_mean": float(advantages.abs().mean()) if advantages.numel() else 0.0}
     # (N,) per turn: the env judged its moves not those its thought named; (B,) per episode: any such turn
+    # (an episode the context ended before its first reply has one placeholder row and no turn)
     rows = zip(batch.episode.tolist(), batch.turn.tolist())
     ignored = torch.tensor(
-        [trajectories[e].turns[t].follows_thought is False for e, t in rows], dtype=torch.bool
+        [
+            t < len(trajectories[e].turns) and trajectories[e].turns[t].follows_thought is False
+            for e, t in rows
+        ],
+        dtype=torch.bool,
     )
     unfaithful = torch.zeros(len(trajectories), dtype=torch.bool).index_fill_(0, batch.episode[ignored], True)
-    if any(t.follows_thought is not None for traj in trajectories for t in traj.turns):
+    verdicts = [t.follows_thought for traj in trajectories for t in traj.turns]
+    if any(v is not None for v in verdicts):
+        # A judge that says None (nothing to judge: no push named) lets a turn pass; a falling
+        # share of judged turns under faithful_only means the thoughts stopped naming what they do.
+        metrics["train/judged_turn_fraction"] = sum(v is not None for v in verdicts) / len(verdicts)
         successes = torch.tensor([traj.success for traj in trajectories], dtype=torch.bool)
         metrics["train/unfaithful_success_fraction"] = float(
             (unfaithful & successes).sum() / successes.sum().clamp(min=1)
@@ -117,9 +128,6 @@ def assign_credit(
         advantages = torch.where(unfaithful[batch.episode], advantages.clamp(max=0.0), advantages)
     if episodes.positive_advantage_only:
         advantages = advantages.clamp(min=0.0)
-    if episodes.unfaithful_turn_advantage:
-        advantages = torch.where(ignored, torch.tensor(episodes.unfaithful_turn_advantage), advantages)
-    advantages_onto_tokens(trajectories, batch, advantages)
     if bonus is not None:
         metrics["train/shaping_bonus"] = float(bonus.mean())
     keep = torch.ones(len(trajectories), dtype=torch.bool)
@@ -139,7 +147,13 @@ def assign_credit(
         )
         keep &= positive
     if episodes.unfaithful_turn_advantage:
-        keep |= unfaithful  # its pushed-down turns train whatever the filters said
+        # An episode the filters dropped comes back for its pushed-down turns alone: its other
+        # turns carry no advantage (the filters judged their estimator's values noise).
+        readmitted = unfaithful & ~keep
+        advantages = torch.where(readmitted[batch.episode] & ~ignored, torch.zeros(()), advantages)
+        advantages = torch.where(ignored, torch.tensor(episodes.unfaithful_turn_advantage), advantages)
+        keep |= unfaithful
+    advantages_onto_tokens(trajectories, batch, advantages)
     selected = [t for t, k in zip(trajectories, keep.tolist()) if k]
     metrics["train/kept_episode_fraction"] = len(selected) / max(1, len(trajectories))
     return Credit(selected, metrics)

@@ -544,11 +544,12 @@ class RolloutManager:
     def _act(self, e: _Episode) -> None:
         """Parse the last reply and step the env with its actions (runs in a worker thread)."""
         turn = e.traj.turns[-1]
+        base = getattr(e.env, "unwrapped", e.env)  # a Gymnasium wrapper forwards no attributes
         parsed = parse_reply(
             turn.reply,
             think=self.config.think,
             max_actions=self.max_actions,
-            valid_actions=getattr(e.env, "valid_actions", None),
+            valid_actions=getattr(base, "valid_actions", None),
             answer_format=self.config.answer_format,
         )
         turn.actions = parsed.actions
@@ -558,7 +559,7 @@ class RolloutManager:
             turn.reward = self.config.format_penalty * (1.0 - credit)
             e.last_reward = turn.reward
             return
-        judge = getattr(e.env, "actions_follow_thought", None)
+        judge = getattr(base, "actions_follow_thought", None)
         if judge is not None and self.config.think:
             try:
                 verdict = judge(parsed.thought, list(parsed.actions))
