@@ -944,18 +944,18 @@ def problems_across_sections(cfg: Config) -> list[str]:
             f"({sum(s.steps for s in cfg.curriculum.stages)}); leave train.steps out with curriculum.stages"
         )
     # The env judges a reply's moves against its thought only where replies have one.
-    faithful = [
-        k
-        for k, on in (
+    judged = " and ".join(
+        name
+        for name, on in (
             ("algo.faithful_only", cfg.algo.faithful_only),
-            ("algo.unfaithful_turn_advantage", cfg.algo.unfaithful_turn_advantage),
+            ("algo.unfaithful_turn_advantage", cfg.algo.unfaithful_turn_advantage != 0),
         )
         if on
-    ]
-    if faithful and not cfg.rollout.think:
+    )
+    if judged and not cfg.rollout.think:
         out.append(
-            f"{' and '.join(faithful)} judge each reply's moves against its <think> thought, which "
-            f"rollout.think=false leaves out: set rollout.think=true, or drop {' and '.join(faithful)}"
+            f"{judged} judge each reply's moves against its <think> thought, which "
+            f"rollout.think=false leaves out: set rollout.think=true, or drop {judged}"
         )
     # One micro-batch must hold the longest sample a rollout can make.
     if cfg.train.micro_batch_tokens < cfg.rollout.max_context_tokens:

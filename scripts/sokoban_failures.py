@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def ignores_its_thought(env: SokobanEnv, episode: Trajectory) -> bool:
         if turn.format_ok:
             # What the rollout judged: the last <think> before the answer and every action parsed
             # (``turn.actions`` stops where the room was solved).
-            parsed = parse_reply(turn.reply, think=True, max_actions=len(ACTIONS) ** 4)
+            parsed = parse_reply(turn.reply, think=True, max_actions=sys.maxsize)  # no cap: all parsed
             if env.actions_follow_thought(parsed.thought, parsed.actions) is False:
                 return True
         for action in _sent(turn):
