@@ -314,10 +314,23 @@ class EvalConfig:
     first ``base_episodes`` of the same seeds. A base model that rambles to the token limit every
     turn is the slowest to evaluate and rarely the point; a warm start (``run.init``, or RL after
     ``sft.warm_start``) is always evaluated on all ``episodes``."""
+    keep_best: bool = True
+    """After each of RL's evaluations that solves more held-out puzzles than every earlier one,
+    export its model to ``runs/NAME/best/`` (an HF folder with ``best.json``: the step and its
+    success). RL on a small model can peak and then give its gains back; the last checkpoint would
+    hold the worse model."""
+    drop_warning_p: float = 0.05
+    """Warn when an evaluation loses more of the same puzzles than it gains against the run's best
+    evaluation so far with paired (McNemar) p below this (0: never warn). The collapse guard watches
+    training signals, which can stay healthy while held-out success falls."""
 
     def problems(self) -> list[str]:
         """What is wrong with this section, each with its fix (empty: nothing)."""
         out = _not_positive("eval.", self, "base_episodes") if self.base_episodes is not None else []
+        if not 0 <= self.drop_warning_p <= 1:
+            out.append(
+                f"eval.drop_warning_p is a p-value in [0, 1] (0: no warning), got {self.drop_warning_p}"
+            )
         if self.every and self.episodes <= 0:
             out.append("eval.episodes must be positive when eval.every > 0")
         if self.greedy and self.samples_per_seed > 1:

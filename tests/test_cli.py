@@ -225,15 +225,19 @@ def test_a_disk_too_small_for_the_checkpoints_stops_the_main_job_before_any_work
 
     monkeypatch.chdir(tmp_path)
     size = checkpoint_gb(load_config(env="sokoban"))  # the default model's, about 2.15 GB
-    # The main job writes the warm start's checkpoint and RL's one; RL alone only its one.
+    best = checkpoint_gb(load_config(env="sokoban"), export_only=True)  # its weights alone
+    assert 0.1 * size < best < 0.3 * size
+    # The main job writes the warm start's checkpoint and RL's one; RL alone only its one. Both keep
+    # RL's best model besides.
     count, what = (2, "the warm start's 1 and RL's 1") if warm_start else (1, "RL's, run.save_every=4")
     free = (count - 0.5) * size
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=free * 1e9))
     argv = [] if warm_start else ["--set", "sft.warm_start=false"]
     rc, out, err = run_main(["train", "--env", "sokoban", *argv], capsys)
-    need = count * size * DISK_MARGIN
+    need = (count * size + best) * DISK_MARGIN
     fragments = [
         f"about {need:.1f} GB for its checkpoints ({count} x {size:.1f} GB: {what}",
+        f"; its best model's folder, {best:.1f} GB: eval.keep_best; with 10% for its logs)",
         f"{free:.1f} GB are free",
     ]
     _check_error(rc, out, err, [*fragments, "--set run.root=DIR"], tmp_path)

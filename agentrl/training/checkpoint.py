@@ -17,6 +17,7 @@ envs, models, suggest, seeds (lint-imports checks).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -96,6 +97,36 @@ def _hf_export(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+
+
+def export_model(
+    model: torch.nn.Module, tokenizer: Any, out: Path, record: dict[str, Any], record_file: str
+) -> Path:
+    """Write an HF model folder (``save_pretrained`` model and tokenizer, LoRA merged) with a JSON
+    ``record`` beside the weights. It is written under a temp name and renamed into place, so a crash
+    mid-write leaves the previous folder. Main rank only; under ZeRO-3 every rank calls it inside
+    :func:`whole_parameters`."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _hf_export(model, tokenizer, tmp)
+    (tmp / record_file).write_text(json.dumps(record))
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def whole_parameters(model: torch.nn.Module, zero_stage: int) -> contextlib.AbstractContextManager:
+    """A context in which every rank holds the model's whole parameters (ZeRO-3 gathers its shards,
+    a collective every rank enters; below ZeRO-3 they are whole already)."""
+    if zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()))
 
 
 def save_checkpoint(

@@ -116,6 +116,8 @@ CHECKPOINT_BYTES_PER_PARAM = {
     "float32": {"zero0": 16, "zero1+": 20, "lora": 8},
     "bfloat16": {"zero0": 16, "zero1+": 16, "lora": 4},
 }
+#: Bytes the HF model folder alone takes per parameter (the best model's, ``eval.keep_best``).
+EXPORT_BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2}
 #: Room asked beyond the checkpoints: the tokenizer's files in each, logs, trajectories, TensorBoard.
 DISK_MARGIN = 1.1
 
@@ -146,11 +148,12 @@ def _weights_folder(cfg: Config) -> Path | None:
         return None
 
 
-def checkpoint_gb(cfg: Config) -> float | None:
+def checkpoint_gb(cfg: Config, export_only: bool = False) -> float | None:
     """About how large one checkpoint of this run is (GB): its weights and optimizer state, counted
     from the starting model's safetensors headers (no weights are read), and the tokenizer's and
-    config files the export copies. ``None`` where there are no safetensors on disk (a hub model
-    not yet downloaded, weights only in ``.bin`` files)."""
+    config files the export copies; with ``export_only``, its HF model folder alone (the weights in
+    the run's dtype: the best model's folder, ``eval.keep_best``). ``None`` where there are no
+    safetensors on disk (a hub model not yet downloaded, weights only in ``.bin`` files)."""
     from safetensors import safe_open
 
     folder = _weights_folder(cfg)
@@ -162,8 +165,9 @@ def checkpoint_gb(cfg: Config) -> float | None:
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():
                 params += torch.Size(f.get_slice(name).get_shape()).numel()
+    dtype = dtype_for(cfg, device_for(cfg))
     kind = "lora" if cfg.model.lora.r > 0 else "zero0" if cfg.train.zero_stage == 0 else "zero1+"
-    per_param = CHECKPOINT_BYTES_PER_PARAM[dtype_for(cfg, device_for(cfg))][kind]
+    per_param = EXPORT_BYTES_PER_PARAM[dtype] if export_only else CHECKPOINT_BYTES_PER_PARAM[dtype][kind]
     others = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.suffix != ".safetensors")
     return (params * per_param + others) / 1e9
 
@@ -177,22 +181,25 @@ def free_disk_gb(path: Path) -> float:
     return shutil.disk_usage(existing).free / 1e9
 
 
-def check_disk_space(cfg: Config, checkpoints: int, what: str) -> None:
-    """Fail before anything is written where ``checkpoints`` checkpoints of this run (and a margin)
-    cannot fit under ``run.root``: a full disk would end the run at a save, after its minutes of work."""
+def check_disk_space(cfg: Config, checkpoints: int, what: str, best_model: bool = False) -> None:
+    """Fail before anything is written where ``checkpoints`` checkpoints of this run, with
+    ``best_model`` its best model's folder too (and a margin), cannot fit under ``run.root``: a full
+    disk would end the run at a save, after its minutes of work."""
     size = checkpoint_gb(cfg)
     if size is None:
         return
     root = Path(cfg.run.root).resolve()
     free = free_disk_gb(root)
-    need = checkpoints * size * DISK_MARGIN
+    best = checkpoint_gb(cfg, export_only=True) if best_model else None
+    need = (checkpoints * size + (best or 0.0)) * DISK_MARGIN
     if need <= free:
         return
     fixes = ["free some space (old run folders)", "point run.root at a larger disk (--set run.root=DIR)"]
     if checkpoints > 2:  # fewer kept would help: --set run.keep_checkpoints=1 holds at most 2
         fixes.append("keep fewer checkpoints (--set run.keep_checkpoints=1)")
+    also = f"; its best model's folder, {best:.1f} GB: eval.keep_best" if best else ""
     raise ConfigError(
-        f"this run needs about {need:.1f} GB for its checkpoints ({checkpoints} x {size:.1f} GB: {what}; "
+        f"this run needs about {need:.1f} GB for its checkpoints ({checkpoints} x {size:.1f} GB: {what}{also}; "
         f"with 10% for its logs) under {root}, and {free:.1f} GB are free there: {', or '.join(fixes)}"
     )
 

@@ -12,7 +12,9 @@ restores the loop's state on resume. Then each step:
 5. **sync** (:func:`sync_weights`) the engine's weights (a no-op for the ``hf`` engine);
 6. **score** (:func:`score_step`): the step's metrics over every rank's episodes, its trajectory file;
 7. **time** (:func:`out_of_time`): ``run.time_budget_min`` makes this step the last when one more
-   would not fit; **evaluate** (:func:`evaluate_if_due`) on the held-out seeds when due and at the last;
+   would not fit; **evaluate** (:func:`evaluate_if_due`) on the held-out seeds when due and at the last,
+   against the run's best evaluation so far (:func:`compare_with_best`: keep a new best's model, warn
+   on a significant drop);
 8. **log** (:func:`guard_and_log`): the collapse guard decides (warn, stop, filter), the metrics are
    written, the curriculum picks the next step's stage;
 9. **checkpoint** (:func:`checkpoint_if_due`) when due, at the last, on Ctrl-C and before a stop.
@@ -40,7 +42,7 @@ from agentrl.algorithms.credit import Credit, EpisodeFilter, assign_credit
 from agentrl.config import Config, ConfigError
 from agentrl.rollout.engines.base import Engine
 from agentrl.rollout.manager import PER_CALL_SETTINGS, RolloutManager
-from agentrl.rollout.trajectory import Trajectory, read_jsonl, step_filename, write_jsonl
+from agentrl.rollout.trajectory import Trajectory, step_filename, write_jsonl
 from agentrl.rollout.weight_sync import (
     WeightSyncError,
     logprob_gap,
@@ -48,12 +50,14 @@ from agentrl.rollout.weight_sync import (
     probe_prompts,
     sync_tolerance,
 )
+from agentrl.training import best
 from agentrl.training import checkpoint as ckpt
+from agentrl.training.best import read_best
 from agentrl.training.budget import TimeBudget
 from agentrl.training.curriculum import CurriculumState, advance, stage_at
 from agentrl.training.distributed import World, all_reduce_max, gather_objects, meet
 from agentrl.training.evaluate import evaluate_and_log, evaluation_due, start_eval_config, success_text
-from agentrl.training.logger import RunLogger, read_metrics, render_sample
+from agentrl.training.logger import RunLogger, render_sample
 from agentrl.training.metrics import paired_change, rollout_metrics
 from agentrl.training.policy import (
     Policy,
@@ -162,7 +166,12 @@ def start_run(cfg: Config, resume: bool, started: float | None = None) -> RLRun:
     # more before it deletes the oldest.
     saves = 1 if resume else checkpoints_at_once(cfg, cfg.train.steps)
     keeps = f"run.save_every={cfg.run.save_every}, run.keep_checkpoints={cfg.run.keep_checkpoints}"
-    check_disk_space(cfg, saves, "RL's next one, on resume" if resume else f"RL's, {keeps}")
+    check_disk_space(
+        cfg,
+        saves,
+        "RL's next one, on resume" if resume else f"RL's, {keeps}",
+        cfg.eval.keep_best and not resume,
+    )
     device, world = set_up_process(cfg)
     if cfg.train.n_groups % world.size:
         raise ConfigError(
@@ -302,10 +311,62 @@ def evaluate_if_due(run: RLRun, step: int, stage: Stage, last: bool) -> dict[str
             evaluate_and_log(cfg, run.rollout, run.run_dir, step, run.log, run.world, stage.env_options)
         )
         run.budget.evaluated(out["timing/eval_s"])
+        out.update(compare_with_best(run, step))
         release_memory()
     if cfg.curriculum.stages:
         out.update(stage_metrics(cfg, stage))
     return out
+
+
+def compare_with_best(run: RLRun, step: int) -> dict[str, float]:
+    """This step's evaluation against the best earlier one (:mod:`agentrl.training.best`): a new
+    best's model goes to ``runs/NAME/best/`` (``eval.keep_best``), a significant drop prints a
+    warning (``eval.drop_warning_p``); the comparison's metrics. The main rank reads the run's
+    evaluations and decides; every rank joins the export (ZeRO-3 gathers the weights)."""
+    cfg, metrics = run.cfg, {}
+    latest = best.Evaluation(step, best.eval_episodes(run.run_dir, step) if run.world.is_main else [])
+    new_best = False
+    if latest.episodes:
+        earlier = [e for e in best.logged_evaluations(run.run_dir) if e.step < step]
+        standing = best.standing(earlier, latest, cfg.eval.drop_warning_p)
+        new_best = standing.new_best
+        if standing.best is not None and standing.change is not None:
+            metrics["eval/best_step"] = float(step if standing.new_best else standing.best.step)
+            metrics["eval/gained_since_best"] = float(standing.change.gained)
+            metrics["eval/lost_since_best"] = float(standing.change.lost)
+            metrics["eval/drop_from_best"] = float(standing.dropped)
+        if standing.dropped:
+            run.log.info(drop_warning(cfg, run.run_dir, standing, latest))
+    # The main rank decided; the max over ranks tells every rank (the others' flag is 0).
+    if cfg.eval.keep_best and all_reduce_max(int(new_best), run.world):
+        with ckpt.whole_parameters(run.policy.model, cfg.train.zero_stage):
+            if run.world.is_main:
+                out = run.run_dir / best.BEST_DIR
+                ckpt.export_model(
+                    run.policy.model, run.policy.tokenizer, out, best.best_record(latest), best.BEST_FILE
+                )
+        meet(run.world, "the best model's export")
+    return metrics
+
+
+def drop_warning(cfg: Config, run_dir: Path, standing: best.Standing, latest: best.Evaluation) -> str:
+    """The console line of a significant held-out drop from the run's best evaluation."""
+    assert standing.best is not None and standing.change is not None
+    puzzles = latest.puzzles
+    was, now = standing.best.solved(puzzles), latest.solved()
+    kept = read_best(run_dir) if cfg.eval.keep_best else None
+    if kept is not None and kept["step"] == standing.best.step:
+        where = f"its model is in {run_dir / best.BEST_DIR}"
+    elif standing.best.step == 0:
+        where = f"the starting model ({cfg.run.init or cfg.model.path})"
+    else:
+        where = "set eval.keep_best=true to keep the best model"
+    return (
+        f"agentrl: warning: held-out success fell from {was}/{len(puzzles)} at step {standing.best.step} "
+        f"to {now}/{len(puzzles)} at step {latest.step} on the same puzzles ({standing.change}): RL is "
+        f"giving back what it learned; {where}. A lower train.lr or train.grad_clip takes smaller steps "
+        f"(docs/metrics.md, eval/drop_from_best)"
+    )
 
 
 def guard_and_log(run: RLRun, step: int, metrics: dict[str, float]) -> bool:
@@ -533,7 +594,7 @@ def summary_line(cfg: Config, run_dir: Path) -> str | None:
     and the command that replays the run (``None`` without two evaluations). A run started from
     another run (``--init``, a warm start) whose own step 0 evaluated the base model shows that
     too: base -> warm start -> final."""
-    rows = _eval_rows(run_dir)
+    rows = best.eval_rows(run_dir)
     if len(rows) < 2:
         return None
     first, last = rows[0], rows[-1]
@@ -542,30 +603,21 @@ def summary_line(cfg: Config, run_dir: Path) -> str | None:
         start = f"{'warm start' if cfg.run.init else 'base'} (step 0)"
     parts = [f"{start} {success_text(first)}", f"step {last['step']} {success_text(last)}"]
     replay = f"agentrl replay {run_dir}"
-    init_rows = _eval_rows(Path(cfg.run.init)) if cfg.run.init else []
+    init_rows = best.eval_rows(Path(cfg.run.init)) if cfg.run.init else []
     if init_rows and init_rows[0]["step"] == 0:
         parts.insert(0, f"base {success_text(init_rows[0])}")
         replay += f" (the warm start: agentrl replay {cfg.run.init})"
     # Two overlapping intervals can still be a real difference, and a small net gain can be many
     # puzzles won and lost: the paired count over the same puzzles says which.
-    first_eps, last_eps = (_eval_episodes(run_dir, int(r["step"])) for r in (first, last))
+    first_eps, last_eps = (best.eval_episodes(run_dir, int(r["step"])) for r in (first, last))
     paired = ""
     if first_eps and last_eps:
         paired = f"; step {last['step']} against step {first['step']} on the same puzzles: {paired_change(first_eps, last_eps)}"
+    kept = read_best(run_dir)
+    if kept is not None and kept["step"] != last["step"]:
+        # RL peaked earlier and gave some back: say where the better model is.
+        paired += f"; the best was step {kept['step']} ({kept['solved']}/{kept['puzzles']}), its model in {run_dir / best.BEST_DIR}"
     return f"agentrl: held-out success {' -> '.join(parts)}{paired}. Replay: {replay}"
-
-
-def _eval_episodes(run_dir: Path, step: int) -> list[Trajectory]:
-    """The valid episodes of a run's evaluation at ``step`` (none where its file is missing)."""
-    try:
-        return read_jsonl(run_dir / "eval" / step_filename(step))[0]
-    except OSError:
-        return []
-
-
-def _eval_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The metric rows of a run's evaluations (none for a folder that is not a run)."""
-    return [r for r in read_metrics(run_dir) if "eval/success_rate" in r and "eval/episodes" in r]
 
 
 def sync_weights(

@@ -53,7 +53,7 @@ def train_with_warm_start(cfg: Config, resume: bool = False, started: float | No
     if not resume:
         check_run_dir_free(run_dir)
         rl = checkpoints_at_once(cfg, cfg.train.steps)
-        check_disk_space(cfg, 1 + rl, f"the warm start's 1 and RL's {rl}")
+        check_disk_space(cfg, 1 + rl, f"the warm start's 1 and RL's {rl}", cfg.eval.keep_best)
     # On resume RL's own start checks the room for its next checkpoint.
     if ckpt.latest_checkpoint(warm_dir) is None:
         if warm_dir.exists():
