@@ -162,6 +162,10 @@ class EngineConfig:
         return out
 
 
+#: What the policy loss averages over (``algo.loss_over``).
+LOSS_OVER = ("trained", "rolled_out")
+
+
 @dataclass
 class AlgoConfig:
     advantage: AdvantageParams = field(default_factory=AdvantageParams)
@@ -203,6 +207,14 @@ class AlgoConfig:
     ``faithful_only``), in place of the estimator's and whatever its episode's outcome or group, so
     that -1 pushes those replies down as firmly as a clear failure under ``grpo``, also under
     ``positive_advantage_only``. Only the offending turn's tokens get it. 0: off."""
+    loss_over: str = "trained"
+    """What the policy loss averages over (``algo.policy_loss.aggregation``'s sequences or tokens):
+    ``trained``, the episodes the filters above kept; ``rolled_out``, every episode the step played,
+    the dropped ones counting as zero-advantage (vanilla GRPO's mean over the whole batch), so the
+    loss is ``train/kept_episode_fraction`` times the ``trained`` one. With filters, ``trained``
+    moves the weights as far on a step that kept 4 episodes as on one that kept 40, and the few
+    carry all of it; ``rolled_out`` moves them in proportion to what the step learned from. The
+    dropped episodes' tokens are counted as the kept ones' average. Same for both without filters."""
     skip_zero_advantage: bool = True
     """Skip the forward/backward of samples whose advantages are all zero (their policy gradient is
     zero); only when KL and entropy terms are off, since those still act on such samples."""
@@ -218,6 +230,7 @@ class AlgoConfig:
             ("algo.policy_loss.loss", self.policy_loss.loss, POLICY_LOSSES),
             ("algo.policy_loss.aggregation", self.policy_loss.aggregation, AGGREGATIONS),
             ("algo.kl.estimator", self.kl.estimator, KL_ESTIMATORS),
+            ("algo.loss_over", self.loss_over, LOSS_OVER),
         )
         out += _not_positive("algo.", self, "ppo_epochs", "mini_batches")
         if self.min_return_spread < 0:

@@ -185,3 +185,23 @@ def test_the_pre_update_scores_are_plain_numbers_not_graphs(world):
         stored = torch.tensor(t.samples[0].logprobs[1:])
         mask = torch.tensor(t.samples[0].loss_mask[1:], dtype=torch.bool)
         assert torch.allclose(row[mask], stored[mask], atol=1e-4)
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])
+def test_loss_over_rolled_out_scales_the_gradient_by_the_kept_share(world, aggregation):
+    """``algo.loss_over=rolled_out``: 4 trained episodes of 16 rolled out give the same loss with
+    the normalisers 4x larger, so the gradient (measured before clipping, and linear in the loss)
+    is exactly 1/4 of ``trained``'s from the same weights; the reported per-token loss is the same."""
+    norms, losses = {}, {}
+    for over in ("trained", "rolled_out"):
+        cfg, policy = _policy(f"algo.loss_over={over}", f"algo.policy_loss.aggregation={aggregation}")
+        torch.manual_seed(0)
+        out = update(cfg, policy, _batch(policy.model, 0.0), 1, world, 1.0, rolled_out=16)
+        norms[over], losses[over] = out["train/grad_norm"], out["train/policy_loss"]
+    assert norms["rolled_out"] == pytest.approx(norms["trained"] / 4, rel=1e-4)
+    assert losses["rolled_out"] == pytest.approx(losses["trained"], rel=1e-4)
+    # Without a count of what was rolled out (SFT's update), nothing is scaled.
+    cfg, policy = _policy("algo.loss_over=rolled_out", f"algo.policy_loss.aggregation={aggregation}")
+    assert update(cfg, policy, _batch(policy.model, 0.0), 1, world, 1.0)["train/grad_norm"] == pytest.approx(
+        norms["trained"], rel=1e-4
+    )

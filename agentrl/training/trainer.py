@@ -109,7 +109,7 @@ def train(cfg: Config, resume: bool = False, started: float | None = None) -> Pa
             trajectories, metrics = roll_out(run, step, stage)
             credit = assign_step_credit(cfg, trajectories, run.state.keep_group_fraction, stage)
             metrics.update(credit.metrics)
-            metrics.update(update_policy(run, credit.selected, step, stage))
+            metrics.update(update_policy(run, credit.selected, step, stage, len(trajectories)))
             metrics.update(sync_weights(cfg, run.engine, run.policy, trajectories, run.world))
             metrics.update(score_step(run, step, trajectories, metrics))
             run.budget.step_done(time.monotonic() - t0)
@@ -254,11 +254,23 @@ def roll_out(run: RLRun, step: int, stage: Stage) -> tuple[list[Trajectory], dic
     return trajectories, metrics
 
 
-def update_policy(run: RLRun, selected: list[Trajectory], step: int, stage: Stage) -> dict[str, float]:
-    """The policy update on the step's selected episodes, with its timing and throughput."""
+def update_policy(
+    run: RLRun, selected: list[Trajectory], step: int, stage: Stage, rolled_out: int
+) -> dict[str, float]:
+    """The policy update on the step's selected episodes (of the ``rolled_out`` this rank played),
+    with its timing and throughput."""
     policy = run.policy
     t0 = time.perf_counter()
-    metrics = update(run.cfg, policy, selected, step, run.world, stage.temperature, behaviour_is=run.tis)
+    metrics = update(
+        run.cfg,
+        policy,
+        selected,
+        step,
+        run.world,
+        stage.temperature,
+        behaviour_is=run.tis,
+        rolled_out=rolled_out,
+    )
     metrics["timing/update_s"] = time.perf_counter() - t0
     metrics["perf/train_tokens_per_s"] = metrics["train/trained_tokens"] / max(
         metrics["timing/update_s"], 1e-9

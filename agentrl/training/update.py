@@ -51,6 +51,9 @@ class UpdateContext:
     """Correct for the engine's numerics with truncated importance sampling (``algo.tis``)."""
     proximal: dict[int, torch.Tensor] | None = None
     """Trainer log-probs before the update, by ``id(sample)`` (only when several passes need them)."""
+    loss_over_scale: float = 1.0
+    """Every mini-batch's normalisers are multiplied by this: episodes the step rolled out per
+    episode it trains (``algo.loss_over=rolled_out``), else 1."""
 
 
 @dataclass
@@ -81,13 +84,16 @@ def update(
     world: World,
     temperature: float,
     behaviour_is: bool = False,
+    rolled_out: int | None = None,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over this rank's trajectories;
     log-probs at the rollout's sampling ``temperature``.
 
     ``behaviour_is``: the stored log-probs come from an engine whose numerics differ from the
     trainer's; the PPO ratio is then taken against the trainer's own log-probs before the update
-    and each token's loss weighted by the truncated importance weight (``algo.tis``)."""
+    and each token's loss weighted by the truncated importance weight (``algo.tis``).
+    ``rolled_out``: the episodes this rank played this step, of which ``trajectories`` are those
+    the credit filters kept (``None``: all of them); ``algo.loss_over=rolled_out`` averages over them."""
     algo = cfg.algo
     ctx = UpdateContext(
         cfg=cfg,
@@ -99,6 +105,9 @@ def update(
         temperature=temperature if temperature > 0 else 1.0,
         tis=behaviour_is,
     )
+    if algo.loss_over == "rolled_out" and rolled_out is not None:
+        played, kept = all_reduce_sum([rolled_out, len(trajectories)], world)
+        ctx.loss_over_scale = played / kept if kept else 1.0
     rng = random.Random(seeds.update_shuffle_seed(cfg.train.seed, step))
     acc = _Sums()
     if behaviour_is and (algo.ppo_epochs > 1 or algo.mini_batches > 1):
@@ -128,6 +137,8 @@ def _mini_batch(ctx: UpdateContext, chosen: list[Trajectory], first_pass: bool, 
     # Normalisers over the whole mini-batch on every rank: micro-batch losses then sum to it.
     n_tok, n_seq = all_reduce_sum([sum(sum(s.loss_mask[1:]) for s in samples), len(samples)], world)
     max_tokens = cfg.rollout.max_new_tokens * cfg.rollout.max_turns
+    # algo.loss_over=rolled_out: as many more sequences and tokens as the filters dropped episodes.
+    n_tok, n_seq = (round(n * ctx.loss_over_scale) for n in (n_tok, n_seq))
     totals = LossTotals(tokens=max(1, int(n_tok)), sequences=max(1, int(n_seq)), max_tokens=max_tokens)
     if not _needs_all(cfg):
         samples = [s for s in samples if _has_advantage(s)]
