@@ -209,3 +209,25 @@ def test_momentum_drift_moves_weights_by_the_saved_momentum_alone(load_script):
     assert torch.equal(saved["state"][0]["exp_avg"], m0)  # the saved state is not touched
     with pytest.raises(ValueError, match=r"another model \(parameter 0: \(1, 3\)\)"):
         script.drift(torch.nn.Linear(3, 1, bias=False), saved, steps=1, lr=1e-3)
+
+
+def test_a_zero3_checkpoint_exports_whole_weights(tmp_path, tiny_model):
+    """ZeRO-3 leaves each rank its shard and the module's own tensors empty: the checkpoint's ``hf/``
+    folder (what ``agentrl eval --model`` and ``--init`` load) must hold the whole weights, as the
+    tiny model's on disk are before any step (not 0-element tensors)."""
+    from safetensors.torch import load_file
+
+    from agentrl.config import load_config
+    from agentrl.training.checkpoint import save_checkpoint
+    from agentrl.training.distributed import init_distributed
+    from agentrl.training.policy import build_policy
+
+    init_distributed("cpu")
+    cfg = load_config(env="sokoban", model="tiny-random", overrides=["engine.name=vllm", "train.zero_stage=3"])
+    policy = build_policy(cfg, torch.device("cpu"))
+    assert all(p.numel() == 0 for p in policy.model.parameters())  # sharded: the premise
+    saved = save_checkpoint(tmp_path, TrainerState(step=1), policy.ds_engine, policy.model, policy.tokenizer)
+    exported = load_file(saved / "hf" / "model.safetensors")
+    original = tiny_model.state_dict()
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor.float(), original[name].float())

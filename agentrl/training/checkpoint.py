@@ -104,8 +104,7 @@ def export_model(
 ) -> Path:
     """Write an HF model folder (``save_pretrained`` model and tokenizer, LoRA merged) with a JSON
     ``record`` beside the weights. It is written under a temp name and renamed into place, so a crash
-    mid-write leaves the previous folder. Main rank only; under ZeRO-3 every rank calls it inside
-    :func:`whole_parameters`."""
+    mid-write leaves the previous folder. Main rank only, inside :func:`whole_parameters` on every rank."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     _hf_export(model, tokenizer, tmp)
@@ -119,14 +118,16 @@ def export_model(
     return out
 
 
-def whole_parameters(model: torch.nn.Module, zero_stage: int) -> contextlib.AbstractContextManager:
-    """A context in which every rank holds the model's whole parameters (ZeRO-3 gathers its shards,
-    a collective every rank enters; below ZeRO-3 they are whole already)."""
-    if zero_stage != 3:
+def whole_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """A context in which every rank holds the model's whole parameters: ZeRO-3 keeps each rank's
+    shard only (the module's own tensors are empty, and ``save_pretrained`` would write them so),
+    and gathers them here, a collective every rank enters. Below ZeRO-3 they are whole already."""
+    sharded = [p for p in model.parameters() if hasattr(p, "ds_tensor")]
+    if not sharded:
         return contextlib.nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(list(model.parameters()))
+    return deepspeed.zero.GatheredParameters(sharded)
 
 
 def save_checkpoint(
@@ -146,8 +147,10 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     _barrier()
     ds_engine.save_checkpoint(str(tmp), tag="ds")  # every rank writes its own shards
+    with whole_parameters(model):  # under ZeRO-3 every rank gathers; the main one writes
+        if is_main:
+            _hf_export(model, tokenizer, tmp / "hf")
     if is_main:
-        _hf_export(model, tokenizer, tmp / "hf")
         torch.save(
             {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
             tmp / "rng.pt",

@@ -351,7 +351,7 @@ def compare_with_best(run: RLRun, step: int) -> dict[str, float]:
             run.log.info(drop_warning(cfg, run.run_dir, standing, latest))
     # The main rank decided; the max over ranks tells every rank (the others' flag is 0).
     if cfg.eval.keep_best and all_reduce_max(int(new_best), run.world):
-        with ckpt.whole_parameters(run.policy.model, cfg.train.zero_stage):
+        with ckpt.whole_parameters(run.policy.model):
             if run.world.is_main:
                 out = run.run_dir / best.BEST_DIR
                 ckpt.export_model(
