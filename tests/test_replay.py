@@ -708,7 +708,7 @@ def test_new_steps_appear_while_the_page_is_open(server, run_dir, watched):
     watched.assert_clean()
 
 
-def test_collapse_warnings_from_the_trainer_show_on_the_page(run_dir, browser, tmp_path):
+def test_collapse_and_drop_warnings_from_the_trainer_show_on_the_page(run_dir, browser, tmp_path):
     import json
     import shutil
 
@@ -721,12 +721,17 @@ def test_collapse_warnings_from_the_trainer_show_on_the_page(run_dir, browser, t
         except json.JSONDecodeError:
             continue  # the fixture's deliberately cut line
     rows[1]["collapse/warning"] = 1.0
+    # A held-out drop from the best evaluation (the trainer's eval/drop_from_best) warns too.
+    rows[-1].update({"eval/drop_from_best": 1.0, "eval/best_step": 1.0})
+    rows[-1].update({"eval/lost_since_best": 7.0, "eval/gained_since_best": 0.0})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = export_html(run, tmp_path / "collapsing.html")
     w = Watched(browser, offline=True)
     page = w.open(out.as_uri())
     page.wait_for_selector("#warnings:not([hidden])")
-    assert f"Collapse warning at step {rows[1]['step']}" in page.locator("#warnings").inner_text()
+    shown = page.locator("#warnings").inner_text()
+    assert f"Collapse warning at step {rows[1]['step']}" in shown
+    assert f"Held-out drop at step {rows[-1]['step']}: 7 puzzles lost and 0 gained against step 1" in shown
     w.context.close()
 
 

@@ -201,11 +201,21 @@
             'themselves; see the collapse/* curves in TensorBoard and docs/curriculum.md'];
   }
 
+  // After each RL evaluation the trainer compares it puzzle by puzzle with the run's best so far and
+  // logs eval/drop_from_best = 1 on a significant drop (docs/metrics.md).
+  function dropWarnings(rows) {
+    return rows.filter((r) => r['eval/drop_from_best']).map((r) =>
+      'Held-out drop at step ' + r.step + ': ' + r['eval/lost_since_best'] + ' puzzles lost and ' +
+      r['eval/gained_since_best'] + ' gained against step ' + r['eval/best_step'] +
+      ', the best so far; its model is in the run\'s best/ folder (eval.keep_best)');
+  }
+
   async function loadMetrics() {
     try {
       const m = await api('metrics');
       setWarnings('metrics', m.warnings);
       setWarnings('collapse', collapseWarnings((m && m.rows) || []));
+      setWarnings('drop', dropWarnings((m && m.rows) || []));
       renderCharts(m);
     } catch (e) { setWarnings('metrics', ['metrics: ' + e.message]); }
   }
