@@ -86,7 +86,7 @@ def test_the_drop_warning_and_the_summary_name_the_best_step_and_its_model(tmp_p
     assert standing.dropped  # 9 -> 2: +0 -7, p = 2 / 2^7 = 0.016
     text = drop_warning(cfg, tmp_path, standing, latest)
     assert "held-out success fell from 9/10 at step 2 to 2/10 at step 4" in text
-    assert "(+0 -7 (p = 0.02, 10 puzzles))" in text
+    assert "on the same puzzles, +0 -7 (p = 0.02, 10 puzzles): RL is giving back" in text
     assert "set eval.keep_best=true" in text  # no best/ folder: nothing kept
     (tmp_path / best.BEST_DIR).mkdir()
     (tmp_path / best.BEST_DIR / best.BEST_FILE).write_text(json.dumps(best.best_record(evaluations[1])))

@@ -375,7 +375,7 @@ def drop_warning(cfg: Config, run_dir: Path, standing: best.Standing, latest: be
         where = "set eval.keep_best=true to keep the best model"
     return (
         f"agentrl: warning: held-out success fell from {was}/{len(puzzles)} at step {standing.best.step} "
-        f"to {now}/{len(puzzles)} at step {latest.step} on the same puzzles ({standing.change}): RL is "
+        f"to {now}/{len(puzzles)} at step {latest.step} on the same puzzles, {standing.change}: RL is "
         f"giving back what it learned; {where}. A lower train.lr or train.grad_clip takes smaller steps "
         f"(docs/metrics.md, eval/drop_from_best)"
     )
