@@ -223,7 +223,9 @@ def test_a_zero3_checkpoint_exports_whole_weights(tmp_path, tiny_model):
     from agentrl.training.policy import build_policy
 
     init_distributed("cpu")
-    cfg = load_config(env="sokoban", model="tiny-random", overrides=["engine.name=vllm", "train.zero_stage=3"])
+    cfg = load_config(
+        env="sokoban", model="tiny-random", overrides=["engine.name=vllm", "train.zero_stage=3"]
+    )
     policy = build_policy(cfg, torch.device("cpu"))
     assert all(p.numel() == 0 for p in policy.model.parameters())  # sharded: the premise
     saved = save_checkpoint(tmp_path, TrainerState(step=1), policy.ds_engine, policy.model, policy.tokenizer)
