@@ -286,3 +286,27 @@ def test_build_ops_builds_deepspeeds_cpu_op_into_the_installs_own_folder(monkeyp
     folder = build_ops()
     assert folder == extensions_dir(os.path.dirname(deepspeed.__file__)) / "deepspeed_shm_comm"
     assert (folder / "deepspeed_shm_comm.so").is_file() and not (folder / "lock").exists()
+
+
+def test_a_world_of_one_picks_another_port_when_its_port_is_taken_first(tmp_path):
+    """The port found free can be taken by another process before the process group's store binds
+    it (EADDRINUSE: seen once in the suite, with tests starting runs side by side). A world of one
+    that agentrl set up itself then picks another port instead of failing the run."""
+    script = tmp_path / "taken.py"
+    script.write_text(
+        "import os, socket\n"
+        "import agentrl.training.distributed as d\n"
+        "taken = socket.socket(); taken.bind(('127.0.0.1', 0)); taken.listen()\n"
+        "port = taken.getsockname()[1]\n"
+        "real, calls = d._free_port, []\n"
+        "def first_the_taken_one():\n"
+        "    calls.append(1)\n"
+        "    return port if len(calls) == 1 else real()\n"
+        "d._free_port = first_the_taken_one\n"
+        "world = d.init_distributed('cpu', timeout_s=60)\n"
+        "assert world.size == 1 and int(os.environ['MASTER_PORT']) != port and len(calls) == 2, calls\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in subprocess_env().items() if k not in ("WORLD_SIZE", "RANK", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

@@ -46,6 +46,10 @@ class World:
         return self.rank == 0
 
 
+#: Ports a world of one tries for its process group's store before giving up.
+PORT_TRIES = 3
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,7 +138,8 @@ def init_distributed(device: str, timeout_s: int = 1800) -> World:
     # DeepSpeed's CPU backend JIT-builds its shared-memory op here (torch's extension folder), at
     # its first run unless set-up built it already (build_ops).
     _use_extensions_dir()
-    if "WORLD_SIZE" not in os.environ:
+    own_port = "WORLD_SIZE" not in os.environ
+    if own_port:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
         )
@@ -146,7 +151,16 @@ def init_distributed(device: str, timeout_s: int = 1800) -> World:
 
         groups._WORLD_GROUP = None
         backend = "nccl" if device == "cuda" else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+        for attempt in range(PORT_TRIES):
+            try:
+                deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+                break
+            except torch.distributed.DistNetworkError as err:
+                # The port found free was taken before the group's store bound it (another process
+                # starting at the same moment): a world of one we set up ourselves picks another.
+                if not (own_port and "EADDRINUSE" in str(err)) or attempt == PORT_TRIES - 1:
+                    raise
+                os.environ["MASTER_PORT"] = str(_free_port())
     size = torch.distributed.get_world_size()
     monitor = None
     if size > 1:
