@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from envs_for_tests import subprocess_env
 
 import agentrl
 
@@ -27,6 +28,9 @@ def agentrl_cli(*args: str, stdin: str = "", cwd=None, timeout: float = 60) -> s
         text=True,
         timeout=timeout,
         cwd=cwd,
+        # Without the process-group variables an earlier in-process run left here, which would
+        # point the child at a port this process holds (EADDRINUSE).
+        env=subprocess_env(),
     )
 
 

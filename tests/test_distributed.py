@@ -290,8 +290,8 @@ def test_build_ops_builds_deepspeeds_cpu_op_into_the_installs_own_folder(monkeyp
 
 def test_a_world_of_one_picks_another_port_when_its_port_is_taken_first(tmp_path):
     """The port found free can be taken by another process before the process group's store binds
-    it (EADDRINUSE: seen once in the suite, with tests starting runs side by side). A world of one
-    that agentrl set up itself then picks another port instead of failing the run."""
+    it (EADDRINUSE). A world of one that agentrl set up itself then picks another port instead of
+    failing the run."""
     script = tmp_path / "taken.py"
     script.write_text(
         "import os, socket\n"
