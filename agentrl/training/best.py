@@ -26,7 +26,7 @@ from typing import Any
 
 from agentrl.rollout.trajectory import Trajectory, read_jsonl, step_filename
 from agentrl.training.logger import read_metrics
-from agentrl.training.metrics import PairedChange, paired_change
+from agentrl.training.metrics import PairedChange, first_outcomes, paired_change
 
 #: The folder of a run holding its best evaluation's model (an HF folder, like a checkpoint's ``hf/``).
 BEST_DIR = "best"
@@ -43,7 +43,7 @@ class Evaluation:
 
     def solved(self, puzzles: set[int] | None = None) -> int:
         """Puzzles solved (first episode of each env seed), of ``puzzles`` only where given."""
-        first = {t.seed: bool(t.success) for t in reversed(self.episodes)}
+        first = first_outcomes(self.episodes)
         return sum(won for seed, won in first.items() if puzzles is None or seed in puzzles)
 
     @property

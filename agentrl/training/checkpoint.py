@@ -109,13 +109,19 @@ def export_model(
     shutil.rmtree(tmp, ignore_errors=True)
     _hf_export(model, tokenizer, tmp)
     (tmp / record_file).write_text(json.dumps(record))
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    _swap_into_place(tmp, out)
     return out
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``final``; an older ``final`` is moved aside first and
+    removed after, so at no moment is there neither."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def whole_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManager:
@@ -156,9 +162,7 @@ def save_checkpoint(
             tmp / "rng.pt",
         )
         (tmp / STATE_FILE).write_text(json.dumps(state.to_dict()))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _swap_into_place(tmp, final)
         if keep > 0:
             for old in sorted((run_dir / "checkpoints").glob("step_*"))[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)

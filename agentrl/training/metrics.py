@@ -165,11 +165,15 @@ class PairedChange:
         return f"+{self.gained} -{self.lost} (p = {shown}, {self.puzzles} puzzles)"
 
 
+def first_outcomes(episodes: Sequence[Trajectory]) -> dict[int, bool]:
+    """Whether each env seed's first episode succeeded (greedy evaluation plays each seed once)."""
+    return {t.seed: bool(t.success) for t in reversed(episodes)}
+
+
 def paired_change(first: Sequence[Trajectory], second: Sequence[Trajectory]) -> PairedChange:
     """Puzzles gained and lost from ``first`` to ``second``, over the env seeds both played; a seed
-    played more than once counts by its first episode (greedy evaluation plays each once)."""
-    before = {t.seed: bool(t.success) for t in reversed(first)}
-    after = {t.seed: bool(t.success) for t in reversed(second)}
+    played more than once counts by its first episode (:func:`first_outcomes`)."""
+    before, after = first_outcomes(first), first_outcomes(second)
     common = before.keys() & after.keys()
     return PairedChange(
         gained=sum(after[s] and not before[s] for s in common),

@@ -52,7 +52,6 @@ from agentrl.rollout.weight_sync import (
 )
 from agentrl.training import best
 from agentrl.training import checkpoint as ckpt
-from agentrl.training.best import read_best
 from agentrl.training.budget import TimeBudget
 from agentrl.training.curriculum import CurriculumState, advance, stage_at
 from agentrl.training.distributed import World, all_reduce_max, gather_objects, meet
@@ -366,7 +365,7 @@ def drop_warning(cfg: Config, run_dir: Path, standing: best.Standing, latest: be
     assert standing.best is not None and standing.change is not None
     puzzles = latest.puzzles
     was, now = standing.best.solved(puzzles), latest.solved()
-    kept = read_best(run_dir) if cfg.eval.keep_best else None
+    kept = best.read_best(run_dir) if cfg.eval.keep_best else None
     if kept is not None and kept["step"] == standing.best.step:
         where = f"its model is in {run_dir / best.BEST_DIR}"
     elif standing.best.step == 0:
@@ -625,7 +624,7 @@ def summary_line(cfg: Config, run_dir: Path) -> str | None:
     paired = ""
     if first_eps and last_eps:
         paired = f"; step {last['step']} against step {first['step']} on the same puzzles: {paired_change(first_eps, last_eps)}"
-    kept = read_best(run_dir)
+    kept = best.read_best(run_dir)
     if kept is not None and kept["step"] != last["step"]:
         # RL peaked earlier and gave some back: say where the better model is.
         paired += f"; the best was step {kept['step']} ({kept['solved']}/{kept['puzzles']}), its model in {run_dir / best.BEST_DIR}"

@@ -139,7 +139,7 @@ def _mini_batch(ctx: UpdateContext, chosen: list[Trajectory], first_pass: bool, 
     max_tokens = cfg.rollout.max_new_tokens * cfg.rollout.max_turns
     # algo.loss_over=rolled_out: as many more sequences and tokens as the filters dropped episodes.
     n_tok, n_seq = (round(n * ctx.loss_over_scale) for n in (n_tok, n_seq))
-    totals = LossTotals(tokens=max(1, int(n_tok)), sequences=max(1, int(n_seq)), max_tokens=max_tokens)
+    totals = LossTotals(tokens=max(1, n_tok), sequences=max(1, n_seq), max_tokens=max_tokens)
     if not _needs_all(cfg):
         samples = [s for s in samples if _has_advantage(s)]
     micro = pack_micro_batches(samples, cfg.train.micro_batch_tokens, policy.tokenizer.pad_token_id)
