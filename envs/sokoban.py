@@ -50,7 +50,7 @@ MAX_ACTION_CHARS = 32
 MAX_GENERATION_ATTEMPTS = 64
 #: The options ``SokobanEnv.reset`` takes.
 RESET_OPTIONS = frozenset(
-    {"dim_room", "num_boxes", "layout", "min_plan_length", "orientation", "progress_reward"}
+    {"dim_room", "num_boxes", "layout", "min_plan_length", "orientation", "room_block", "progress_reward"}
 )
 #: The symmetries of a room: quarter turns clockwise (0-3), each then mirrored left-right (4-7).
 ORIENTATIONS = 8
@@ -301,6 +301,23 @@ def _check_min_plan_length(n: Any) -> int:
     return int(n)
 
 
+def _check_room_block(value: Any, options: dict[str, Any]) -> int:
+    """The reset option ``room_block``: seeds in aligned blocks of this many share one room."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"room_block must be an int >= 1 (seeds that share one room), got {value!r}")
+    if value > 1 and "layout" in options:
+        raise ValueError(
+            "room_block shares a generated room between seeds; a layout fixes the room: drop one"
+        )
+    if value > 1 and options.get("orientation") != "seed":
+        raise ValueError(
+            "room_block repeats one room over consecutive seeds for orientation='seed' to turn it a "
+            "different way in each; without it the seeds would play the same room alike: add "
+            "orientation: seed"
+        )
+    return int(value)
+
+
 def _check_progress_reward(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise ValueError(
@@ -440,6 +457,10 @@ class SokobanEnv(TextEnv):
     episode seed modulo 8, so that any 8 consecutive seeds play all 8 symmetries and no push
     direction comes first more often than another (RL's rooms: a few dozen rooms drawn plain lean
     to one direction, and RL learns that lean instead of the walls; docs/sokoban-recipe.md).
+    ``room_block`` (an int >= 1, with ``orientation="seed"``) makes the seeds of each aligned block
+    of that many (``s - s % room_block`` onwards) share the block's first seed's room, each turned
+    by its own seed: with 4, four consecutive groups play one room in four symmetries, so the
+    first pushes a step's successes teach are balanced over the directions room by room.
     ``progress_reward`` (a float >= 0, this episode only) adds potential-based shaping to every
     step: that many points per move by which the step shortened the shortest plan from the
     current state (:meth:`oracle_actions`), taken away again per move it lengthened it. A state
@@ -585,6 +606,7 @@ class SokobanEnv(TextEnv):
                 f"unknown reset options {sorted(unknown)}; known: {', '.join(sorted(RESET_OPTIONS))}"
             )
         min_plan = _check_min_plan_length(options.get("min_plan_length", 0))
+        block = _check_room_block(options.get("room_block", 1), options)
         if min_plan and "layout" in options:
             raise ValueError("min_plan_length picks among generated rooms; a layout fixes the room: drop one")
         room_seed: int | None
@@ -603,8 +625,10 @@ class SokobanEnv(TextEnv):
             # rooms stay a function of the episode seed and never share a seed with a small
             # (held-out) one. The plan solved here is cached for info and the oracle.
             # (A room's symmetries share its plan length, so the room is picked before it is turned.)
+            # room_block: the block's first seed builds the room; each seed keeps its orientation.
+            block_seed = room_seed - room_seed % block
             for k in range(MAX_PLAN_LENGTH_DRAWS):
-                candidate = room_seed + k * 2**40
+                candidate = block_seed + k * 2**40
                 room = generate_room(candidate, dim_room, num_boxes)
                 self._set_room(room)
                 plan = self.oracle_actions() if min_plan else None
@@ -632,7 +656,7 @@ class SokobanEnv(TextEnv):
             "boxes_on_target": self._on_target,
             "steps": 0,
         }
-        if min_plan and room_seed is not None:
+        if (min_plan or block > 1) and room_seed is not None:
             info["room_seed"] = candidate
         if "orientation" in options:
             info["orientation"] = orientation

@@ -507,7 +507,10 @@ def test_min_plan_length_picks_a_long_room_reproducibly() -> None:
         ({"min_plan_length": 2.5}, "min_plan_length must be an int >= 0"),
         ({"min_plan_length": 99}, "lower it"),
         ({"min_plan_length": 3, "layout": "####\n#PXO#\n####"}, "drop one"),
-        ({"min_plan_lenght": 3}, "known: dim_room, layout, min_plan_length, num_boxes, orientation"),
+        (
+            {"min_plan_lenght": 3},
+            "known: dim_room, layout, min_plan_length, num_boxes, orientation, progress_reward, room_block",
+        ),
     ],
 )
 def test_bad_min_plan_length_is_refused_with_the_fix(options, message) -> None:
@@ -563,6 +566,49 @@ def test_orientation_by_seed_plays_all_eight_on_eight_consecutive_seeds() -> Non
     for seed, (obs, info) in zip(range(10_000, 10_008), turned):
         assert env.reset(seed=seed, options={"orientation": info["orientation"]})[0] == obs
     assert "orientation" not in env.reset(seed=10_000)[1]  # plain rooms say nothing of it
+
+
+def test_a_room_block_plays_one_room_in_each_seeds_orientation() -> None:
+    env = SokobanEnv()
+    options = {"min_plan_length": 4, "orientation": "seed", "room_block": 4}
+    block = [env.reset(seed=s, options=options) for s in range(10_004, 10_012)]
+    # Two blocks of 4: each seed turned its own way, the block's first seed's room in all four.
+    assert [info["orientation"] for _, info in block] == list(range(4, 8)) + list(range(4))
+    assert [info["seed"] for _, info in block] == list(range(10_004, 10_012))
+    first, second = block[:4], block[4:]
+    assert {info["room_seed"] for _, info in first} == {
+        env.reset(seed=10_004, options={"min_plan_length": 4})[1].get("room_seed", 10_004)
+    }
+    assert len({info["room_seed"] for _, info in second}) == 1
+    assert first[0][1]["room_seed"] != second[0][1]["room_seed"]
+    # Four turns of one room: four different grids, one plan length.
+    assert len({obs for obs, _ in first}) == 4
+    assert len({info["optimal_plan_length"] for _, info in first}) == 1
+    for seed, (obs, info) in zip(range(10_004, 10_012), block):
+        assert env.reset(seed=info["room_seed"], options={"orientation": info["orientation"]})[0] == obs
+        assert env.reset(seed=seed, options=options)[0] == obs  # the same seed rebuilds it
+    # A block of 1 is the option left out: every seed its own room.
+    plain = {"min_plan_length": 4, "orientation": "seed"}
+    assert (
+        env.reset(seed=10_005, options={**plain, "room_block": 1})[0]
+        == env.reset(seed=10_005, options=plain)[0]
+    )
+    assert env.reset(seed=10_005, options=plain)[0] != block[1][0]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"room_block": 0, "orientation": "seed"}, "room_block must be an int >= 1"),
+        ({"room_block": 2.0, "orientation": "seed"}, "room_block must be an int >= 1"),
+        ({"room_block": 4}, "add orientation: seed"),
+        ({"room_block": 4, "orientation": 1}, "add orientation: seed"),
+        ({"room_block": 4, "orientation": "seed", "layout": TURNABLE}, "drop one"),
+    ],
+)
+def test_bad_room_block_is_refused_with_the_fix(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SokobanEnv().reset(seed=1, options=options)
 
 
 @pytest.mark.parametrize(
