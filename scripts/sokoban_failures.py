@@ -22,6 +22,9 @@ push); files written before turns recorded ``follows_thought`` are judged on the
 room with such a turn is a success the reasoning did not earn, which ``algo.faithful_only`` keeps
 out of RL's update.
 
+Last, the push direction every episode's first thought names, beside the optimal plans' first
+pushes in the same rooms: a model that favours one direction whatever the room shows there.
+
     python scripts/sokoban_failures.py runs/NAME/eval/step_000004.jsonl [more files]
 """
 
@@ -126,6 +129,24 @@ def ignores_its_thought(env: SokobanEnv, episode: Trajectory) -> bool:
     return False
 
 
+def first_pushes(env: SokobanEnv, episodes: list[Trajectory]) -> tuple[Counter, Counter]:
+    """The push direction each episode's first thought names (``-`` where it names none), and the
+    optimal plan's first push in the same rooms. RL that drifts shows here first: the model comes to
+    favour one direction whatever the room (docs/sokoban-recipe.md, "One room in four turns")."""
+    named, oracle = Counter(), Counter()
+    for episode in episodes:
+        said = PUSH.search(episode.turns[0].reply) if episode.turns else None
+        named[said.group(1) if said else "-"] += 1
+        _replay_start(env, episode)
+        plan = PUSH.search(env.oracle_thought())
+        oracle[plan.group(1) if plan else "-"] += 1
+    return named, oracle
+
+
+def _directions(counts: Counter) -> str:
+    return ", ".join(f"{d} {n}" for d, n in counts.most_common())
+
+
 def env_for(path: Path) -> SokobanEnv:
     """The env of the run that wrote ``path`` (``RUN/eval/step_*.jsonl``: ``RUN/config.yaml``'s
     ``env.kwargs``), else the default recipe's."""
@@ -160,6 +181,8 @@ def main() -> None:
             f"{sum(ignores_its_thought(env, e) for e in solved)} of {len(solved)} solved, "
             f"{sum(ignores_its_thought(env, e) for e in failed)} of {len(failed)} failed"
         )
+        named, oracle = first_pushes(env, episodes)
+        print(f"  first push named: {_directions(named)} (the optimal plans': {_directions(oracle)})")
 
 
 if __name__ == "__main__":

@@ -675,6 +675,33 @@ def test_failure_script_names_the_first_turn_that_departs_from_the_oracle(load_s
     assert script.ignores_its_thought(env, two) is True
 
 
+def test_failure_script_counts_the_first_push_each_thought_names(load_script):
+    from agentrl.rollout.trajectory import Trajectory, Turn
+
+    script = load_script("sokoban_failures")
+    env = SokobanEnv(dim_room=(6, 6), num_boxes=1, max_steps=100, describe_positions=True)
+    # A room whose plan starts with a push Up, one that starts Left (each a held-out seed).
+    starts = {}
+    for seed in range(200):
+        env.reset(seed=seed)
+        starts.setdefault(script.PUSH.search(env.oracle_thought()).group(1), seed)
+    up, left = starts["Up"], starts["Left"]
+
+    def episode(seed: int, reply: str) -> Trajectory:
+        turns = [Turn(observation="", reply=reply, actions=[])]
+        return Trajectory(env="sokoban", seed=seed, group=0, turns=turns, reset_info={"seed": seed})
+
+    thought = "<think>I push the box {} from row 2 column 3.</think>"
+    episodes = [
+        episode(up, thought.format("Up")),
+        episode(left, thought.format("Up")),  # the model's lean: Up where the plan starts Left
+        episode(left, "<think>I go.</think>"),  # no push named
+    ]
+    named, oracle = script.first_pushes(env, episodes)
+    assert named == {"Up": 2, "-": 1}
+    assert oracle == {"Up": 1, "Left": 2}
+
+
 # Box at row 3 column 4, target at row 2 column 2: both Up and Left bring it nearer, the walls allow
 # both, and the target opens only to a push Left (below it and left of it are walls), so Left
 # comes last and Up first: the plan is Down, Left, Up (push), Right, Up, Left (push), Left (push).
